@@ -1,0 +1,492 @@
+"""The peer process's runtime: the libp2p host, discovery, membership liveness and the control API.
+
+Structure (trio): one nursery for the node; inside it the host and the DHT service, the control
+socket, and a few loops, each owning one concern:
+- intake: peers found by mDNS (from zeroconf's thread, through a bounded channel), bootstrap
+  addresses, DHT provider records and hints carried by hellos all go to `Membership.learn`;
+- dialer: contacts candidates whose backoff has run out with a hello (signed records both ways);
+- watchers: one task per live peer keeps a heartbeat stream (ping/pong) and records each success;
+- expiry: drops peers whose last contact is older than `peer_timeout`;
+- publisher: keeps our signed record in the DHT and our provider record for workers.
+Decisions live in the sans-io `Membership`; this module only moves bytes and time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node import capabilities, control
+from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
+from rainnet import __version__, identity, protocols, records, wire
+from rainnet.membership import Membership, Source
+from rainnet.streams import FramedStream, StreamGone, guarded_handler
+
+log = logging.getLogger("rainnet.node")
+
+WORKERS_KEY = "/rain/workers/v1"
+HELLO_TIMEOUT = 8.0
+DIAL_CONCURRENCY = 16
+DIAL_TICK = 0.2
+EXPIRY_TICK = 0.5
+BOOTSTRAP_RETRY = 5.0
+DHT_DISCOVERY_INTERVAL = 15.0
+DHT_PUBLISH_INTERVAL = 60.0
+DHT_OP_TIMEOUT = 15.0
+MDNS_QUEUE = 256
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    home: Path
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = True
+    lend: str = "idle"
+    heartbeat_interval: float = 2.0
+    peer_timeout: float = 10.0
+    record_ttl: float = 300.0
+    backends: tuple[str, ...] = ()
+
+
+@dataclass
+class _Published:
+    seq: int = -1
+    at: float = 0.0
+
+
+@dataclass
+class Node:
+    config: NodeConfig
+    me: identity.Identity = field(init=False)
+    membership: Membership = field(init=False)
+    state: str = "starting"
+    seq: int = 0
+    addrs: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        ensure_home(self.config.home)
+        self.me = identity.load_or_create(self.config.home)
+        self.membership = Membership(self.me.peer_id, peer_timeout=self.config.peer_timeout)
+        self.caps = capabilities.detect(self.config.backends)
+        self._signed: records.SignedRecord | None = None
+        self._watched: set[str] = set()
+        self._dialing: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._host: Any = None
+        self._dht: Any = None
+        self._published = _Published()
+        self.ready = trio.Event()
+
+    # ----- our record -------------------------------------------------------------------------
+
+    def set_state(self, state: str) -> None:
+        if state != self.state:
+            log.info("state: %s -> %s", self.state, state)
+            self.state = state
+            self._signed = None
+
+    def signed_record(self) -> records.SignedRecord:
+        """Our current signed record; re-signed when the state changed or it nears expiry."""
+        now = time.time()
+        current = self._signed
+        if current is not None:
+            rec = records.open_record(current, now)
+            if now < rec.issued_at + rec.ttl / 2:
+                return current
+        # Sequence numbers come from the clock (milliseconds), so they keep rising across restarts
+        # without storing anything: peers keep the highest one they saw.
+        self.seq = max(self.seq + 1, int(now * 1000))
+        rec = records.NodeRecord(
+            peer_id=self.me.peer_id,
+            addrs=tuple(self.addrs[:32]),
+            cpus=self.caps.cpus,
+            memory=self.caps.memory,
+            gpus=self.caps.gpus,
+            backends=self.caps.backends,
+            version=__version__,
+            state=self.state,
+            seq=self.seq,
+            issued_at=now,
+            ttl=self.config.record_ttl,
+        )
+        self._signed = records.sign_record(self.me, rec)
+        return self._signed
+
+    def _hints(self, exclude: str | None) -> tuple[protocols.PeerHint, ...]:
+        return tuple(
+            protocols.PeerHint(peer_id=p.peer_id, addrs=p.addrs[:16])
+            for p in self.membership.sample(protocols.MAX_HINTS, exclude=exclude)
+        )
+
+    # ----- running ----------------------------------------------------------------------------
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        from libp2p.tools.anyio_service import background_trio_service
+
+        from rainnet import host as rhost
+
+        listen = rhost.parse_multiaddrs(self.config.listen)
+        for addr in self.config.bootstrap:
+            rhost.bootstrap_info(addr)  # refuse a bad bootstrap address before starting
+        self._host = rhost.build_host(self.me)
+        self._dht = rhost.build_dht(self._host)
+        # Handlers are in place before we listen: a stream that arrives before its handler
+        # (or the DHT service) is ready is refused rather than crashing the host.
+        self._host.set_stream_handler(
+            protocols.HELLO, guarded_handler("hello", self._handle_hello)
+        )
+        self._host.set_stream_handler(
+            protocols.HEARTBEAT, guarded_handler("heartbeat", self._handle_heartbeat)
+        )
+        async with (
+            self._host.run(listen),
+            background_trio_service(self._dht),
+            trio.open_nursery() as nursery,
+        ):
+            self._nursery = nursery
+            self.addrs = rhost.advertised_addrs(self._host, self.me.peer_id)
+            self.set_state("owner" if self.config.lend == "never" else "idle")
+            sock_path = self.config.home / CONTROL_SOCKET
+            await nursery.start(control.serve, sock_path, self._control)
+            nursery.start_soon(self._dial_loop)
+            nursery.start_soon(self._expiry_loop)
+            nursery.start_soon(self._publish_loop)
+            nursery.start_soon(self._dht_discovery_loop)
+            if self.config.bootstrap:
+                nursery.start_soon(self._bootstrap_loop)
+            if self.config.mdns:
+                await nursery.start(self._mdns, rhost.listen_ips(self.config.listen))
+            self._write_node_info(sock_path)
+            log.info("rain-node %s ready on %s", self.me.peer_id, ", ".join(self.addrs))
+            self.ready.set()
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._remove_node_info()
+
+    def _write_node_info(self, sock_path: Path) -> None:
+        info = {
+            "peer_id": self.me.peer_id,
+            "addrs": self.addrs,
+            "pid": os.getpid(),
+            "socket": str(sock_path),
+            "version": __version__,
+            "started_at": self.started_at,
+        }
+        path = self.config.home / NODE_INFO_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+
+    def _remove_node_info(self) -> None:
+        path = self.config.home / NODE_INFO_FILE
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    # ----- discovery intake -------------------------------------------------------------------
+
+    def learn(self, peer_id: str, addrs: tuple[str, ...], source: Source) -> None:
+        self.membership.learn(peer_id, addrs, source, time.time())
+
+    async def _mdns(self, interface_ips: list[str] | None, task_status: Any) -> None:
+        from rainnet.mdns import MdnsDiscovery
+
+        send, receive = trio.open_memory_channel[tuple[str, tuple[str, ...]]](MDNS_QUEUE)
+        token = trio.lowlevel.current_trio_token()
+
+        def found(peer_id: str, addrs: tuple[str, ...]) -> None:  # on zeroconf's thread
+            def put() -> None:
+                try:
+                    send.send_nowait((peer_id, addrs))
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    pass  # a burst beyond the queue: mDNS repeats, nothing is lost for long
+
+            try:
+                token.run_sync_soon(put)
+            except trio.RunFinishedError:
+                pass
+
+        mdns = MdnsDiscovery(self.me.peer_id, self.addrs, interface_ips, found)
+        await trio.to_thread.run_sync(mdns.start)
+        task_status.started()
+        try:
+            async with receive:
+                async for peer_id, addrs in receive:
+                    self.learn(peer_id, addrs, Source.MDNS)
+        finally:
+            send.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                await trio.to_thread.run_sync(mdns.stop, abandon_on_cancel=True)
+
+    async def _bootstrap_loop(self) -> None:
+        from rainnet import host as rhost
+
+        infos = [(a, rhost.bootstrap_info(a)) for a in self.config.bootstrap]
+        while True:
+            for addr, info in infos:
+                peer_id = str(info.peer_id)
+                if peer_id != self.me.peer_id and not self.membership.is_live(peer_id):
+                    self.learn(peer_id, (addr,), Source.BOOTSTRAP)
+            await trio.sleep(BOOTSTRAP_RETRY)
+
+    async def _dht_discovery_loop(self) -> None:
+        await trio.sleep(2.0)
+        while True:
+            if self.membership.live_peers():
+                with trio.move_on_after(DHT_OP_TIMEOUT):
+                    try:
+                        providers = await self._dht.find_providers(WORKERS_KEY, 20)
+                    except Exception as exc:
+                        log.debug("find_providers failed: %r", exc)
+                        providers = []
+                    for info in providers:
+                        addrs = tuple(f"{a}/p2p/{info.peer_id}" for a in info.addrs)
+                        self.learn(str(info.peer_id), addrs, Source.DHT)
+            await trio.sleep(DHT_DISCOVERY_INTERVAL)
+
+    async def _publish_loop(self) -> None:
+        """Keep our record and provider entry in the DHT: at the first peer, on change, hourly."""
+        while True:
+            await trio.sleep(1.0)
+            if not self.membership.live_peers():
+                continue
+            signed = self.signed_record()
+            now = time.time()
+            if self.seq == self._published.seq and now - self._published.at < DHT_PUBLISH_INTERVAL:
+                continue
+            self._published = _Published(self.seq, now)
+            with trio.move_on_after(DHT_OP_TIMEOUT):
+                try:
+                    await self._dht.put_value(records.record_key(self.me.peer_id), signed.to_bytes())
+                    if self.config.lend != "never":
+                        await self._dht.provide(WORKERS_KEY)
+                except Exception as exc:
+                    log.debug("DHT publish failed: %r", exc)
+
+    # ----- contact: hello ---------------------------------------------------------------------
+
+    async def _dial_loop(self) -> None:
+        limiter = trio.CapacityLimiter(DIAL_CONCURRENCY)
+        assert self._nursery is not None
+        while True:
+            now = time.time()
+            for peer in self.membership.due_for_dial(now):
+                if peer.peer_id in self._dialing:
+                    continue
+                self._dialing.add(peer.peer_id)
+                self._nursery.start_soon(self._contact, peer.peer_id, peer.addrs, limiter)
+            await trio.sleep(DIAL_TICK)
+
+    async def _contact(
+        self, peer_id: str, addrs: tuple[str, ...], limiter: trio.CapacityLimiter
+    ) -> None:
+        from libp2p.peer.id import ID
+
+        from rainnet import host as rhost
+
+        try:
+            async with limiter:
+                ok = False
+                with trio.move_on_after(HELLO_TIMEOUT):
+                    try:
+                        await self._host.connect(rhost.peer_info(peer_id, addrs))
+                        stream = await self._host.new_stream(ID.from_base58(peer_id), [protocols.HELLO])
+                        fs = FramedStream(stream, (protocols.HelloReply,), protocols.HELLO_MAX_FRAME)
+                        hello = protocols.Hello(self.signed_record(), self._hints(peer_id))
+                        await fs.send(hello)
+                        reply = await fs.receive_a(protocols.HelloReply)
+                        await fs.close()
+                        rec = records.open_record(reply.record, time.time(), expect_peer=peer_id)
+                        self._accept(peer_id, rec, reply.hints)
+                        ok = True
+                    except (wire.RemoteProtocolError, records.RecordError) as exc:
+                        log.warning("hello to %s refused: %s", peer_id, exc)
+                    except (StreamGone, OSError, Exception) as exc:
+                        log.debug("hello to %s failed: %r", peer_id, exc)
+                if not ok:
+                    self.membership.failed(peer_id, time.time())
+        finally:
+            self._dialing.discard(peer_id)
+
+    async def _handle_hello(self, stream: Any) -> None:
+        fs = FramedStream(stream, (protocols.Hello,), protocols.HELLO_MAX_FRAME)
+        remote = fs.remote_peer
+        hello = await fs.receive_a(protocols.Hello, HELLO_TIMEOUT)
+        try:
+            rec = records.open_record(hello.record, time.time(), expect_peer=remote)
+        except records.RecordError as exc:
+            raise wire.RemoteProtocolError(str(exc)) from None
+        await fs.send(protocols.HelloReply(self.signed_record(), self._hints(remote)))
+        await fs.close()
+        self._accept(remote, rec, hello.hints)
+
+    def _accept(
+        self, peer_id: str, rec: records.NodeRecord, hints: tuple[protocols.PeerHint, ...]
+    ) -> None:
+        now = time.time()
+        joined = self.membership.contacted(peer_id, now, rec)
+        for hint in hints:
+            self.membership.learn(hint.peer_id, hint.addrs, Source.HINT, now)
+        if joined:
+            log.info("peer joined: %s (%s, %d CPUs)", peer_id, rec.state, rec.cpus)
+            self._watch(peer_id)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._add_to_routing_table, peer_id)
+
+    async def _add_to_routing_table(self, peer_id: str) -> None:
+        from libp2p.peer.id import ID
+
+        with trio.move_on_after(DHT_OP_TIMEOUT):
+            try:
+                await self._dht.add_peer(ID.from_base58(peer_id), skip_server_mode_check=True)
+            except Exception as exc:
+                log.debug("routing table refused %s: %r", peer_id, exc)
+
+    # ----- liveness: heartbeats ---------------------------------------------------------------
+
+    def _watch(self, peer_id: str) -> None:
+        if peer_id in self._watched or self._nursery is None:
+            return
+        self._watched.add(peer_id)
+        self._nursery.start_soon(self._watcher, peer_id)
+
+    async def _watcher(self, peer_id: str) -> None:
+        """Ping `peer_id` every heartbeat interval on one long-lived stream while it is live."""
+        from libp2p.peer.id import ID
+
+        interval = self.config.heartbeat_interval
+        timeout = max(1.0, min(3.0, self.config.peer_timeout / 3))
+        fs: FramedStream | None = None
+        nonce = 0
+        try:
+            while self.membership.is_live(peer_id):
+                try:
+                    if fs is None:
+                        with trio.fail_after(timeout):
+                            stream = await self._host.new_stream(
+                                ID.from_base58(peer_id), [protocols.HEARTBEAT]
+                            )
+                        fs = FramedStream(stream, (protocols.Pong,), protocols.HEARTBEAT_MAX_FRAME)
+                    nonce += 1
+                    sent = trio.current_time()
+                    await fs.send(protocols.Ping(nonce=nonce, record_seq=self.seq), timeout)
+                    pong = await fs.receive_a(protocols.Pong, timeout)
+                    if pong.nonce != nonce:
+                        raise wire.RemoteProtocolError(f"pong for {pong.nonce}, expected {nonce}")
+                    self.membership.contacted(peer_id, time.time(), rtt=trio.current_time() - sent)
+                    self._refresh_if_newer(peer_id, pong.record_seq)
+                except (trio.TooSlowError, StreamGone, wire.RemoteProtocolError, Exception) as exc:
+                    log.debug("heartbeat to %s failed: %r", peer_id, exc)
+                    if fs is not None:
+                        await fs.reset()
+                        fs = None
+                await trio.sleep(interval)
+        finally:
+            self._watched.discard(peer_id)
+            if fs is not None:
+                await fs.close()
+
+    def _refresh_if_newer(self, peer_id: str, record_seq: int) -> None:
+        """A peer announced a newer record than ours: fetch it with a hello."""
+        peer = self.membership.peers.get(peer_id)
+        if peer is None or (peer.record is not None and peer.record.seq >= record_seq):
+            return
+        if peer_id in self._dialing or self._nursery is None:
+            return
+        self._dialing.add(peer_id)
+        self._nursery.start_soon(
+            self._contact, peer_id, peer.addrs, trio.CapacityLimiter(1)
+        )
+
+    async def _handle_heartbeat(self, stream: Any) -> None:
+        fs = FramedStream(stream, (protocols.Ping,), protocols.HEARTBEAT_MAX_FRAME)
+        remote = fs.remote_peer
+        idle_limit = self.config.peer_timeout * 3
+        while True:
+            try:
+                ping = await fs.receive_a(protocols.Ping, idle_limit)
+            except StreamGone:
+                return
+            await fs.send(protocols.Pong(nonce=ping.nonce, record_seq=self.seq))
+            now = time.time()
+            if self.membership.is_live(remote):
+                self.membership.contacted(remote, now)
+                self._refresh_if_newer(remote, ping.record_seq)
+            else:
+                # It thinks we are alive but we lost it (or never met it): say hello again.
+                self.membership.learn(remote, (), Source.INBOUND, now)
+
+    async def _expiry_loop(self) -> None:
+        from libp2p.peer.id import ID
+
+        while True:
+            await trio.sleep(EXPIRY_TICK)
+            for peer_id in self.membership.expire(time.time()):
+                log.info("peer left: %s (no answer for %.0f s)", peer_id, self.config.peer_timeout)
+                with trio.move_on_after(2):
+                    try:
+                        await self._host.disconnect(ID.from_base58(peer_id))
+                    except Exception:
+                        pass
+
+    # ----- control API ------------------------------------------------------------------------
+
+    async def _control(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req["op"]
+        if op == "status":
+            return self.status()
+        if op == "peers":
+            return {"peers": self.peers()}
+        return {"error": f"unknown operation {op!r}"}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.me.peer_id,
+            "addrs": self.addrs,
+            "state": self.state,
+            "peers": len(self.membership.live_peers()),
+            "backends": list(self.caps.backends),
+            "cpus": self.caps.cpus,
+            "memory": self.caps.memory,
+            "gpus": self.caps.gpus,
+            "version": __version__,
+            "lend": self.config.lend,
+            "mdns": self.config.mdns,
+            "uptime": time.time() - self.started_at,
+            "pid": os.getpid(),
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        out = []
+        for p in self.membership.live_peers():
+            rec = p.record
+            out.append(
+                {
+                    "peer_id": p.peer_id,
+                    "addrs": list(rec.addrs if rec else p.addrs),
+                    "state": p.state,
+                    "cpus": rec.cpus if rec else None,
+                    "memory": rec.memory if rec else None,
+                    "gpus": rec.gpus if rec else None,
+                    "backends": list(rec.backends) if rec else [],
+                    "version": rec.version if rec else None,
+                    "last_seen": p.last_seen,
+                    "rtt_ms": round(p.rtt * 1000, 2) if p.rtt is not None else None,
+                    "source": p.source.value,
+                }
+            )
+        return out

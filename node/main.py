@@ -1,0 +1,143 @@
+"""`rain-node`: the peer process's command line, logging and signal handling.
+
+SIGINT or SIGTERM cancels the node's nursery; it says goodbye on mDNS and removes its node.json and
+socket, within a few seconds. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from node.home import NODE_INFO_FILE, ensure_home, resolve_home
+
+DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
+LEND_MODES = ("idle", "always", "never")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rain-node", description="Run a rainnet peer: join the network, lend idle CPU."
+    )
+    p.add_argument("--home", help="state directory (default: $RAIN_HOME or the XDG data dir)")
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help=f"address to listen on, repeatable (default {DEFAULT_LISTEN})",
+    )
+    p.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="a peer to join through, /ip4/.../tcp/.../p2p/<id> (repeatable)",
+    )
+    p.add_argument("--no-mdns", action="store_true", help="do not discover LAN peers by mDNS")
+    p.add_argument(
+        "--lend", choices=LEND_MODES, default="idle", help="when to run others' jobs (default idle)"
+    )
+    p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between liveness checks")
+    p.add_argument(
+        "--peer-timeout", type=float, default=10.0, help="seconds without an answer before a peer leaves"
+    )
+    p.add_argument(
+        "--log-level", default=os.environ.get("RAIN_LOG", "info"), help="debug, info, warning, error"
+    )
+    return p
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # py-libp2p and zeroconf log warnings in quantity for routine events (a peer went away, a
+    # DHT query found nothing); ours say what matters.
+    # Importing libp2p resets its logger (level WARNING, no propagation, no handler, so Python's
+    # last-resort handler prints bare lines): configure it after that import.
+    import libp2p  # noqa: F401
+
+    debug = level.lower() == "debug"
+    for name in ("libp2p", "zeroconf", "multiaddr", "async_service"):
+        lib_log = logging.getLogger(name)
+        lib_log.setLevel(logging.DEBUG if debug else logging.CRITICAL)
+        lib_log.propagate = True
+        lib_log.handlers[:] = [logging.NullHandler()] if not debug else []
+
+
+def _running_pid(home: Path) -> int | None:
+    """The pid of a live rain-node already using `home`, if any."""
+    try:
+        pid = int(json.loads((home / NODE_INFO_FILE).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    log = logging.getLogger("rainnet.node")
+    home = ensure_home(resolve_home(args.home))
+    other = _running_pid(home)
+    if other is not None:
+        print(f"rain-node: another rain-node (pid {other}) is using {home}", file=sys.stderr)
+        return 1
+
+    import trio
+
+    from node.daemon import Node, NodeConfig
+
+    config = NodeConfig(
+        home=home,
+        listen=tuple(args.listen or [DEFAULT_LISTEN]),
+        bootstrap=tuple(args.bootstrap),
+        mdns=not args.no_mdns,
+        lend=args.lend,
+        heartbeat_interval=args.heartbeat,
+        peer_timeout=args.peer_timeout,
+    )
+
+    async def run() -> None:
+        node = Node(config)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(node.run)
+
+                async for signum in signals:
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    # A second signal while shutting down leaves at once.
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    break
+
+    try:
+        trio.run(run)
+    except ValueError as exc:
+        print(f"rain-node: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"rain-node: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The libp2p host: TCP, Noise only, yamux, a Kademlia DHT in server mode with our record validator.
+
+This is the only module (with the node's runtime) that imports libp2p. Choices made here, and why:
+- Security is Noise alone: a default py-libp2p host also accepts dialers offering only plaintext or
+  secio; passing our own `sec_opt` makes it refuse them.
+- `max_connections_per_peer=1`: with py-libp2p's default (3) every dial waits a fixed 250 ms
+  happy-eyeballs delay.
+- The DHT accepts values in unregistered namespaces with a warning; our namespace `rain` has a
+  validator that checks each record's signature and freshness, and `strict_validation` refuses keys
+  outside registered namespaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import multiaddr
+import psutil
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.records.pubkey import PublicKeyValidator
+from libp2p.records.validator import NamespacedValidator, Validator
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from rainnet import records
+from rainnet.identity import Identity
+
+log = logging.getLogger("rainnet.host")
+
+# Connection manager bounds: a node keeps at most this many connections, pruning above the high
+# watermark. Membership needs one per live peer in the view.
+MAX_CONNECTIONS = 300
+DIAL_TIMEOUT = 5.0
+
+
+class RecordValidator(Validator):  # type: ignore[misc]
+    """The DHT validator for `/rain/...` keys: signature, owner and freshness of node records."""
+
+    def validate(self, key: str, value: bytes) -> None:
+        try:
+            records.parse_signed(value, time.time(), key)
+        except records.RecordError as exc:
+            # py-libp2p treats any exception as "invalid"; ValueError keeps its handlers happy.
+            raise ValueError(str(exc)) from None
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        now = time.time()
+        parsed = []
+        for value in values:
+            try:
+                parsed.append(records.parse_signed(value, now, key))
+            except records.RecordError:
+                parsed.append(None)
+        good = [i for i, r in enumerate(parsed) if r is not None]
+        if not good:
+            return 0
+        best = records.newest([parsed[i] for i in good])  # type: ignore[misc]
+        return good[best]
+
+
+def libp2p_key_pair(identity: Identity) -> Any:
+    """The libp2p key pair for our Ed25519 identity (both read the same 32-byte RFC 8032 seed)."""
+    return create_new_key_pair(identity.seed())
+
+
+def build_host(identity: Identity) -> Any:
+    key_pair = libp2p_key_pair(identity)
+    security = {
+        NOISE_PROTOCOL_ID: NoiseTransport(
+            key_pair, noise_privkey=create_x25519_key_pair().private_key
+        )
+    }
+    config = ConnectionConfig(
+        max_connections_per_peer=1,
+        max_connections=MAX_CONNECTIONS,
+        dial_timeout=DIAL_TIMEOUT,
+        # Membership dials whom it needs; py-libp2p's auto-connect to every known peer would
+        # otherwise dial DHT contacts we never asked for.
+        min_connections=0,
+        low_watermark=0,
+        high_watermark=MAX_CONNECTIONS - 20,
+    )
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt=security,
+        muxer_opt=create_yamux_muxer_option(),
+        connection_config=config,
+    )
+    if str(host.get_id()) != identity.peer_id:
+        raise RuntimeError("libp2p derived a different peer id from our key")
+    return host
+
+
+def build_dht(host: Any) -> Any:
+    validator = NamespacedValidator(
+        {"pk": PublicKeyValidator(), records.RECORD_NAMESPACE: RecordValidator()},
+        strict_validation=True,
+    )
+    return KadDHT(
+        host, DHTMode.SERVER, validator=validator, validator_changed=True, strict_validation=True
+    )
+
+
+def parse_multiaddrs(addrs: Sequence[str]) -> list[Any]:
+    """Multiaddr objects; ValueError naming the bad one."""
+    out = []
+    for addr in addrs:
+        try:
+            out.append(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            raise ValueError(f"not a multiaddr: {addr!r} ({exc})") from None
+    return out
+
+
+def peer_info(peer_id: str, addrs: Sequence[str]) -> Any:
+    """A PeerInfo for dialing `peer_id` at `addrs` (with or without a /p2p suffix)."""
+    mas = []
+    for addr in addrs:
+        base = addr.rpartition("/p2p/")[0] if "/p2p/" in addr else addr
+        try:
+            mas.append(multiaddr.Multiaddr(base))
+        except Exception:
+            continue
+    return PeerInfo(ID.from_base58(peer_id), mas)
+
+
+def bootstrap_info(addr: str) -> Any:
+    """PeerInfo of a bootstrap multiaddr, which must end in /p2p/<peer id>."""
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(addr))
+    except Exception as exc:
+        raise ValueError(f"bootstrap address {addr!r} must end in /p2p/<peer id> ({exc})") from None
+
+
+def advertised_addrs(host: Any, peer_id: str) -> list[str]:
+    """Our dialable addresses: wildcard listeners expanded to each interface's IPv4 address,
+    loopback last (a remote peer that tries it first reaches itself and wastes a handshake)."""
+    out: list[str] = []
+    for ma in host.get_transport_addrs():
+        text = str(ma)
+        parts = text.split("/")
+        if len(parts) > 2 and parts[1] == "ip4" and parts[2] == "0.0.0.0":
+            for ip in interface_ipv4s():
+                out.append("/".join(["", "ip4", ip, *parts[3:]]))
+        else:
+            out.append(text)
+    out = list(dict.fromkeys(out))
+    out.sort(key=lambda a: a.startswith("/ip4/127."))
+    return [f"{a}/p2p/{peer_id}" for a in out]
+
+
+def interface_ipv4s() -> list[str]:
+    import socket
+
+    ips = []
+    for addrs in psutil.net_if_addrs().values():
+        for snic in addrs:
+            if snic.family == socket.AF_INET:
+                ips.append(snic.address)
+    return ips
+
+
+def listen_ips(listen: Sequence[str]) -> list[str] | None:
+    """The IPv4 addresses the node listens on, or None for a wildcard (mDNS on every interface)."""
+    ips = []
+    for addr in listen:
+        parts = addr.split("/")
+        if len(parts) > 2 and parts[1] == "ip4":
+            if parts[2] == "0.0.0.0":
+                return None
+            ips.append(parts[2])
+    return ips or None

@@ -1,0 +1,164 @@
+"""The membership view: which peers are alive, what they said of themselves, and whom to contact.
+
+Sans-io. The node feeds it events (a peer was learned of through mDNS, bootstrap, the DHT or a peer's
+hint; a hello or heartbeat succeeded or failed) with the current time, and asks it what to do: which
+candidates to dial now, which peers to check. A peer is *live* while its last successful contact is
+younger than `peer_timeout`; past that it leaves the view, whatever the transport says, so a peer
+that vanished without a word (power cut, cable pulled) is gone within `peer_timeout` plus one check
+interval. A peer that left stays a candidate for a while, so one that comes back rejoins by itself.
+
+Everything is bounded: the number of peers tracked, the number of addresses per peer, the number of
+dial attempts per candidate.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+
+from rainnet.records import NodeRecord
+
+DEFAULT_PEER_TIMEOUT = 10.0
+DEFAULT_MAX_PEERS = 1024
+MAX_ADDRS_PER_PEER = 16
+# Redial backoff for candidates and departed peers: 0.5 s doubling to 30 s, then give up after
+# MAX_ATTEMPTS unless a discovery source mentions the peer again (which resets the count).
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+MAX_ATTEMPTS = 12
+
+
+class Source(str, Enum):
+    MDNS = "mdns"
+    BOOTSTRAP = "bootstrap"
+    DHT = "dht"
+    HINT = "hint"  # named by another peer in a hello
+    INBOUND = "inbound"  # it contacted us
+
+
+@dataclass
+class Peer:
+    peer_id: str
+    addrs: tuple[str, ...] = ()
+    record: NodeRecord | None = None
+    source: Source = Source.HINT
+    first_seen: float = 0.0
+    last_seen: float | None = None  # last successful contact; None: never reached
+    live: bool = False
+    attempts: int = 0
+    next_attempt: float = 0.0
+    rtt: float | None = None
+
+    @property
+    def state(self) -> str:
+        return self.record.state if self.record else "unknown"
+
+
+@dataclass
+class Membership:
+    self_id: str
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT
+    max_peers: int = DEFAULT_MAX_PEERS
+    peers: dict[str, Peer] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def learn(self, peer_id: str, addrs: tuple[str, ...], source: Source, now: float) -> bool:
+        """A discovery source named `peer_id` at `addrs`. True if it should be contacted now."""
+        if peer_id == self.self_id:
+            return False
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            if len(self.peers) >= self.max_peers and not self._evict_one():
+                return False
+            peer = Peer(peer_id=peer_id, source=source, first_seen=now)
+            self.peers[peer_id] = peer
+        if addrs:
+            merged = tuple(dict.fromkeys(addrs + peer.addrs))
+            peer.addrs = merged[:MAX_ADDRS_PER_PEER]
+        if peer.live:
+            return False
+        # A fresh mention from a discovery source is news: try again soon, from a clean slate.
+        if source is not Source.HINT or peer.attempts >= MAX_ATTEMPTS:
+            peer.attempts = 0
+            peer.next_attempt = now
+        return peer.next_attempt <= now
+
+    def contacted(
+        self, peer_id: str, now: float, record: NodeRecord | None = None, rtt: float | None = None
+    ) -> bool:
+        """A hello or heartbeat with `peer_id` succeeded. True if the peer (re)joined the view."""
+        if peer_id == self.self_id:
+            return False
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            if len(self.peers) >= self.max_peers and not self._evict_one():
+                return False
+            peer = Peer(peer_id=peer_id, source=Source.INBOUND, first_seen=now)
+            self.peers[peer_id] = peer
+        joined = not peer.live
+        peer.live = True
+        peer.last_seen = now
+        peer.attempts = 0
+        if rtt is not None:
+            peer.rtt = rtt
+        if record is not None and (peer.record is None or record.seq >= peer.record.seq):
+            peer.record = record
+            if record.addrs:
+                peer.addrs = record.addrs[:MAX_ADDRS_PER_PEER]
+        return joined
+
+    def failed(self, peer_id: str, now: float) -> None:
+        """A dial, hello or heartbeat to `peer_id` failed: back off before the next attempt."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return
+        peer.attempts += 1
+        delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** min(peer.attempts - 1, 16))
+        peer.next_attempt = now + delay * (0.75 + 0.5 * self.rng.random())
+
+    def expire(self, now: float) -> list[str]:
+        """Peers whose last contact is older than the timeout leave the view; their ids."""
+        gone = []
+        for peer in self.peers.values():
+            if peer.live and peer.last_seen is not None and now - peer.last_seen > self.peer_timeout:
+                peer.live = False
+                peer.next_attempt = now
+                gone.append(peer.peer_id)
+            if peer.record is not None and not peer.record.is_fresh(now):
+                peer.record = None
+        # Forget candidates nobody could reach for a long time.
+        for peer_id in [
+            p.peer_id for p in self.peers.values() if not p.live and p.attempts >= MAX_ATTEMPTS
+        ]:
+            del self.peers[peer_id]
+        return gone
+
+    def due_for_dial(self, now: float) -> list[Peer]:
+        """Candidates (not live, with addresses) whose backoff has run out."""
+        return [
+            p
+            for p in self.peers.values()
+            if not p.live and p.addrs and p.next_attempt <= now and p.attempts < MAX_ATTEMPTS
+        ]
+
+    def live_peers(self) -> list[Peer]:
+        return sorted((p for p in self.peers.values() if p.live), key=lambda p: p.peer_id)
+
+    def is_live(self, peer_id: str) -> bool:
+        peer = self.peers.get(peer_id)
+        return bool(peer and peer.live)
+
+    def sample(self, k: int, exclude: str | None = None) -> list[Peer]:
+        """Up to `k` live peers with addresses, at random: the hints a hello carries."""
+        pool = [p for p in self.peers.values() if p.live and p.addrs and p.peer_id != exclude]
+        return self.rng.sample(pool, min(k, len(pool)))
+
+    def _evict_one(self) -> bool:
+        """Make room by forgetting the candidate tried most; never a live peer."""
+        dead = [p for p in self.peers.values() if not p.live]
+        if not dead:
+            return False
+        victim = max(dead, key=lambda p: (p.attempts, -p.first_seen))
+        del self.peers[victim.peer_id]
+        return True

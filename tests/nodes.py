@@ -1,0 +1,158 @@
+"""Test helpers: start real rain-node processes, wait for them, ask them through the real CLI.
+
+Every wait is bounded; every process started is killed at the end of its test (the `cluster`
+fixture in conftest.py), so a failing test never leaves nodes behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PYTHON = sys.executable
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+class NodeProcess:
+    """One rain-node process with its own home."""
+
+    def __init__(self, home: Path, args: Sequence[str], netns: str | None = None) -> None:
+        self.home = home
+        self.args = list(args)
+        self.netns = netns
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "node.log"
+
+    def start(self) -> NodeProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "node.json").unlink(missing_ok=True)
+        cmd = [PYTHON, "-m", "node.main", "--home", str(self.home), *self.args]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The node's node.json once it is written (the node is serving by then)."""
+        path = self.home / "node.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"rain-node exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                info: dict[str, Any] = json.loads(path.read_text())
+                if self.proc is None or info.get("pid") == self.proc.pid:
+                    return info
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"rain-node not ready within {timeout} s:\n{self.log()}")
+
+    @property
+    def info(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.home / "node.json").read_text())
+        return data
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.info["peer_id"])
+
+    @property
+    def addr(self) -> str:
+        return str(self.info["addrs"][0])
+
+    def rain(self, *args: str, timeout: float = 15.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [PYTHON, "-m", "node.cli", "--home", str(self.home), *args]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"rain {' '.join(args)} failed ({res.returncode}): {res.stderr}")
+        return res
+
+    def peers(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = json.loads(self.rain("peers", "--json").stdout)
+        return out
+
+    def peer_ids(self) -> set[str]:
+        return {p["peer_id"] for p in self.peers()}
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # Under `ip netns exec` the node is the exec'd process itself (no wrapper stays).
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    root: Path
+    nodes: list[NodeProcess] = field(default_factory=list)
+
+    def start(self, *args: str, name: str | None = None, netns: str | None = None) -> NodeProcess:
+        home = self.root / (name or f"node{len(self.nodes)}")
+        node = NodeProcess(home, args, netns=netns).start()
+        self.nodes.append(node)
+        return node
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.kill()
+        for node in self.nodes:
+            if node.proc is not None:
+                try:
+                    node.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.25
+) -> float:
+    """Poll `predicate` until true; return seconds taken; AssertionError naming `what` if not."""
+    start = time.monotonic()
+    deadline = start + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not true within {timeout} s")
+
+
+def all_see_each_other(nodes: Sequence[NodeProcess]) -> bool:
+    ids = {n.peer_id for n in nodes}
+    return all(n.peer_ids() >= ids - {n.peer_id} for n in nodes)
