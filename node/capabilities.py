@@ -18,7 +18,7 @@ class Capabilities:
 
 
 def count_gpus() -> int:
-    """NVIDIA device nodes (`/dev/nvidia0`, ...); `RAIN_FAKE_GPUS` stands in where none can exist."""
+    """NVIDIA device nodes (`/dev/nvidia0`, ...); `RAIN_FAKE_GPUS` stands in where none exist."""
     fake = os.environ.get("RAIN_FAKE_GPUS")
     if fake is not None and fake.isdigit():
         return int(fake)

@@ -10,6 +10,7 @@ costs only Python's start-up. The server half runs on trio inside rain-node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,7 +55,8 @@ def request(sock_path: Path, op: str, timeout: float = 10.0, **params: Any) -> d
                     break
     except (FileNotFoundError, ConnectionRefusedError):
         raise ControlError(
-            f"no rain-node is running with home {sock_path.parent} (start one: rain-node --home ...)"
+            f"no rain-node is running with home {sock_path.parent} "
+            "(start one: rain-node --home ...)"
         ) from None
     except TimeoutError:
         raise ControlError(f"the node did not answer within {timeout:.0f} s") from None
@@ -77,7 +79,7 @@ async def serve(sock_path: Path, handle: Handler, task_status: Any) -> None:
 
     if len(os.fsencode(sock_path)) >= 108:
         raise ControlError(f"home path too long for a Unix socket: {sock_path}")
-    sock_path.unlink(missing_ok=True)
+    _remove(sock_path)
     listener_sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Create it user-only from the start: umask for the bind, chmod for certainty.
     old_umask = os.umask(0o177)
@@ -103,10 +105,8 @@ async def serve(sock_path: Path, handle: Handler, task_status: Any) -> None:
                     except Exception as exc:  # a bug in a handler must not stop the node
                         log.exception("control request %r failed", req.get("op"))
                         answer = {"error": f"internal error: {exc}"}
-                try:
+                with contextlib.suppress(trio.BrokenResourceError):
                     await stream.send_all(json.dumps(answer).encode() + b"\n")
-                except trio.BrokenResourceError:
-                    pass
 
     listener = trio.SocketListener(listener_sock)
     try:
@@ -116,7 +116,13 @@ async def serve(sock_path: Path, handle: Handler, task_status: Any) -> None:
                 stream = await listener.accept()
                 nursery.start_soon(one_client, stream)
     finally:
-        sock_path.unlink(missing_ok=True)
+        _remove(sock_path)
+
+
+def _remove(path: Path) -> None:
+    """Unlink a socket file (instant on a local directory, so fine inside async code)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 async def _read_request(stream: Any) -> dict[str, Any]:

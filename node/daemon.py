@@ -13,6 +13,7 @@ Decisions live in the sans-io `Membership`; this module only moves bytes and tim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -135,15 +136,11 @@ class Node:
         from rainnet import host as rhost
 
         listen = rhost.parse_multiaddrs(self.config.listen)
-        for addr in self.config.bootstrap:
-            rhost.bootstrap_info(addr)  # refuse a bad bootstrap address before starting
         self._host = rhost.build_host(self.me)
         self._dht = rhost.build_dht(self._host)
         # Handlers are in place before we listen: a stream that arrives before its handler
         # (or the DHT service) is ready is refused rather than crashing the host.
-        self._host.set_stream_handler(
-            protocols.HELLO, guarded_handler("hello", self._handle_hello)
-        )
+        self._host.set_stream_handler(protocols.HELLO, guarded_handler("hello", self._handle_hello))
         self._host.set_stream_handler(
             protocols.HEARTBEAT, guarded_handler("heartbeat", self._handle_heartbeat)
         )
@@ -210,15 +207,12 @@ class Node:
 
         def found(peer_id: str, addrs: tuple[str, ...]) -> None:  # on zeroconf's thread
             def put() -> None:
-                try:
+                # A burst beyond the queue is dropped: mDNS repeats, nothing is lost for long.
+                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
                     send.send_nowait((peer_id, addrs))
-                except (trio.WouldBlock, trio.ClosedResourceError):
-                    pass  # a burst beyond the queue: mDNS repeats, nothing is lost for long
 
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(put)
-            except trio.RunFinishedError:
-                pass
 
         mdns = MdnsDiscovery(self.me.peer_id, self.addrs, interface_ips, found)
         await trio.to_thread.run_sync(mdns.start)
@@ -230,7 +224,8 @@ class Node:
         finally:
             send.close()
             with trio.CancelScope(shield=True), trio.move_on_after(3):
-                await trio.to_thread.run_sync(mdns.stop, abandon_on_cancel=True)
+                # trio-stubs (pulled in by libp2p) predate abandon_on_cancel; trio has it.
+                await trio.to_thread.run_sync(mdns.stop, abandon_on_cancel=True)  # type: ignore[call-arg]
 
     async def _bootstrap_loop(self) -> None:
         from rainnet import host as rhost
@@ -271,7 +266,9 @@ class Node:
             self._published = _Published(self.seq, now)
             with trio.move_on_after(DHT_OP_TIMEOUT):
                 try:
-                    await self._dht.put_value(records.record_key(self.me.peer_id), signed.to_bytes())
+                    await self._dht.put_value(
+                        records.record_key(self.me.peer_id), signed.to_bytes()
+                    )
                     if self.config.lend != "never":
                         await self._dht.provide(WORKERS_KEY)
                 except Exception as exc:
@@ -303,9 +300,14 @@ class Node:
                 ok = False
                 with trio.move_on_after(HELLO_TIMEOUT):
                     try:
+                        rhost.allow_redial(self._host, peer_id)
                         await self._host.connect(rhost.peer_info(peer_id, addrs))
-                        stream = await self._host.new_stream(ID.from_base58(peer_id), [protocols.HELLO])
-                        fs = FramedStream(stream, (protocols.HelloReply,), protocols.HELLO_MAX_FRAME)
+                        stream = await self._host.new_stream(
+                            ID.from_base58(peer_id), [protocols.HELLO]
+                        )
+                        fs = FramedStream(
+                            stream, (protocols.HelloReply,), protocols.HELLO_MAX_FRAME
+                        )
                         hello = protocols.Hello(self.signed_record(), self._hints(peer_id))
                         await fs.send(hello)
                         reply = await fs.receive_a(protocols.HelloReply)
@@ -368,6 +370,8 @@ class Node:
         """Ping `peer_id` every heartbeat interval on one long-lived stream while it is live."""
         from libp2p.peer.id import ID
 
+        from rainnet import host as rhost
+
         interval = self.config.heartbeat_interval
         timeout = max(1.0, min(3.0, self.config.peer_timeout / 3))
         fs: FramedStream | None = None
@@ -376,6 +380,7 @@ class Node:
             while self.membership.is_live(peer_id):
                 try:
                     if fs is None:
+                        rhost.allow_redial(self._host, peer_id)
                         with trio.fail_after(timeout):
                             stream = await self._host.new_stream(
                                 ID.from_base58(peer_id), [protocols.HEARTBEAT]
@@ -408,9 +413,7 @@ class Node:
         if peer_id in self._dialing or self._nursery is None:
             return
         self._dialing.add(peer_id)
-        self._nursery.start_soon(
-            self._contact, peer_id, peer.addrs, trio.CapacityLimiter(1)
-        )
+        self._nursery.start_soon(self._contact, peer_id, peer.addrs, trio.CapacityLimiter(1))
 
     async def _handle_heartbeat(self, stream: Any) -> None:
         fs = FramedStream(stream, (protocols.Ping,), protocols.HEARTBEAT_MAX_FRAME)
@@ -438,10 +441,8 @@ class Node:
             for peer_id in self.membership.expire(time.time()):
                 log.info("peer left: %s (no answer for %.0f s)", peer_id, self.config.peer_timeout)
                 with trio.move_on_after(2):
-                    try:
+                    with contextlib.suppress(Exception):
                         await self._host.disconnect(ID.from_base58(peer_id))
-                    except Exception:
-                        pass
 
     # ----- control API ------------------------------------------------------------------------
 

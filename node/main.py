@@ -45,10 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between liveness checks")
     p.add_argument(
-        "--peer-timeout", type=float, default=10.0, help="seconds without an answer before a peer leaves"
+        "--peer-timeout",
+        type=float,
+        default=10.0,
+        help="seconds without an answer before a peer leaves",
     )
     p.add_argument(
-        "--log-level", default=os.environ.get("RAIN_LOG", "info"), help="debug, info, warning, error"
+        "--log-level",
+        default=os.environ.get("RAIN_LOG", "info"),
+        help="debug, info, warning, error",
     )
     return p
 
@@ -66,11 +71,22 @@ def setup_logging(level: str) -> None:
     import libp2p  # noqa: F401
 
     debug = level.lower() == "debug"
-    for name in ("libp2p", "zeroconf", "multiaddr", "async_service"):
+    for name in LIBRARY_LOGGERS:
         lib_log = logging.getLogger(name)
         lib_log.setLevel(logging.DEBUG if debug else logging.CRITICAL)
         lib_log.propagate = True
         lib_log.handlers[:] = [logging.NullHandler()] if not debug else []
+    if not debug:
+        # Some py-libp2p modules set their own levels; filter at our handler too.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_libraries)
+
+
+LIBRARY_LOGGERS = ("libp2p", "zeroconf", "multiaddr", "async_service")
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL or record.name.split(".")[0] not in LIBRARY_LOGGERS
 
 
 def _running_pid(home: Path) -> int | None:
@@ -103,10 +119,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     import trio
 
     from node.daemon import Node, NodeConfig
+    from rainnet import host as rhost
+
+    listen = tuple(args.listen or [DEFAULT_LISTEN])
+    try:
+        rhost.parse_multiaddrs(listen)
+        for addr in args.bootstrap:
+            rhost.bootstrap_info(addr)
+    except ValueError as exc:
+        print(f"rain-node: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rhost.check_ports_free(listen)
+    except OSError as exc:
+        print(f"rain-node: {exc.strerror}", file=sys.stderr)
+        return 1
 
     config = NodeConfig(
         home=home,
-        listen=tuple(args.listen or [DEFAULT_LISTEN]),
+        listen=listen,
         bootstrap=tuple(args.bootstrap),
         mdns=not args.no_mdns,
         lend=args.lend,
@@ -130,13 +161,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         trio.run(run)
-    except ValueError as exc:
-        print(f"rain-node: {exc}", file=sys.stderr)
-        return 2
+    except BaseExceptionGroup as group:
+        # A port in use or an unwritable home arrives wrapped by trio's nurseries: say it plainly.
+        os_errors = group.subgroup(lambda exc: isinstance(exc, OSError))
+        if os_errors is None:
+            raise
+        print(f"rain-node: {_first_leaf(os_errors)}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"rain-node: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 if __name__ == "__main__":

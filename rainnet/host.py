@@ -23,7 +23,7 @@ from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-from libp2p.network.config import ConnectionConfig
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.records.pubkey import PublicKeyValidator
@@ -54,17 +54,15 @@ class RecordValidator(Validator):  # type: ignore[misc]
 
     def select(self, key: str, values: list[bytes]) -> int:
         now = time.time()
-        parsed = []
-        for value in values:
+        good: list[tuple[int, records.NodeRecord]] = []
+        for i, value in enumerate(values):
             try:
-                parsed.append(records.parse_signed(value, now, key))
+                good.append((i, records.parse_signed(value, now, key)))
             except records.RecordError:
-                parsed.append(None)
-        good = [i for i, r in enumerate(parsed) if r is not None]
+                continue
         if not good:
             return 0
-        best = records.newest([parsed[i] for i in good])  # type: ignore[misc]
-        return good[best]
+        return good[records.newest([rec for _, rec in good])][0]
 
 
 def libp2p_key_pair(identity: Identity) -> Any:
@@ -95,9 +93,48 @@ def build_host(identity: Identity) -> Any:
         muxer_opt=create_yamux_muxer_option(),
         connection_config=config,
     )
+    # py-libp2p's auto-connector dials every peer in the peerstore until it holds half the high
+    # watermark of connections (140 here): that floods. Membership decides whom to dial.
+    host.get_network().auto_connector.maybe_connect = _membership_decides_dials
+    # Membership owns redial policy (backoff per peer, reset when discovery mentions the peer
+    # again); the swarm's own retries would only stretch each attempt.
+    host.get_network().retry_config = RetryConfig(max_retries=0)
     if str(host.get_id()) != identity.peer_id:
         raise RuntimeError("libp2p derived a different peer id from our key")
     return host
+
+
+async def _membership_decides_dials() -> None:
+    return None
+
+
+def check_ports_free(listen: Sequence[str]) -> None:
+    """OSError if a fixed TCP port we are to listen on is taken.
+
+    py-libp2p listens with SO_REUSEPORT (for hole punching), so a second node on the same port
+    would start and silently share the port's connections with the first; bind without it first.
+    """
+    import socket
+
+    for addr in listen:
+        parts = addr.split("/")
+        if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+            continue
+        if parts[4] == "0":
+            continue
+        family = socket.AF_INET if parts[1] == "ip4" else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((parts[2], int(parts[4])))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None
+
+
+def allow_redial(host: Any, peer_id: str) -> None:
+    """Lift the swarm's negative dial cache for `peer_id`: a peer that failed a minute ago may be
+    back (restarted, cable plugged in, bootstrap node started), and we decide when to retry."""
+    host.get_network().unblock_peer(ID.from_base58(peer_id))
 
 
 def build_dht(host: Any) -> Any:

@@ -36,13 +36,14 @@ def peer_id_from_public_bytes(raw: bytes) -> str:
     """The base58 libp2p peer id of a raw 32-byte Ed25519 public key."""
     if len(raw) != 32:
         raise ValueError(f"an Ed25519 public key has 32 bytes, not {len(raw)}")
-    return base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTOBUF_PREFIX + raw).decode()
+    encoded: bytes = base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTOBUF_PREFIX + raw)
+    return encoded.decode()
 
 
 def public_bytes_from_peer_id(peer_id: str) -> bytes:
     """The raw Ed25519 public key inlined in a peer id; ValueError for any other kind of id."""
     try:
-        decoded = base58.b58decode(peer_id)
+        decoded: bytes = base58.b58decode(peer_id)
     except ValueError as exc:
         raise ValueError(f"not a base58 peer id: {peer_id!r}") from exc
     prefix = _IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTOBUF_PREFIX

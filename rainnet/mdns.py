@@ -18,7 +18,14 @@ import socket
 import string
 from collections.abc import Callable, Sequence
 
-from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, ServiceListener, Zeroconf
+from zeroconf import (
+    InterfaceChoice,
+    IPVersion,
+    ServiceBrowser,
+    ServiceInfo,
+    ServiceListener,
+    Zeroconf,
+)
 
 log = logging.getLogger("rainnet.mdns")
 
@@ -116,7 +123,9 @@ class MdnsDiscovery:
         self._addrs = [a for a in addrs if a.endswith(f"/p2p/{peer_id}")][:MAX_TXT_ADDRS]
         self._interfaces = list(interface_ips) if interface_ips else None
         self._on_found = on_found
-        instance = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(32))
+        instance = "".join(
+            secrets.choice(string.ascii_lowercase + string.digits) for _ in range(32)
+        )
         self._name = f"{instance}.{SERVICE_TYPE}"
         self._zc: Zeroconf | None = None
         self._browser: ServiceBrowser | None = None

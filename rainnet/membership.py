@@ -1,11 +1,12 @@
-"""The membership view: which peers are alive, what they said of themselves, and whom to contact.
+"""The membership view: which peers are alive, what they said of themselves, whom to contact.
 
-Sans-io. The node feeds it events (a peer was learned of through mDNS, bootstrap, the DHT or a peer's
-hint; a hello or heartbeat succeeded or failed) with the current time, and asks it what to do: which
-candidates to dial now, which peers to check. A peer is *live* while its last successful contact is
-younger than `peer_timeout`; past that it leaves the view, whatever the transport says, so a peer
-that vanished without a word (power cut, cable pulled) is gone within `peer_timeout` plus one check
-interval. A peer that left stays a candidate for a while, so one that comes back rejoins by itself.
+Sans-io. The node feeds it events (a peer was learned of through mDNS, bootstrap, the DHT or a
+peer's hint; a hello or heartbeat succeeded or failed) with the current time, and asks it what to
+do: which candidates to dial now, which peers to check. A peer is *live* while its last successful
+contact is younger than `peer_timeout`; past that it leaves the view, whatever the transport says,
+so a peer that vanished without a word (power cut, cable pulled) is gone within `peer_timeout` plus
+one check interval. A peer that left stays a candidate for a while, so one that comes back rejoins
+by itself.
 
 Everything is bounded: the number of peers tracked, the number of addresses per peer, the number of
 dial attempts per candidate.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from rainnet.records import NodeRecord
 
@@ -29,7 +30,7 @@ BACKOFF_MAX = 30.0
 MAX_ATTEMPTS = 12
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     MDNS = "mdns"
     BOOTSTRAP = "bootstrap"
     DHT = "dht"
@@ -121,7 +122,11 @@ class Membership:
         """Peers whose last contact is older than the timeout leave the view; their ids."""
         gone = []
         for peer in self.peers.values():
-            if peer.live and peer.last_seen is not None and now - peer.last_seen > self.peer_timeout:
+            if (
+                peer.live
+                and peer.last_seen is not None
+                and now - peer.last_seen > self.peer_timeout
+            ):
                 peer.live = False
                 peer.next_attempt = now
                 gone.append(peer.peer_id)

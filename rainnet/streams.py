@@ -9,6 +9,7 @@ py-libp2p, which tears the whole host down when a handler raises.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -81,17 +82,13 @@ class FramedStream:
 
     async def close(self) -> None:
         with trio.move_on_after(2):
-            try:
+            with contextlib.suppress(Exception):
                 await self.stream.close()
-            except Exception:
-                pass
 
     async def reset(self) -> None:
         with trio.move_on_after(2):
-            try:
+            with contextlib.suppress(Exception):
                 await self.stream.reset()
-            except Exception:
-                pass
 
 
 def guarded_handler(
@@ -126,7 +123,5 @@ def _peer_of(stream: Any) -> str:
 
 async def _reset(stream: Any) -> None:
     with trio.move_on_after(2):
-        try:
+        with contextlib.suppress(Exception):
             await stream.reset()
-        except Exception:
-            pass

@@ -1,11 +1,12 @@
-"""The wire codec: length-prefixed, typed, versioned msgpack messages, decoded and validated sans-io.
+"""The wire codec: length-prefixed, typed, versioned msgpack messages, validated sans-io.
 
 Every `/rain/...` protocol carries frames of `uvarint length | msgpack map`. The map names its type
-(`"t"`) and version (`"v"`); the remaining keys are the fields of a frozen dataclass registered with
-`@message("type-name")`. Decoding checks, before any use: the frame's size against the protocol's
-cap, that the payload is a map, that the type is one this protocol expects, and each field's type and
-size against the dataclass's annotations. Anything else raises `RemoteProtocolError`, which says the
-fault is the remote's; the caller closes that stream and carries on.
+(`"t"`) and version (`"v"`); the remaining keys are the fields of a frozen dataclass registered
+with `@message("type-name")`. Decoding checks, before any use: the frame's size against the
+protocol's cap, that the payload is a map, that the type is one this protocol expects, and each
+field's type and size against the dataclass's annotations. Anything else raises
+`RemoteProtocolError`, which says the fault is the remote's; the caller closes that stream and
+carries on.
 
 The codec holds no sockets: `FrameDecoder.feed(bytes)` returns whole messages, and `encode(msg)`
 returns bytes. The trio edge (rainnet.streams) moves those bytes.
@@ -139,7 +140,9 @@ def decode_payload(payload: bytes, expected: Iterable[type[Message]] | None = No
     if expected is not None and cls not in tuple(expected):
         raise RemoteProtocolError(f"unexpected message {type_name!r} here")
     if version != cls.VERSION:
-        raise RemoteProtocolError(f"{type_name} version {version!r} unsupported (want {cls.VERSION})")
+        raise RemoteProtocolError(
+            f"{type_name} version {version!r} unsupported (want {cls.VERSION})"
+        )
     return _build(cls, raw, type_name)
 
 
@@ -149,9 +152,7 @@ def _build(cls: type[Message], raw: dict[str, Any], where: str) -> Message:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in raw:
             value = raw.pop(f.name)
-        elif f.default is not dataclasses.MISSING:
-            continue
-        elif f.default_factory is not dataclasses.MISSING:
+        elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
             continue
         else:
             raise RemoteProtocolError(f"{where}: missing field {f.name!r}")
@@ -200,11 +201,14 @@ def _check(tp: Any, value: Any, where: str, cap: int | None) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             max_items = cap if cap is not None else DEFAULT_MAX_ITEMS
             if len(value) > max_items:
-                raise RemoteProtocolError(f"{where}: {len(value)} items, over the cap of {max_items}")
+                raise RemoteProtocolError(
+                    f"{where}: {len(value)} items, over the cap of {max_items}"
+                )
             return tuple(_check(args[0], v, f"{where}[{i}]", None) for i, v in enumerate(value))
         if len(value) != len(args):
             raise RemoteProtocolError(f"{where}: expected {len(args)} items")
-        return tuple(_check(a, v, f"{where}[{i}]", None) for i, (a, v) in enumerate(zip(args, value)))
+        pairs = zip(args, value, strict=True)
+        return tuple(_check(a, v, f"{where}[{i}]", None) for i, (a, v) in enumerate(pairs))
     if tp is bool:
         if not isinstance(value, bool):
             raise RemoteProtocolError(f"{where}: expected a bool")
@@ -224,7 +228,9 @@ def _check(tp: Any, value: Any, where: str, cap: int | None) -> Any:
             raise RemoteProtocolError(f"{where}: expected a string, got {type(value).__name__}")
         max_len = cap if cap is not None else DEFAULT_MAX_STR
         if len(value) > max_len:
-            raise RemoteProtocolError(f"{where}: {len(value)} characters, over the cap of {max_len}")
+            raise RemoteProtocolError(
+                f"{where}: {len(value)} characters, over the cap of {max_len}"
+            )
         return value
     if tp is bytes:
         if not isinstance(value, bytes):
@@ -243,8 +249,8 @@ def _check(tp: Any, value: Any, where: str, cap: int | None) -> Any:
 class FrameDecoder:
     """Splits a byte stream into messages; one decoder per stream direction.
 
-    `feed` buffers at most one frame (the cap) plus one read's worth, so memory per stream is bounded
-    whatever the remote sends.
+    `feed` buffers at most one frame (the cap) plus one read's worth, so memory per stream is
+    bounded whatever the remote sends.
     """
 
     def __init__(

@@ -6,6 +6,7 @@ fixture in conftest.py), so a failing test never leaves nodes behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -72,7 +73,9 @@ class NodeProcess:
     def addr(self) -> str:
         return str(self.info["addrs"][0])
 
-    def rain(self, *args: str, timeout: float = 15.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def rain(
+        self, *args: str, timeout: float = 15.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [PYTHON, "-m", "node.cli", "--home", str(self.home), *args]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
@@ -134,10 +137,8 @@ class Cluster:
                 node.proc.kill()
         for node in self.nodes:
             if node.proc is not None:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     node.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
 
 
 def wait_until(

@@ -20,7 +20,9 @@ def test_five_nodes_find_each_other_by_mdns_alone(cluster: Cluster) -> None:
         for peer in node.peers():
             assert peer["state"] == "idle"
             assert peer["cpus"] >= 1 and peer["memory"] > 0
-            assert peer["addrs"] and all(a.endswith("/p2p/" + peer["peer_id"]) for a in peer["addrs"])
+            assert peer["addrs"] and all(
+                a.endswith("/p2p/" + peer["peer_id"]) for a in peer["addrs"]
+            )
             assert peer["last_seen"] > time.time() - 30
 
 

@@ -1,0 +1,132 @@
+"""Test LANs made of network namespaces: hosts on bridges, a router namespace between the LANs.
+
+Addresses are only ever those of namespaces the test made (10.231.x.0/24 inside them); nothing
+is routed to the machine's own interfaces. Everything is removed at the end, even after a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+import pytest
+
+
+def require_netns() -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to make network namespaces")
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {res.stderr.strip()}")
+    return res
+
+
+@dataclass
+class Lan:
+    name: str
+    subnet: int  # the third octet: 10.231.<subnet>.0/24
+    bridge: str
+    hosts: list[str] = field(default_factory=list)
+
+    def ip(self, index: int) -> str:
+        return f"10.231.{self.subnet}.{index}"
+
+
+@dataclass
+class Topology:
+    """LANs of namespaces joined by a router namespace (optionally masquerading for some)."""
+
+    prefix: str = field(default_factory=lambda: f"rn{os.getpid() % 100000}")
+    router: str = ""
+    lans: list[Lan] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.router = f"{self.prefix}-r"
+        self._ns(self.router)
+        self.exec(self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+    def _ns(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        self.exec(name, "ip", "link", "set", "lo", "up")
+
+    def exec(self, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", ns, *args)
+
+    def add_lan(self, name: str, hosts: int) -> Lan:
+        lan = Lan(name, subnet=len(self.lans) + 1, bridge=f"br{len(self.lans)}")
+        self.exec(self.router, "ip", "link", "add", lan.bridge, "type", "bridge")
+        self.exec(self.router, "ip", "addr", "add", f"{lan.ip(1)}/24", "dev", lan.bridge)
+        self.exec(self.router, "ip", "link", "set", lan.bridge, "up")
+        for i in range(hosts):
+            ns = f"{self.prefix}-{name}{i}"
+            self._ns(ns)
+            host_if, port_if = f"{self.prefix}{name}{i}h", f"{self.prefix}{name}{i}p"
+            sh(
+                "ip",
+                "link",
+                "add",
+                host_if,
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                port_if,
+                "netns",
+                self.router,
+            )
+            self.exec(self.router, "ip", "link", "set", port_if, "master", lan.bridge, "up")
+            self.exec(ns, "ip", "link", "set", host_if, "name", "eth0")
+            self.exec(ns, "ip", "addr", "add", f"{lan.ip(10 + i)}/24", "dev", "eth0")
+            self.exec(ns, "ip", "link", "set", "eth0", "up", "multicast", "on")
+            self.exec(ns, "ip", "route", "add", "default", "via", lan.ip(1))
+            lan.hosts.append(ns)
+        self.lans.append(lan)
+        return lan
+
+    def masquerade(self, lan: Lan) -> None:
+        """Put `lan` behind NAT: its hosts reach out, nobody outside reaches in."""
+        subnet = f"10.231.{lan.subnet}.0/24"
+        r = self.router
+        self.exec(
+            r,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            subnet,
+            "!",
+            "-o",
+            lan.bridge,
+            "-j",
+            "MASQUERADE",
+        )
+        self.exec(
+            r,
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-d",
+            subnet,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        )
+        self.exec(r, "iptables", "-A", "FORWARD", "-d", subnet, "!", "-i", lan.bridge, "-j", "DROP")
+
+    def destroy(self) -> None:
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()

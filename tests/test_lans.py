@@ -1,0 +1,76 @@
+"""Two LANs in network namespaces: mDNS finds peers inside each LAN only; a bootstrap node on the
+router between them makes both LANs one network."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rainnet.identity import load_or_create
+from tests.netns import Topology, require_netns
+from tests.nodes import Cluster, NodeProcess, all_see_each_other, wait_until
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    require_netns()
+    topo = Topology()
+    try:
+        yield topo
+    finally:
+        topo.destroy()
+
+
+def test_mdns_stays_in_its_lan_and_a_router_bootstrap_joins_the_lans(
+    topology: Topology, cluster: Cluster, tmp_path: Path
+) -> None:
+    lan_a = topology.add_lan("a", hosts=2)
+    lan_b = topology.add_lan("b", hosts=2)
+
+    # The router's node has a known identity before it runs, so LAN nodes can name it now.
+    router_home = tmp_path / "router"
+    router_id = load_or_create(router_home).peer_id
+    router_addr = f"/ip4/{lan_a.ip(1)}/tcp/4001/p2p/{router_id}"
+
+    def lan_node(lan_ip: str, ns: str) -> NodeProcess:
+        return cluster.start(
+            "--listen",
+            f"/ip4/{lan_ip}/tcp/4001",
+            "--bootstrap",
+            router_addr,
+            netns=ns,
+            name=ns,
+        )
+
+    a_nodes = [lan_node(lan_a.ip(10 + i), ns) for i, ns in enumerate(lan_a.hosts)]
+    b_nodes = [lan_node(lan_b.ip(10 + i), ns) for i, ns in enumerate(lan_b.hosts)]
+    for node in a_nodes + b_nodes:
+        node.wait_ready()
+
+    wait_until(lambda: all_see_each_other(a_nodes), 20, "LAN A's nodes find each other by mDNS")
+    wait_until(lambda: all_see_each_other(b_nodes), 20, "LAN B's nodes find each other by mDNS")
+    time.sleep(3)  # more time for any leak across the router to show
+    a_ids = {n.peer_id for n in a_nodes}
+    b_ids = {n.peer_id for n in b_nodes}
+    for node in a_nodes:
+        assert not node.peer_ids() & b_ids, "mDNS crossed the router"
+    for node in b_nodes:
+        assert not node.peer_ids() & a_ids, "mDNS crossed the router"
+
+    router = cluster.start(
+        "--listen",
+        f"/ip4/{lan_a.ip(1)}/tcp/4001",
+        "--listen",
+        f"/ip4/{lan_b.ip(1)}/tcp/4001",
+        "--no-mdns",
+        netns=topology.router,
+        name="router",
+    )
+    assert router.home == router_home
+    router.wait_ready()
+    everyone = [router, *a_nodes, *b_nodes]
+    took = wait_until(lambda: all_see_each_other(everyone), 40, "both LANs are one network")
+    print(f"LANs joined {took:.1f} s after the router node was ready")
