@@ -274,6 +274,41 @@ class Node:
                 except Exception as exc:
                     log.debug("DHT publish failed: %r", exc)
 
+    async def find_workers(self, count: int = 20) -> list[records.NodeRecord]:
+        """Workers found through DHT provider records, each with its verified signed record.
+
+        Point to point: a provider lookup, then one record lookup per provider, all bounded.
+        """
+        from libp2p.peer.id import ID
+
+        found: dict[str, records.NodeRecord] = {}
+        with trio.move_on_after(DHT_OP_TIMEOUT):
+            providers = await self._dht.find_providers(WORKERS_KEY, count)
+            peer_ids = list(dict.fromkeys(str(info.peer_id) for info in providers))[:count]
+
+            async def fetch(peer_id: str) -> None:
+                value = None
+                with trio.move_on_after(DHT_OP_TIMEOUT / 2):
+                    try:
+                        value = await self._dht.get_value(records.record_key(peer_id), quorum=1)
+                    except Exception as exc:
+                        log.debug("record of %s not found: %r", peer_id, exc)
+                if value is None:
+                    return
+                try:
+                    found[peer_id] = records.parse_signed(
+                        value, time.time(), records.record_key(peer_id)
+                    )
+                except records.RecordError as exc:
+                    log.warning("DHT gave a bad record for %s: %s", peer_id, exc)
+
+            async with trio.open_nursery() as nursery:
+                for peer_id in peer_ids:
+                    if peer_id != self.me.peer_id:
+                        ID.from_base58(peer_id)
+                        nursery.start_soon(fetch, peer_id)
+        return sorted(found.values(), key=lambda r: r.peer_id)
+
     # ----- contact: hello ---------------------------------------------------------------------
 
     async def _dial_loop(self) -> None:
@@ -452,6 +487,9 @@ class Node:
             return self.status()
         if op == "peers":
             return {"peers": self.peers()}
+        if op == "workers":
+            found = await self.find_workers()
+            return {"workers": [r.as_dict() for r in found]}
         return {"error": f"unknown operation {op!r}"}
 
     def status(self) -> dict[str, Any]:

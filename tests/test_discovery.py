@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
+from node import control
 from tests.nodes import LOOPBACK, Cluster, all_see_each_other, wait_until
 
 N = 5
@@ -85,3 +86,28 @@ def test_sigterm_stops_within_5s_and_identity_is_reused(cluster: Cluster) -> Non
     assert node.wait_ready()["peer_id"] == first_id
     node.signal(signal.SIGINT)
     assert node.proc.wait(timeout=5) == 0
+
+
+def test_workers_are_found_through_dht_provider_records(cluster: Cluster) -> None:
+    """Each node provides the workers key and publishes its signed record; another node finds
+    them through the DHT alone (provider lookup, then record lookup, signatures checked)."""
+    first = cluster.start("--listen", LOOPBACK, "--no-mdns")
+    first.wait_ready()
+    rest = [
+        cluster.start("--listen", LOOPBACK, "--no-mdns", "--bootstrap", first.addr)
+        for _ in range(3)
+    ]
+    for node in rest:
+        node.wait_ready()
+    nodes = [first, *rest]
+    wait_until(lambda: all_see_each_other(nodes), 30, "4 nodes list each other")
+    expected = {n.peer_id for n in nodes} - {first.peer_id}
+
+    def workers() -> dict[str, dict[str, object]]:
+        found = control.request(first.home / "control.sock", "workers", timeout=30)["workers"]
+        return {w["peer_id"]: w for w in found}
+
+    wait_until(lambda: set(workers()) >= expected, 40, "DHT lists every other worker", 1.0)
+    for peer_id, rec in workers().items():
+        assert rec["state"] == "idle" and rec["cpus"] >= 1
+        assert any(str(a).endswith(peer_id) for a in rec["addrs"])  # type: ignore[attr-defined]
