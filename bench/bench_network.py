@@ -1,4 +1,4 @@
-"""Benchmarks of the peer network, printed (not asserted). Run: .venv/bin/python bench/bench_network.py
+"""Benchmarks of the peer network, printed, not asserted: .venv/bin/python bench/bench_network.py
 
 - discovery: time from a node's start until every other node lists it, by mDNS and by bootstrap
   (median of several joins), against the goal of 2 s (a known libp2p-based peer took ~30 s);
@@ -23,9 +23,7 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until  # noqa: E402
+from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
 
 
 def _sees(node: NodeProcess, peer_id: str) -> bool:
