@@ -74,3 +74,36 @@ def test_mdns_stays_in_its_lan_and_a_router_bootstrap_joins_the_lans(
     everyone = [router, *a_nodes, *b_nodes]
     took = wait_until(lambda: all_see_each_other(everyone), 40, "both LANs are one network")
     print(f"LANs joined {took:.1f} s after the router node was ready")
+
+
+def test_pulled_cable_leaves_within_15s_and_rejoins_when_plugged_back(
+    topology: Topology, cluster: Cluster
+) -> None:
+    """No FIN, no RST: the link just goes dark. Peers notice by heartbeat alone; when the link
+    comes back, the node rejoins without anyone restarting anything."""
+    lan = topology.add_lan("c", hosts=3)
+    nodes = [
+        cluster.start("--listen", f"/ip4/{lan.ip(10 + i)}/tcp/4001", netns=ns, name=ns)
+        for i, ns in enumerate(lan.hosts)
+    ]
+    for node in nodes:
+        node.wait_ready()
+    wait_until(lambda: all_see_each_other(nodes), 20, "the LAN's nodes find each other")
+
+    unplugged, others = nodes[-1], nodes[:-1]
+    gone_id = unplugged.peer_id
+    # The switch port goes down: packets to and from the node vanish silently.
+    port = f"{topology.prefix}c2p"
+    topology.exec(topology.router, "ip", "link", "set", port, "down")
+    took = wait_until(
+        lambda: all(gone_id not in n.peer_ids() for n in others),
+        15,
+        "the unplugged node leaves every view",
+        interval=0.5,
+    )
+    print(f"unplugged node left all views after {took:.1f} s")
+    assert unplugged.proc is not None and unplugged.proc.poll() is None
+
+    topology.exec(topology.router, "ip", "link", "set", port, "up")
+    took = wait_until(lambda: all_see_each_other(nodes), 40, "the node rejoins by itself")
+    print(f"replugged node back in all views after {took:.1f} s")
