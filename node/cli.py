@@ -2,7 +2,9 @@
 
 It never imports libp2p (that costs ~1 s); commands that need the running node ask it over the
 user-only Unix socket in the node's home, and commands about local state (credit, sandbox) read it
-directly. Each group of commands lives in its own module with a `register(subparsers)` function.
+directly. Each group of commands lives in its own module with a `register(subparsers)` function,
+and only the module of the command being run is imported, so `rain status` does not pay for the
+ledger's or the sandbox's imports.
 """
 
 from __future__ import annotations
@@ -12,26 +14,47 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Modules that add subcommands; each defines register(subparsers) and sets `func` on its parsers.
-COMMAND_MODULES: tuple[str, ...] = ("node.cli_node",)
+# Which module registers (and runs) each top-level command.
+COMMANDS: dict[str, str] = {
+    "status": "node.cli_node",
+    "peers": "node.cli_node",
+    "credit": "node.cli_credit",
+    "policy": "node.cli_policy",
+}
 
 
 class CliError(Exception):
     """A failure to report to the user as one line (exit status 1), without a traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with a known `command`, only that command's module is imported."""
     parser = argparse.ArgumentParser(prog="rain", description="rainnet: pooled idle computers.")
     parser.add_argument("--home", help="the node's home (default: $RAIN_HOME or the XDG data dir)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The first positional argument (the command), skipping the global options."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--home":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(args_list))
+    args = parser.parse_args(args_list)
     try:
         code = args.func(args)
     except CliError as exc:
@@ -43,4 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module, not __main__: command modules raise node.cli.CliError,
+    # which must be the class this main() catches.
+    from node.cli import main as _main
+
+    sys.exit(_main())

@@ -52,7 +52,7 @@ def test_cli_without_a_node_says_so(tmp_path: Path) -> None:
 def test_cli_does_not_import_libp2p() -> None:
     code = (
         "import sys, node.cli\n"
-        "node.cli.build_parser()\n"
+        "node.cli.build_parser('status')\n"
         "heavy = ('libp2p', 'trio', 'zeroconf')\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "print(bad)\n"
