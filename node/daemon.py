@@ -24,8 +24,10 @@ from typing import Any
 
 import trio
 
+from ledger.service import Ledger
 from node import capabilities, control
 from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
+from node.ledger_link import LEDGER, LEDGER_MAX_FRAME, LedgerFrame, LedgerLink
 from rainnet import __version__, identity, protocols, records, wire
 from rainnet.membership import Membership, Source
 from rainnet.streams import FramedStream, StreamGone, guarded_handler
@@ -78,6 +80,7 @@ class Node:
         self.me = identity.load_or_create(self.config.home)
         self.membership = Membership(self.me.peer_id, peer_timeout=self.config.peer_timeout)
         self.caps = capabilities.detect(self.config.backends)
+        self.ledger = LedgerLink(Ledger.open(self.config.home, self.me))
         self._signed: records.SignedRecord | None = None
         self._watched: set[str] = set()
         self._dialing: set[str] = set()
@@ -144,6 +147,7 @@ class Node:
         self._host.set_stream_handler(
             protocols.HEARTBEAT, guarded_handler("heartbeat", self._handle_heartbeat)
         )
+        self._host.set_stream_handler(LEDGER, guarded_handler("ledger", self.ledger.handle))
         async with (
             self._host.run(listen),
             background_trio_service(self._dht),
@@ -170,6 +174,7 @@ class Node:
                 await trio.sleep_forever()
             finally:
                 self._remove_node_info()
+                self.ledger.ledger.close()
 
     def _write_node_info(self, sock_path: Path) -> None:
         info = {
@@ -383,6 +388,7 @@ class Node:
             self._watch(peer_id)
             if self._nursery is not None:
                 self._nursery.start_soon(self._add_to_routing_table, peer_id)
+                self._nursery.start_soon(self._ledger_gossip, peer_id)
 
     async def _add_to_routing_table(self, peer_id: str) -> None:
         from libp2p.peer.id import ID
@@ -392,6 +398,58 @@ class Node:
                 await self._dht.add_peer(ID.from_base58(peer_id), skip_server_mode_check=True)
             except Exception as exc:
                 log.debug("routing table refused %s: %r", peer_id, exc)
+
+    # ----- ledger ---------------------------------------------------------------------------
+
+    async def open_stream(self, peer_id: str, protocol: str, timeout: float = HELLO_TIMEOUT) -> Any:
+        """A new stream to `peer_id` (dialing it if needed); StreamGone if that fails in time."""
+        from libp2p.peer.id import ID
+
+        from rainnet import host as rhost
+
+        peer = self.membership.peers.get(peer_id)
+        with trio.move_on_after(timeout):
+            try:
+                if peer is not None and peer.addrs:
+                    rhost.allow_redial(self._host, peer_id)
+                    await self._host.connect(rhost.peer_info(peer_id, peer.addrs))
+                return await self._host.new_stream(ID.from_base58(peer_id), [protocol])
+            except Exception as exc:
+                raise StreamGone(f"cannot open {protocol} to {peer_id}: {exc!r}") from None
+        raise StreamGone(f"cannot open {protocol} to {peer_id} within {timeout:.0f} s")
+
+    async def _ledger_gossip(self, peer_id: str) -> None:
+        """On meeting a peer: compare chain heads and share fork proofs (bounded, best effort)."""
+        with trio.move_on_after(30):
+            try:
+                fs = FramedStream(
+                    await self.open_stream(peer_id, LEDGER), (LedgerFrame,), LEDGER_MAX_FRAME
+                )
+                try:
+                    new = await self.ledger.gossip(fs)
+                finally:
+                    await fs.close()
+                if new:
+                    log.warning("%d new fork proof(s) after talking to %s", new, peer_id)
+            except (StreamGone, wire.RemoteProtocolError) as exc:
+                log.debug("ledger gossip with %s failed: %s", peer_id, exc)
+
+    async def fetch_chain(self, peer_id: str) -> dict[str, Any]:
+        """Fetch and verify `peer_id`'s chain from it; its verified balance."""
+        public = identity.public_bytes_from_peer_id(peer_id)
+        fs = FramedStream(await self.open_stream(peer_id, LEDGER), (LedgerFrame,), LEDGER_MAX_FRAME)
+        try:
+            result = await self.ledger.sync_chain(fs, public)
+        finally:
+            await fs.close()
+        balance = result.balance
+        return {
+            "peer_id": peer_id,
+            "verified_blocks": result.verified,
+            "balance": balance.balance_milli / 1000,
+            "earned": balance.earned_milli / 1000,
+            "spent": balance.spent_milli / 1000,
+        }
 
     # ----- liveness: heartbeats ---------------------------------------------------------------
 
@@ -487,6 +545,16 @@ class Node:
             return self.status()
         if op == "peers":
             return {"peers": self.peers()}
+        if op == "fetch-chain":
+            peer_id = req.get("peer")
+            if not isinstance(peer_id, str):
+                return {"error": "fetch-chain needs a peer id"}
+            try:
+                return await self.fetch_chain(peer_id)
+            except ValueError as exc:
+                return {"error": str(exc)}
+            except (StreamGone, wire.RemoteProtocolError) as exc:
+                return {"error": f"could not fetch the chain of {peer_id}: {exc}"}
         if op == "workers":
             found = await self.find_workers()
             return {"workers": [r.as_dict() for r in found]}

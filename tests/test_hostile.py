@@ -127,7 +127,7 @@ def _frame(obj: Any) -> bytes:
 msgpack_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers()
+    | st.integers(-(2**63), 2**64 - 1)
     | st.floats()
     | st.text(max_size=50)
     | st.binary(max_size=50),

@@ -1,0 +1,148 @@
+"""The ledger over the network: `/rain/ledger/1.0.0`, and the node's calls into its own ledger.
+
+Each frame carries one ledger message as the ledger's own msgpack bytes (`ledger.messages`), which
+the ledger validates; this module only moves them, on trio, with every wait bounded. A stream
+holds a run of request/response pairs:
+
+    ChainRequest -> ChainPage      (a peer's chain, or the part since what we verified; paged)
+    Heads        -> Heads          (both sides compare heads, so forks surface)
+    ForkProofs   -> ForkProofs     (double-spending proofs are shared with those we deal with)
+
+Ledger calls are short synchronous SQLite transactions; they run in a worker thread so the node's
+trio loop never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from ledger.errors import RemoteFault
+from ledger.messages import (
+    ChainPage,
+    ChainRequest,
+    ForkProofs,
+    Heads,
+    LedgerMessage,
+    decode_message,
+    encode_message,
+)
+from ledger.service import Ledger, SyncResult
+from rainnet import wire
+from rainnet.streams import FramedStream
+
+log = logging.getLogger("rainnet.ledger")
+
+LEDGER = "/rain/ledger/1.0.0"
+MAX_LEDGER_MESSAGE = 1 << 20
+LEDGER_MAX_FRAME = MAX_LEDGER_MESSAGE + 1024
+REQUEST_TIMEOUT = 20.0
+MAX_REQUESTS_PER_STREAM = 1024
+# A peer's whole chain is fetched in at most this many pages (256 blocks each: ~1M blocks).
+MAX_PAGES = 4096
+T = TypeVar("T")
+
+
+@wire.message("ledger")
+@dataclass(frozen=True)
+class LedgerFrame(wire.Message):
+    body: bytes = field(metadata=wire.limit(MAX_LEDGER_MESSAGE))
+
+
+def frame(msg: LedgerMessage) -> LedgerFrame:
+    return LedgerFrame(encode_message(msg))
+
+
+def unframe(f: LedgerFrame, expected: tuple[type, ...]) -> LedgerMessage:
+    """The ledger message in a frame; RemoteProtocolError if it is malformed or unexpected."""
+    try:
+        return decode_message(f.body, expected)
+    except RemoteFault as exc:
+        raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+
+
+class LedgerLink:
+    """This node's ledger, reached from trio, and the ledger protocol's two ends."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        # One writer at a time keeps SQLite's own lock uncontended; reads are short anyway.
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    # ----- serving ----------------------------------------------------------------------------
+
+    async def handle(self, stream: Any) -> None:
+        """Answer a peer's requests on one stream (used with rainnet.streams.guarded_handler)."""
+        fs = FramedStream(stream, (LedgerFrame,), LEDGER_MAX_FRAME)
+        for _ in range(MAX_REQUESTS_PER_STREAM):
+            try:
+                request = unframe(
+                    await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT),
+                    (ChainRequest, Heads, ForkProofs),
+                )
+            except wire.RemoteProtocolError:
+                raise
+            except Exception:
+                return  # the peer closed the stream or went quiet: done
+            await fs.send(frame(await self._answer(request)))
+        await fs.close()
+
+    async def _answer(self, request: LedgerMessage) -> LedgerMessage:
+        try:
+            if isinstance(request, ChainRequest):
+                return await self.call(self.ledger.serve_chain, request)
+            if isinstance(request, Heads):
+                proofs = await self.call(self.ledger.observe_heads, request)
+                if proofs:
+                    log.warning("fork proof against %d chain(s) from heads", len(proofs))
+                return await self.call(self.ledger.heads)
+            assert isinstance(request, ForkProofs)
+            await self.call(self.ledger.receive_fork_proofs, request)
+            return await self.call(self.ledger.fork_proofs)
+        except RemoteFault as exc:
+            raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+
+    # ----- asking -----------------------------------------------------------------------------
+
+    async def sync_chain(self, fs: FramedStream, public_key: bytes) -> SyncResult:
+        """Fetch and verify the part of `public_key`'s chain we do not hold yet, page by page.
+
+        Raises RemoteFault (bad block, fork) through RemoteProtocolError: the peer is at fault.
+        """
+        result: SyncResult | None = None
+        for _ in range(MAX_PAGES):
+            request = await self.call(self.ledger.chain_request, public_key)
+            await fs.send(frame(request), REQUEST_TIMEOUT)
+            page = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (ChainPage,))
+            assert isinstance(page, ChainPage)
+            if page.public_key != public_key:
+                raise wire.RemoteProtocolError("ledger: a page of another chain than asked")
+            try:
+                result = await self.call(self.ledger.ingest_page, page)
+            except RemoteFault as exc:
+                raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+            if not result.more:
+                return result
+        raise wire.RemoteProtocolError(f"ledger: chain longer than {MAX_PAGES} pages")
+
+    async def gossip(self, fs: FramedStream) -> int:
+        """Exchange heads and fork proofs with the peer on `fs`; the number of new fork proofs."""
+        await fs.send(frame(await self.call(self.ledger.heads)), REQUEST_TIMEOUT)
+        heads = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (Heads,))
+        assert isinstance(heads, Heads)
+        try:
+            new = len(await self.call(self.ledger.observe_heads, heads))
+            await fs.send(frame(await self.call(self.ledger.fork_proofs)), REQUEST_TIMEOUT)
+            proofs = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (ForkProofs,))
+            assert isinstance(proofs, ForkProofs)
+            new += len(await self.call(self.ledger.receive_fork_proofs, proofs))
+        except RemoteFault as exc:
+            raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+        return new
