@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "status": "node.cli_node",
     "peers": "node.cli_node",
     "credit": "node.cli_credit",
+    "sandbox": "node.cli_sandbox",
     "policy": "node.cli_policy",
 }
 

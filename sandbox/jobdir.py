@@ -1,0 +1,212 @@
+"""A job's directory on the host: inputs placed before, outputs hashed and kept after, then gone.
+
+The directory is the one place a job may write (it is `/job` inside the sandbox), so everything read
+back out of it is hostile: an output path may have become a symlink to /etc/shadow, a FIFO that
+blocks a reader forever, or a directory of a million files. Collection therefore runs after every
+process of the job is dead, opens each path component with O_NOFOLLOW relative to the directory
+above it (never by a resolved path), takes regular files only, and is bounded in files and bytes.
+This is blocking file I/O; the backends run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.errors import SandboxFailure
+from sandbox.result import OutputFile
+from sandbox.spec import InputFile
+
+MAX_OUTPUT_FILES = 10_000
+MAX_OUTPUT_BYTES = 16 << 30
+MAX_OUTPUT_DEPTH = 64
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobDir:
+    path: Path  # the host directory that is `/job` in the sandbox
+    uid: int
+    gid: int
+
+
+def prepare(
+    workdir: Path, job_id: str, inputs: tuple[InputFile, ...], uid: int, gid: int
+) -> JobDir:
+    """Create the job's directory holding its inputs, all owned by the job's uid."""
+    # 0711: job uids must walk through to their own directory, but not list the others.
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    path = workdir / job_id
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        raise SandboxFailure(
+            f"job directory {path} already exists (a job id used twice?)"
+        ) from None
+    jobdir = JobDir(path, uid, gid)
+    try:
+        _chown(path, uid, gid)
+        for item in inputs:
+            target = path.joinpath(*item.path.split("/"))
+            # Parents in order, each owned by the job (the spec was validated: no `..`, no `/`).
+            for parent in reversed(target.relative_to(path).parents[:-1]):
+                d = path / parent
+                if not d.is_dir():
+                    d.mkdir(mode=0o755)
+                    _chown(d, uid, gid)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(item.data)
+                os.fchmod(f.fileno(), 0o755 if item.executable else 0o644)
+                if os.geteuid() == 0:
+                    os.fchown(f.fileno(), uid, gid)
+    except OSError as exc:
+        remove(jobdir)
+        raise SandboxFailure(f"cannot place inputs in {path}: {exc}") from exc
+    return jobdir
+
+
+def collect(
+    jobdir: JobDir,
+    outputs: tuple[str, ...],
+    result_dir: Path | None,
+    *,
+    max_files: int = MAX_OUTPUT_FILES,
+    max_bytes: int = MAX_OUTPUT_BYTES,
+) -> tuple[tuple[OutputFile, ...], tuple[str, ...]]:
+    """Hash (and copy into `result_dir`, if given) the regular files at `outputs`.
+
+    Returns (files found, requested paths that held no regular file). Only call once the job's
+    processes are all dead: nothing may change the directory while it is read.
+    """
+    found: dict[str, OutputFile] = {}
+    missing: list[str] = []
+    files_left, bytes_left = max_files, max_bytes
+    root_fd = os.open(jobdir.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for wanted in outputs:
+            taken = 0
+            fd = _open_beneath(root_fd, wanted)
+            if fd is None:
+                missing.append(wanted)
+                continue
+            with contextlib.closing(_Fd(fd)):
+                for rel, file_fd in _regular_files(fd, wanted, depth=0):
+                    with contextlib.closing(_Fd(file_fd)):
+                        size = os.fstat(file_fd).st_size
+                        if rel in found or files_left <= 0 or size > bytes_left:
+                            # Beyond the bounds: not collected (the job is dead, so st_size is
+                            # final). Over-budget paths show up in `missing`.
+                            continue
+                        found[rel] = _take(file_fd, rel, result_dir)
+                        files_left -= 1
+                        bytes_left -= size
+                        taken += 1
+            if not taken:
+                missing.append(wanted)
+    finally:
+        os.close(root_fd)
+    return tuple(found.values()), tuple(missing)
+
+
+def remove(jobdir: JobDir) -> None:
+    """Delete the job's directory and everything the job left in it."""
+
+    def allow_and_retry(func: object, path: str, exc: object) -> None:
+        # A job may have chmod'ed its own directories to 000; as their owner (non-root mode) we
+        # can give ourselves access back. Root needs no such help.
+        parent = os.path.dirname(path)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, 0o700)
+            os.chmod(path, 0o700)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    if jobdir.path.exists():
+        shutil.rmtree(jobdir.path, onerror=allow_and_retry)
+    if jobdir.path.exists():
+        raise SandboxFailure(f"cannot remove job directory {jobdir.path}")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+class _Fd:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _open_beneath(root_fd: int, rel: str) -> int | None:
+    """Open `rel` under `root_fd` following no symlink; None if it is absent or a symlink."""
+    parts = rel.split("/")
+    current = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=current)
+            os.close(current)
+            current = nxt
+        # O_NONBLOCK: opening a FIFO the job left must not wait for a writer.
+        fd = os.open(
+            parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=current
+        )
+    except OSError:
+        return None
+    finally:
+        os.close(current)
+    return fd
+
+
+def _regular_files(fd: int, rel: str, depth: int) -> Iterator[tuple[str, int]]:
+    """(relative path, open fd) of each regular file at `fd`: itself, or under it if a directory."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        yield rel, os.dup(fd)
+    elif stat.S_ISDIR(st.st_mode) and depth < MAX_OUTPUT_DEPTH:
+        for name in sorted(os.listdir(fd)):
+            try:
+                child = os.open(
+                    name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=fd
+                )
+            except OSError:
+                continue  # symlinks (ELOOP), vanished entries
+            try:
+                yield from _regular_files(child, f"{rel}/{name}", depth + 1)
+            finally:
+                os.close(child)
+
+
+def _take(fd: int, rel: str, result_dir: Path | None) -> OutputFile:
+    digest = hashlib.sha256()
+    size = 0
+    sink = None
+    if result_dir is not None:
+        target = result_dir.joinpath(*rel.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(target, "wb")  # noqa: SIM115 - closed in the finally below
+    try:
+        while chunk := os.read(fd, _CHUNK):
+            size += len(chunk)
+            digest.update(chunk)
+            if sink is not None:
+                sink.write(chunk)
+    finally:
+        if sink is not None:
+            sink.close()
+    return OutputFile(rel, size, digest.hexdigest())
+
+
+def _chown(path: Path, uid: int, gid: int) -> None:
+    if os.geteuid() == 0:
+        os.chown(path, uid, gid, follow_symlinks=False)

@@ -1,0 +1,497 @@
+"""The native backend: bubblewrap, cgroups, rlimits and seccomp, for machines without Docker.
+
+The walls, outermost first:
+- a distinct unprivileged uid per job (the launcher drops to it before bwrap runs: bwrap run by root
+  with `--uid` would leave the job kernel-uid 0, RLIMIT_NPROC not biting, its files owned by root);
+- bubblewrap with every namespace unshared (its own network with only a loopback, pids, mounts,
+  IPC, UTS, cgroup, user), no capabilities, a read-only view of /usr and a few /etc files, a private
+  /tmp (a tmpfs of the disk limit) and the job directory as /job; nothing else of the host;
+- the job's cgroup: memory+swap limit, pids limit, CPU quota; the CPU-time counter credit is paid
+  by; the freezer that suspends it;
+- rlimits as a backstop (file size, core dumps, processes per uid, CPU time);
+- a seccomp filter (`sandbox.seccomp_filter`) loaded by bwrap last, just before the job's exec.
+
+The process is started stopped: a tiny shell waits on its stdin until the sandbox has moved it into
+the job's cgroup and set its rlimits, and only then execs the rest of the chain, so not a single
+process of the job ever runs outside its cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import cast
+
+import trio
+
+from sandbox import cgroups, hostfs, jobdir, seccomp_filter
+from sandbox.config import SandboxConfig, untraversable
+from sandbox.errors import BackendUnavailable, SandboxFailure
+from sandbox.job import Accounting, Backend, Job
+from sandbox.output import Stream
+from sandbox.spec import JobSpec, Limits, Network
+from sandbox.uids import UidPool, pool
+
+# The launcher (unshare), bwrap's monitor and bwrap's init in the job's pid namespace are in the
+# job's cgroup too; the job's own `pids` limit comes on top.
+OVERHEAD_PIDS = 3
+SMALL_INPUTS = 256 << 10
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Waits for the go-ahead on stdin (a pipe from the sandbox), then gives the job /dev/null as stdin.
+# If the sandbox dies first, the pipe closes, `read` fails and nothing runs.
+_LAUNCHER = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
+_LAUNCH_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+
+# trio's process API is typed by the trio-stubs package, which lacks `pass_fds`.
+_open_process = cast(Callable[..., Awaitable[trio.Process]], trio.lowlevel.open_process)
+
+
+@dataclass(frozen=True)
+class BwrapFds:
+    """File descriptors the sandbox hands bwrap (numbers as seen by bwrap)."""
+
+    seccomp: int
+    passwd: int
+    group: int
+    job_dir: int
+
+
+def bwrap_argv(
+    bwrap: str,
+    spec: JobSpec,
+    host: hostfs.HostFs,
+    uid: int,
+    gid: int,
+    fds: BwrapFds,
+) -> list[str]:
+    """The bubblewrap command line for `spec` (pure: no I/O)."""
+    argv = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",  # --unshare-all only *tries* a user namespace; insist
+        "--disable-userns",  # no nested user namespaces inside (seccomp denies them too)
+        "--die-with-parent",
+        "--new-session",  # no controlling terminal: no TIOCSTI into the owner's shell
+        "--uid",
+        str(uid),
+        "--gid",
+        str(gid),
+        "--hostname",
+        "rainnet-job",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    for path, target in host.links:
+        argv += ["--symlink", target, path]
+    for path in host.dirs:
+        argv += ["--ro-bind", path, path]
+    for path in host.etc:
+        argv += ["--ro-bind-try", path, path]
+    argv += [
+        "--ro-bind-data",
+        str(fds.passwd),
+        "/etc/passwd",
+        "--ro-bind-data",
+        str(fds.group),
+        "/etc/group",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(spec.limits.disk),
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+        "--bind-fd",  # by descriptor: the job's uid need not be able to walk to the directory
+        str(fds.job_dir),
+        "/job",
+        "--chdir",
+        "/job",
+        "--clearenv",
+    ]
+    for name, value in hostfs.job_env(spec.env_dict).items():
+        argv += ["--setenv", name, value]
+    # Last of the mounts: the root itself (a tmpfs holding the mount points) becomes read-only,
+    # so /job and /tmp are the only writable places.
+    argv += ["--remount-ro", "/"]
+    argv += ["--cap-drop", "ALL", "--seccomp", str(fds.seccomp), "--", *spec.argv]
+    return argv
+
+
+def launcher_argv(tools: LaunchTools | None, uid: int, gid: int) -> list[str]:
+    """The command that waits for the go-ahead, then runs bwrap (its argv follows) as the job.
+
+    As root (`tools` given): `setpriv --pdeathsig` makes the chain die with the node, and
+    `unshare --pid --fork` switches to the job's uid and runs bwrap as the init of a pid namespace
+    of its own. That outer namespace is there for reaping: bwrap's monitor exits without waiting
+    for the init of the (inner) namespace it makes, which is then orphaned, and stays a zombie
+    wherever the machine's pid 1 does not reap (containers, VMs with a custom init). As an init,
+    the monitor takes everything below it down and reaped when it exits. The inner namespace is
+    still needed: only one owned by bwrap's user namespace lets it mount a /proc of its own (bwrap
+    otherwise falls back to showing the host's /proc).
+    """
+    argv = ["/bin/sh", "-c", _LAUNCHER, "rainnet-job"]
+    if tools is not None:
+        argv += [
+            tools.setpriv,
+            "--pdeathsig",
+            "KILL",
+            "--",
+            tools.unshare,
+            "--pid",
+            "--fork",
+            "--kill-child=KILL",
+            f"--setgid={gid}",  # also drops the supplementary groups
+            f"--setuid={uid}",
+            "--",
+        ]
+    return argv
+
+
+@dataclass(frozen=True)
+class LaunchTools:
+    setpriv: str
+    unshare: str
+
+
+def rlimits(limits: Limits, *, uid_per_job: bool) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) backstops for a job; the cgroup limits are the real walls."""
+    out = [
+        (resource.RLIMIT_FSIZE, limits.disk, limits.disk),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_NOFILE, 1024, 65536),
+    ]
+    if uid_per_job:
+        # Counted per uid: only meaningful when the uid is the job's alone.
+        n = limits.pids + OVERHEAD_PIDS + 8
+        out.append((resource.RLIMIT_NPROC, n, n))
+    if limits.cpu_seconds is not None:
+        # Per process, and it fires up to a third early on some VMs: set well above the limit the
+        # cgroup watcher enforces, so it only ever catches a watcher that failed.
+        soft = math.ceil(2 * limits.cpu_seconds + 5)
+        out.append((resource.RLIMIT_CPU, soft, soft + 5))
+    return out
+
+
+def clamp_rlimit(soft: int, hard: int, current: tuple[int, int]) -> tuple[int, int]:
+    """(soft, hard) no higher than the `current` (soft, hard) limits of the sandbox itself."""
+    inf = resource.RLIM_INFINITY
+    cur_hard = current[1]
+    if cur_hard != inf:
+        hard = cur_hard if hard == inf else min(hard, cur_hard)
+    if hard != inf:
+        soft = hard if soft == inf else min(soft, hard)
+    return soft, hard
+
+
+class NativeBackend(Backend):
+    name = "native"
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        bwrap: str,
+        tools: LaunchTools | None,
+        layout: cgroups.CgroupLayout,
+        host: hostfs.HostFs,
+    ) -> None:
+        super().__init__(config)
+        self.bwrap = bwrap
+        self.tools = tools  # None when not root: no uid switch, bwrap makes the namespaces
+        self.layout = layout
+        self.host = host
+        self.uids: UidPool = pool(config.uid_base, config.uid_count)
+
+    @classmethod
+    async def open(cls, config: SandboxConfig) -> NativeBackend:
+        """The backend, after checking every part of it works here; else BackendUnavailable."""
+        bwrap = shutil.which("bwrap", path=SYSTEM_PATH)
+        if bwrap is None:
+            raise BackendUnavailable("bubblewrap is not installed (Debian package: bubblewrap)")
+        tools = None
+        if os.geteuid() == 0:
+            setpriv = shutil.which("setpriv", path=SYSTEM_PATH)
+            unshare = shutil.which("unshare", path=SYSTEM_PATH)
+            if setpriv is None or unshare is None:
+                raise BackendUnavailable("setpriv/unshare are missing (Debian package: util-linux)")
+            tools = LaunchTools(setpriv, unshare)
+        try:
+            layout = cgroups.detect_layout()
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot read the cgroup mounts: {exc}") from exc
+        missing = layout.missing()
+        if missing:
+            raise BackendUnavailable(f"no cgroup controller for {', '.join(missing)}")
+        try:
+            cgroups.ensure_parent(layout, config.cgroup_base, cgroups.NEEDED)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot create cgroups under {config.cgroup_base} ({exc.strerror}): "
+                "run the node as root or give it a delegated cgroup"
+            ) from exc
+        if tools is not None and (blocked := untraversable(config.workdir)) is not None:
+            raise BackendUnavailable(
+                f"job directories under {config.workdir} are out of the job users' reach "
+                f"({blocked} is closed to other users): choose a work directory they can walk to"
+            )
+        try:
+            seccomp_filter.bpf_program()
+        except Exception as exc:
+            raise BackendUnavailable(f"cannot build the seccomp filter: {exc}") from exc
+        backend = cls(config, bwrap=bwrap, tools=tools, layout=layout, host=hostfs.scan())
+        await backend._smoke_test()
+        return backend
+
+    async def _smoke_test(self) -> None:
+        # The whole chain once (uid switch, user namespace, mounts, seccomp, cgroup): bwrap
+        # fails here, not in the middle of a stranger's job, when user namespaces are disabled.
+        spec = JobSpec.create(["/bin/sh", "-c", "exit 0"], limits=Limits(wall_seconds=30))
+        try:
+            result = await self.run(spec, job_id=f"probe-{os.getpid()}", _own_probe=True)
+        except (SandboxFailure, OSError) as exc:
+            raise BackendUnavailable(f"bubblewrap sandbox does not start: {exc}") from exc
+        if not result.ok:
+            err = result.stderr.decode(errors="replace").strip()
+            raise BackendUnavailable(f"bubblewrap sandbox does not start: {err or result.reason}")
+
+    def _check_supported(self, spec: JobSpec) -> None:
+        if spec.image is not None:
+            raise BackendUnavailable(
+                "the native backend runs the host's programs, not images; this job needs docker"
+            )
+        if spec.limits.network is not Network.NONE:
+            raise BackendUnavailable(
+                "the native backend cannot give a job network access without the host's loopback"
+            )
+        if spec.limits.gpus:
+            raise BackendUnavailable("GPU jobs are not supported by the native backend")
+
+    def _new_job(self, spec: JobSpec, job_id: str, result_dir: Path | None) -> Job:
+        return NativeJob(self, spec, job_id, result_dir)
+
+
+class NativeJob(Job):
+    backend: NativeBackend
+
+    def __init__(
+        self, backend: NativeBackend, spec: JobSpec, job_id: str, result_dir: Path | None
+    ) -> None:
+        super().__init__(backend, spec, job_id, result_dir)
+        self.backend = backend
+        self._dir: jobdir.JobDir | None = None
+        self._cgroup: cgroups.JobCgroup | None = None
+        self._proc: trio.Process | None = None
+        self._peak_sampled = 0
+
+    @property
+    def cgroup_path(self) -> PurePosixPath:
+        return self._config.cgroup_base / self.id
+
+    async def _launch(self) -> None:
+        b = self.backend
+        lim = self.spec.limits
+        uid = self.uid = b.uids.acquire()
+        gid = uid
+        args = (self._config.workdir, self.id, self.spec.inputs, uid, gid)
+        if sum(len(f.data) for f in self.spec.inputs) > SMALL_INPUTS:
+            self._dir = await trio.to_thread.run_sync(jobdir.prepare, *args)
+        else:
+            # A few small files take microseconds to write: not worth a thread round trip,
+            # which is most of a trivial job's start-up cost.
+            self._dir = jobdir.prepare(*args)
+        self._cgroup = cgroups.JobCgroup.create(
+            b.layout,
+            self.cgroup_path,
+            cgroups.CgroupLimits(memory=lim.memory, pids=lim.pids + OVERHEAD_PIDS, cpus=lim.cpus),
+        )
+        passwd, group = hostfs.passwd_lines(uid, gid)
+        child_fds: list[int] = []
+        go_read, go_write = os.pipe()
+        try:
+            child_fds.append(go_read)
+            fds = BwrapFds(
+                seccomp=_data_fd(seccomp_filter.bpf_program(), child_fds),
+                passwd=_data_fd(passwd, child_fds),
+                group=_data_fd(group, child_fds),
+                job_dir=_keep(
+                    os.open(self._dir.path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW), child_fds
+                ),
+            )
+            argv = launcher_argv(b.tools, uid, gid) + bwrap_argv(
+                b.bwrap, self.spec, b.host, uid, gid, fds
+            )
+            self._proc = await _open_process(
+                argv,
+                stdin=go_read,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=tuple(child_fds[1:]),
+                cwd="/",
+                env=_LAUNCH_ENV,
+                start_new_session=True,  # the owner's Ctrl-C is not the job's business
+            )
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        try:
+            # The launcher is blocked in `read`: it has not forked, so moving it moves the job.
+            self._cgroup.attach(self._proc.pid)
+            for res, soft, hard in rlimits(lim, uid_per_job=b.tools is not None):
+                # Only ever lower: without CAP_SYS_RESOURCE (root in a container) raising fails.
+                soft, hard = clamp_rlimit(soft, hard, resource.getrlimit(res))
+                resource.prlimit(self._proc.pid, res, (soft, hard))
+            os.write(go_write, b"go\n")
+        finally:
+            os.close(go_write)
+
+    async def _watch_exit(self) -> None:
+        assert self._proc is not None
+        self._on_exit(await self._proc.wait())
+
+    async def _read_output(self, feed: Callable[[Stream, bytes], None]) -> None:
+        assert self._proc is not None
+        proc = self._proc
+
+        async def pump(source: trio.abc.ReceiveStream | None, stream: Stream) -> None:
+            if source is None:
+                return
+            while data := await source.receive_some(65536):
+                feed(stream, data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, proc.stdout, Stream.STDOUT)
+            nursery.start_soon(pump, proc.stderr, Stream.STDERR)
+
+    async def _kill(self) -> None:
+        proc = self._proc
+        cg = self._cgroup
+        if cg is None:
+            return
+        if proc is None or self.backend.tools is None:
+            await trio.to_thread.run_sync(cg.kill_all)
+            return
+        # Everything but the launcher and bwrap's monitor: the monitor sees its init die and
+        # exits with the usual 128+9, and the launcher lives to reap it (see launcher_argv).
+        # Killed itself, unshare would exit 1 with a complaint in the job's stderr, and the
+        # monitor would be left a zombie. Repeated, because a job killed just after its start
+        # may still be growing its chain.
+        deadline = trio.current_time() + 5.0
+        while proc.returncode is None and trio.current_time() < deadline:
+            keep = {proc.pid, *_children(proc.pid)}
+            await trio.to_thread.run_sync(cg.kill_all, 5.0, keep)
+            with trio.move_on_after(0.05):
+                await self._exited.wait()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    async def _reap(self) -> None:
+        if self._proc is None:
+            return
+        with trio.move_on_after(10.0):
+            self._on_exit(await self._proc.wait())
+
+    async def _freeze(self) -> None:
+        assert self._cgroup is not None
+        await trio.to_thread.run_sync(self._cgroup.freeze)
+
+    async def _thaw(self) -> None:
+        assert self._cgroup is not None
+        await trio.to_thread.run_sync(self._cgroup.thaw)
+
+    def _read_cpu_ns(self) -> int:
+        assert self._cgroup is not None
+        return self._cgroup.cpu_ns()
+
+    def _sample(self) -> None:
+        if self._cgroup is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._peak_sampled = max(self._peak_sampled, self._cgroup.memory_current())
+
+    async def _account(self) -> Accounting:
+        cg = self._cgroup
+        assert cg is not None
+        # bwrap's exit took its pid namespace down with it, but a job must never outlive its end:
+        # make sure, before reading the counters and the job directory.
+        if cg.procs():
+            await trio.to_thread.run_sync(cg.kill_all)
+        peak = cg.memory_peak()
+        return Accounting(
+            cpu_ns=cg.cpu_ns(),
+            peak_memory=max(peak if peak is not None else 0, self._peak_sampled),
+            oom_kills=cg.oom_kills(),
+            pids_limit_hits=cg.pids_limit_hits(),
+        )
+
+    def _job_dir(self) -> Path | None:
+        return self._dir.path if self._dir is not None else None
+
+    async def _teardown(self) -> None:
+        errors: list[BaseException] = []
+        if self._proc is not None:
+            if self._proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
+                with trio.move_on_after(5.0):
+                    await self._proc.wait()
+            for stream in (self._proc.stdout, self._proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(Exception):
+                        await stream.aclose()
+        errors += await trio.to_thread.run_sync(self._remove_cgroup_and_dir)
+        if self.uid is not None and not errors:
+            # A uid whose processes or files might have survived is not handed out again.
+            self.backend.uids.release(self.uid)
+        if errors:
+            raise errors[0]
+
+    def _remove_cgroup_and_dir(self) -> list[BaseException]:
+        # Blocking (rmtree, rmdir retries): one worker-thread trip for both.
+        errors: list[BaseException] = []
+        try:
+            cgroups.remove_tree(self.backend.layout, self.cgroup_path)
+        except Exception as exc:
+            errors.append(exc)
+        if self._dir is not None:
+            try:
+                jobdir.remove(self._dir)
+            except Exception as exc:
+                errors.append(exc)
+        return errors
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _data_fd(data: bytes, keep: list[int]) -> int:
+    """A pipe's read end already holding `data` (small: it must fit the pipe buffer)."""
+    if len(data) > 60_000:
+        raise SandboxFailure(f"{len(data)} bytes do not fit a pipe buffer")
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+    finally:
+        os.close(write_end)
+    keep.append(read_end)
+    return read_end
+
+
+def _keep(fd: int, keep: list[int]) -> int:
+    keep.append(fd)
+    return fd
