@@ -21,6 +21,11 @@ COMMANDS: dict[str, str] = {
     "credit": "node.cli_credit",
     "sandbox": "node.cli_sandbox",
     "policy": "node.cli_policy",
+    "submit": "node.cli_jobs",
+    "jobs": "node.cli_jobs",
+    "logs": "node.cli_jobs",
+    "get": "node.cli_jobs",
+    "cancel": "node.cli_jobs",
 }
 
 

@@ -25,10 +25,15 @@ from typing import Any
 import trio
 
 from ledger.service import Ledger
-from node import capabilities, control
+from node import capabilities, control, job_control, scheduler
 from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
+from node.idle_policy import Decision, IdlePolicy
+from node.idle_signals import PolicyWatch, Sampler
 from node.ledger_link import LEDGER, LEDGER_MAX_FRAME, LedgerFrame, LedgerLink
-from rainnet import __version__, identity, protocols, records, wire
+from node.policy_config import PolicyConfig
+from node.requester import Requester
+from node.worker import Worker
+from rainnet import __version__, identity, jobproto, protocols, records, wire
 from rainnet.membership import Membership, Source
 from rainnet.streams import FramedStream, StreamGone, guarded_handler
 
@@ -52,11 +57,11 @@ class NodeConfig:
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: tuple[str, ...] = ()
     mdns: bool = True
-    lend: str = "idle"
     heartbeat_interval: float = 2.0
     peer_timeout: float = 10.0
     record_ttl: float = 300.0
-    backends: tuple[str, ...] = ()
+    sandbox: str = "auto"  # auto, native, docker or none
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 @dataclass
@@ -79,8 +84,14 @@ class Node:
         ensure_home(self.config.home)
         self.me = identity.load_or_create(self.config.home)
         self.membership = Membership(self.me.peer_id, peer_timeout=self.config.peer_timeout)
-        self.caps = capabilities.detect(self.config.backends)
+        self.caps = capabilities.detect(())
         self.ledger = LedgerLink(Ledger.open(self.config.home, self.me))
+        self.backends: dict[str, Any] = {}
+        self.idle: PolicyWatch | None = None
+        self.worker: Worker | None = None
+        self.requester = Requester(
+            self.me, self.ledger, self._candidates, self.open_stream, self.config.home / "jobs"
+        )
         self._signed: records.SignedRecord | None = None
         self._watched: set[str] = set()
         self._dialing: set[str] = set()
@@ -139,6 +150,7 @@ class Node:
         from rainnet import host as rhost
 
         listen = rhost.parse_multiaddrs(self.config.listen)
+        await self._open_sandbox()
         self._host = rhost.build_host(self.me)
         self._dht = rhost.build_dht(self._host)
         # Handlers are in place before we listen: a stream that arrives before its handler
@@ -148,6 +160,8 @@ class Node:
             protocols.HEARTBEAT, guarded_handler("heartbeat", self._handle_heartbeat)
         )
         self._host.set_stream_handler(LEDGER, guarded_handler("ledger", self.ledger.handle))
+        if self.worker is not None:
+            self._host.set_stream_handler(jobproto.JOB, guarded_handler("job", self.worker.handle))
         async with (
             self._host.run(listen),
             background_trio_service(self._dht),
@@ -155,7 +169,9 @@ class Node:
         ):
             self._nursery = nursery
             self.addrs = rhost.advertised_addrs(self._host, self.me.peer_id)
-            self.set_state("owner" if self.config.lend == "never" else "idle")
+            assert self.idle is not None
+            await nursery.start(self.idle.run)  # our state comes from the first decision
+            await nursery.start(self.requester.run)
             sock_path = self.config.home / CONTROL_SOCKET
             await nursery.start(control.serve, sock_path, self._control)
             nursery.start_soon(self._dial_loop)
@@ -175,6 +191,66 @@ class Node:
             finally:
                 self._remove_node_info()
                 self.ledger.ledger.close()
+
+    async def _open_sandbox(self) -> None:
+        """Open every sandbox backend that works here, and the idle policy that gates them."""
+        from sandbox import SandboxConfig, guest_cpu_seconds, probe, sweep
+        from sandbox.select import BACKENDS, no_isolation_message
+
+        sandbox_config = SandboxConfig.for_home(self.config.home)
+        if self.config.sandbox != "none":
+            # Leftovers of a crashed run (processes, cgroups, job directories) go first.
+            await trio.to_thread.run_sync(sweep, sandbox_config)
+            names = BACKENDS if self.config.sandbox == "auto" else (self.config.sandbox,)
+            self.backends, report = await probe(sandbox_config, names)
+            if not self.backends:
+                log.warning("%s", no_isolation_message(report))
+        self.caps = capabilities.detect(tuple(sorted(self.backends)))
+        policy = self.config.policy
+        self.idle = PolicyWatch(
+            Sampler(policy, guest_cpu=lambda: guest_cpu_seconds(sandbox_config)),
+            IdlePolicy(policy),
+            guests_running=lambda: bool(self.worker and self.worker.running),
+            on_decision=self._on_policy,
+        )
+        if self.backends:
+            capacity = scheduler.Capacity(
+                cpus=policy.cpu_share * self.caps.cpus,
+                memory=int(policy.memory_share * self.caps.memory),
+            )
+            self.worker = Worker(
+                self.backends,
+                self.ledger,
+                capacity,
+                self._may_start,
+                self.open_stream,
+                self.config.home / "work",
+            )
+
+    def _may_start(self) -> str | None:
+        """None if the idle policy lets a guest start now; else why not (for the requester)."""
+        decision = self.idle.decision if self.idle else None
+        if decision is None:
+            return "this node is starting"
+        return None if decision.start_allowed else decision.reason
+
+    async def _on_policy(self, decision: Decision) -> None:
+        self.set_state(decision.state)
+        jobs = [job for backend in self.backends.values() for job in backend.jobs()]
+        for job in jobs:
+            if decision.action == "suspend":
+                await job.suspend()
+            elif decision.action == "resume":
+                await job.resume()
+            elif decision.action == "give_up":
+                await job.cancel()
+
+    def _candidates(self) -> list[scheduler.Candidate]:
+        return [
+            scheduler.Candidate(p.record, p.rtt)
+            for p in self.membership.live_peers()
+            if p.record is not None
+        ]
 
     def _write_node_info(self, sock_path: Path) -> None:
         info = {
@@ -274,7 +350,7 @@ class Node:
                     await self._dht.put_value(
                         records.record_key(self.me.peer_id), signed.to_bytes()
                     )
-                    if self.config.lend != "never":
+                    if self.config.policy.lend != "never" and self.backends:
                         await self._dht.provide(WORKERS_KEY)
                 except Exception as exc:
                     log.debug("DHT publish failed: %r", exc)
@@ -555,6 +631,10 @@ class Node:
                 return {"error": str(exc)}
             except (StreamGone, wire.RemoteProtocolError) as exc:
                 return {"error": f"could not fetch the chain of {peer_id}: {exc}"}
+        if op == "policy":
+            return self.idle.report() if self.idle else {"error": "starting"}
+        if op in job_control.OPS:
+            return await job_control.OPS[op](self.requester, req)
         if op == "workers":
             found = await self.find_workers()
             return {"workers": [r.as_dict() for r in found]}
@@ -571,7 +651,7 @@ class Node:
             "memory": self.caps.memory,
             "gpus": self.caps.gpus,
             "version": __version__,
-            "lend": self.config.lend,
+            "lend": self.config.policy.lend,
             "mdns": self.config.mdns,
             "uptime": time.time() - self.started_at,
             "pid": os.getpid(),

@@ -41,7 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-mdns", action="store_true", help="do not discover LAN peers by mDNS")
     p.add_argument(
-        "--lend", choices=LEND_MODES, default="idle", help="when to run others' jobs (default idle)"
+        "--lend",
+        choices=LEND_MODES,
+        default=None,
+        help="when to run others' jobs: idle (default), always (a dedicated server), never",
+    )
+    p.add_argument(
+        "--sandbox",
+        choices=("auto", "native", "docker", "none"),
+        default="auto",
+        help="sandbox backend for others' jobs (default auto: every one that works here)",
     )
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between liveness checks")
     p.add_argument(
@@ -119,7 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import trio
 
     from node.daemon import Node, NodeConfig
+    from node.policy_config import ConfigError, load_policy_config
     from rainnet import host as rhost
+
+    try:
+        policy = load_policy_config(home, lend=args.lend)
+    except ConfigError as exc:
+        print(f"rain-node: {exc}", file=sys.stderr)
+        return 2
 
     listen = tuple(args.listen or [DEFAULT_LISTEN])
     try:
@@ -140,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         listen=listen,
         bootstrap=tuple(args.bootstrap),
         mdns=not args.no_mdns,
-        lend=args.lend,
+        sandbox=args.sandbox,
+        policy=policy,
         heartbeat_interval=args.heartbeat,
         peer_timeout=args.peer_timeout,
     )

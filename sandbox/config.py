@@ -19,6 +19,9 @@ from sandbox.policy import WorkerPolicy
 # (which end at 1879048191) and below 2^31, where some tools start misreading uids as negative.
 DEFAULT_UID_BASE = 1_950_000_000
 DEFAULT_UID_COUNT = 4096
+# Ranges of DEFAULT_UID_COUNT uids above the base, one per home; all stay below 2**31, which
+# bubblewrap (and other tools parsing uids as signed ints) refuse beyond.
+UID_SLOTS = 40_000
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,23 @@ class SandboxConfig:
         Job directories go in the home unless a job's uid could not walk there: bubblewrap opens
         the directory as the job's uid, and a root node's home is usually under /root (0700).
         Such nodes get a directory of their own under /var/lib/rainnet instead.
+
+        Each home also gets a cgroup subtree and a uid range of its own, so several nodes on one
+        machine (test clusters, a multi-user host) never sweep, count or share each other's jobs.
         """
+        digest = hashlib.sha256(str(home).encode()).digest()
+        tag = digest.hex()[:12]
         workdir = home / "sandbox" / "jobs"
         if os.geteuid() == 0 and untraversable(workdir) is not None:
-            tag = hashlib.sha256(str(home).encode()).hexdigest()[:12]
             workdir = Path("/var/lib/rainnet/sandbox") / tag
-        return cls(workdir=workdir, policy=policy or WorkerPolicy(), docker_url=docker_url)
+        slot = int.from_bytes(digest[:4], "big") % UID_SLOTS
+        return cls(
+            workdir=workdir,
+            policy=policy or WorkerPolicy(),
+            docker_url=docker_url,
+            cgroup_name=f"rainnet-{tag}",
+            uid_base=DEFAULT_UID_BASE + slot * DEFAULT_UID_COUNT,
+        )
 
     @property
     def cgroup_base(self) -> PurePosixPath:

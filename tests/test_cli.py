@@ -11,7 +11,7 @@ from tests.nodes import LOOPBACK, Cluster, wait_until
 
 
 def test_status_and_peers_json_fields(cluster: Cluster) -> None:
-    a = cluster.start("--listen", LOOPBACK, "--no-mdns")
+    a = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
     a.wait_ready()
     b = cluster.start("--listen", LOOPBACK, "--no-mdns", "--bootstrap", a.addr)
     b.wait_ready()

@@ -13,7 +13,7 @@ N = 5
 
 
 def test_five_nodes_find_each_other_by_mdns_alone(cluster: Cluster) -> None:
-    nodes = [cluster.start("--listen", LOOPBACK) for _ in range(N)]
+    nodes = [cluster.start("--listen", LOOPBACK, "--lend", "always") for _ in range(N)]
     for node in nodes:
         node.wait_ready()
     wait_until(lambda: all_see_each_other(nodes), 30, "5 nodes list each other via mDNS")
@@ -91,10 +91,12 @@ def test_sigterm_stops_within_5s_and_identity_is_reused(cluster: Cluster) -> Non
 def test_workers_are_found_through_dht_provider_records(cluster: Cluster) -> None:
     """Each node provides the workers key and publishes its signed record; another node finds
     them through the DHT alone (provider lookup, then record lookup, signatures checked)."""
-    first = cluster.start("--listen", LOOPBACK, "--no-mdns")
+    first = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
     first.wait_ready()
     rest = [
-        cluster.start("--listen", LOOPBACK, "--no-mdns", "--bootstrap", first.addr)
+        cluster.start(
+            "--listen", LOOPBACK, "--no-mdns", "--lend", "always", "--bootstrap", first.addr
+        )
         for _ in range(3)
     ]
     for node in rest:

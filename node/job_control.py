@@ -1,0 +1,111 @@
+"""The control API's job operations: submit, job (state and new output), jobs, cancel.
+
+Requests come from the local user through the control socket (JSON). A submission names input
+files by local path; the node reads them (it runs as the same user) into the job spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.requester import JobRecord, Requester
+from sandbox import JobSpec, Limits, SpecError
+from sandbox.spec import MAX_INPUT_BYTES
+
+MAX_LOG_CHUNK = 256 * 1024
+
+
+def build_spec(req: dict[str, Any]) -> JobSpec:
+    """A JobSpec from a submit request; SpecError naming the bad field."""
+    argv = req.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise SpecError("argv", "give the command to run")
+    inputs: dict[str, bytes] = {}
+    total = 0
+    for pair in req.get("inputs") or []:
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
+            raise SpecError("inputs", "each input is [local path, path in the job]")
+        src, dest = pair
+        try:
+            size = Path(src).stat().st_size
+            total += size
+            if total > MAX_INPUT_BYTES:
+                raise SpecError("inputs", f"more than {MAX_INPUT_BYTES >> 20} MiB of inputs")
+            inputs[dest] = Path(src).read_bytes()
+        except OSError as exc:
+            raise SpecError("inputs", f"cannot read {src}: {exc.strerror}") from None
+    limits = {
+        k: req[k] for k in ("cpus", "memory", "wall_seconds", "gpus") if req.get(k) is not None
+    }
+    try:
+        return JobSpec.create(
+            argv,
+            image=req.get("image"),
+            env=req.get("env") or {},
+            inputs=inputs,
+            outputs=req.get("outputs") or [],
+            limits=Limits(**limits),
+        )
+    except TypeError as exc:
+        raise SpecError("request", str(exc)) from None
+
+
+def _job(requester: Requester, req: dict[str, Any]) -> JobRecord:
+    job_id = req.get("job_id")
+    job = requester.jobs.get(job_id) if isinstance(job_id, str) else None
+    if job is None:
+        raise LookupError(f"no job {job_id!r} on this node (see `rain jobs`)")
+    return job
+
+
+async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
+    try:
+        spec = await trio.to_thread.run_sync(build_spec, req)
+        job = requester.submit(spec)
+    except (SpecError, ValueError) as exc:
+        return {"error": str(exc)}
+    return {"job_id": job.job_id}
+
+
+async def job_status(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
+    """A job's state, and its output from the given offsets (so a client can follow it)."""
+    try:
+        job = _job(requester, req)
+    except LookupError as exc:
+        return {"error": str(exc)}
+    out = job.as_dict()
+    for name, buf in (("stdout", job.stdout), ("stderr", job.stderr)):
+        start = req.get(f"{name}_from", 0)
+        start = start if isinstance(start, int) and start >= 0 else 0
+        out[name] = buf[start : start + MAX_LOG_CHUNK].decode("utf-8", "replace")
+        out[f"{name}_next"] = min(len(buf), start + MAX_LOG_CHUNK)
+    out["finished"] = job.finished.is_set()
+    out["result_dir"] = str(requester.jobs_dir / job.job_id)
+    return out
+
+
+async def jobs(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
+    return {"jobs": [j.as_dict() for j in requester.jobs.values()]}
+
+
+async def cancel(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
+    try:
+        job = _job(requester, req)
+    except LookupError as exc:
+        return {"error": str(exc)}
+    job.cancel.set()
+    return {"job_id": job.job_id, "state": job.state}
+
+
+OPS: dict[str, Callable[[Requester, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+    "submit": submit,
+    "job": job_status,
+    "jobs": jobs,
+    "cancel": cancel,
+}

@@ -1,0 +1,344 @@
+"""The requester's end of the job protocol: find a worker, hand it the job, pay, fetch the result.
+
+`Requester.submit(spec)` returns a job id at once; a trio task per job then:
+1. ranks the workers it knows (signed node records from the membership view; see
+   node.scheduler) and offers the job to them one at a time until one accepts;
+2. follows the attempt: live output, progress reports (the lease: silence past `LEASE` means the
+   worker is gone, and the job goes to another worker; nothing is paid for a lost attempt);
+3. checks the worker's proposal (the manifest it announced hashes to the hash it signed; the
+   amount is within the job's limits) and countersigns it in the ledger;
+4. receives the result files in bounded chunks and checks each against the signed manifest.
+Every step is bounded; every job ends done, failed or cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from ledger.errors import RemoteFault
+from ledger.messages import Refuse, encode_message
+from node import results, scheduler
+from node.worker import job_limits, propose_from
+from rainnet import identity, jobproto, wire
+from rainnet.streams import FramedStream, StreamGone
+from sandbox import JobSpec, SpecError
+from sandbox.spec import check_relative_path
+
+log = logging.getLogger("rainnet.requester")
+
+LEASE = 15.0  # a worker silent this long has lost the job (it reports every 2 s)
+ACCEPT_TIMEOUT = 60.0  # the worker verifies our chain before it answers
+MAX_ATTEMPTS = 6
+NO_WORKER_PATIENCE = 60.0
+MAX_KEPT_OUTPUT = 1 << 20
+MAX_RESULT_BYTES = 1 << 30
+MAX_JOBS_KEPT = 10_000
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    spec: JobSpec
+    submitted: float = field(default_factory=time.time)
+    state: str = "queued"  # queued, offering, running, settling, done, failed, cancelled
+    worker: str | None = None
+    attempts: int = 0
+    started: float | None = None
+    ended: float | None = None
+    cpu_seconds: float = 0.0
+    credit: float = 0.0
+    exit_code: int | None = None
+    reason: str | None = None
+    error: str | None = None
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    outputs: list[str] = field(default_factory=list)
+    cancel: trio.Event = field(default_factory=trio.Event)
+    finished: trio.Event = field(default_factory=trio.Event)
+
+    def as_dict(self) -> dict[str, Any]:
+        now = self.ended or time.time()
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "worker": self.worker,
+            "attempts": self.attempts,
+            "submitted": self.submitted,
+            "elapsed": now - (self.started or self.submitted),
+            "cpu_seconds": self.cpu_seconds,
+            "credit": self.credit,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "error": self.error,
+            "argv": list(self.spec.argv),
+            "outputs": self.outputs,
+        }
+
+
+class AttemptLost(Exception):
+    """The worker vanished or broke the protocol mid-job: try another (nothing is paid)."""
+
+
+class Declined(Exception):
+    """The worker would not take the job (its reason)."""
+
+
+class Requester:
+    def __init__(
+        self,
+        me: identity.Identity,
+        ledger: Any,
+        candidates: Callable[[], list[scheduler.Candidate]],
+        open_stream: Callable[[str, str], Any],
+        jobs_dir: Path,
+    ) -> None:
+        self.me = me
+        self.ledger = ledger
+        self._candidates = candidates
+        self._open_stream = open_stream
+        self.jobs_dir = jobs_dir
+        self.jobs: dict[str, JobRecord] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def submit(self, spec: JobSpec) -> JobRecord:
+        if self._nursery is None:
+            raise RuntimeError("the requester is not running")
+        if len(self.jobs) >= MAX_JOBS_KEPT:
+            oldest = min(
+                (j for j in self.jobs.values() if j.finished.is_set()),
+                default=None,
+                key=lambda j: j.submitted,
+            )
+            if oldest is None:
+                raise ValueError(f"{MAX_JOBS_KEPT} jobs in flight: wait for some to finish")
+            del self.jobs[oldest.job_id]
+        job = JobRecord(job_id=secrets.token_hex(8), spec=spec)
+        self.jobs[job.job_id] = job
+        self._nursery.start_soon(self._drive, job)
+        return job
+
+    async def _drive(self, job: JobRecord) -> None:
+        needs = scheduler.Needs(
+            cpus=job.spec.limits.cpus,
+            memory=job.spec.limits.memory,
+            gpus=job.spec.limits.gpus,
+            image=job.spec.image,
+        )
+        tried: set[str] = set()
+        declines: list[str] = []
+        waited_since = trio.current_time()
+        with trio.CancelScope() as scope:
+            self._nursery_cancel_on(job, scope)
+            while job.attempts < MAX_ATTEMPTS:
+                known = self._candidates()
+                ranked = scheduler.rank_workers(known, needs, exclude=tried)
+                if not ranked:
+                    if trio.current_time() - waited_since > NO_WORKER_PATIENCE:
+                        why = scheduler.explain_no_worker([c.record for c in known], needs)
+                        detail = f"; declined: {'; '.join(declines[-3:])}" if declines else ""
+                        self._end(job, "failed", error=why + detail)
+                        return
+                    tried.clear()  # everyone said no: ask again after a pause
+                    await trio.sleep(1.0)
+                    continue
+                worker = ranked[0].peer_id
+                tried.add(worker)
+                try:
+                    await self._attempt(job, worker)
+                    return
+                except Declined as exc:
+                    declines.append(f"{worker[-8:]}: {exc}")
+                    job.state = "queued"
+                except AttemptLost as exc:
+                    log.warning(
+                        "job %s lost on %s: %s; trying another worker", job.job_id, worker, exc
+                    )
+                    job.state, job.worker = "queued", None
+                    waited_since = trio.current_time()
+            self._end(job, "failed", error=f"gave up after {job.attempts} attempts")
+        if job.cancel.is_set():
+            self._end(job, "cancelled")
+
+    def _nursery_cancel_on(self, job: JobRecord, scope: trio.CancelScope) -> None:
+        async def watch() -> None:
+            await job.cancel.wait()
+            scope.cancel()
+
+        assert self._nursery is not None
+        self._nursery.start_soon(watch)
+
+    def _end(self, job: JobRecord, state: str, error: str | None = None) -> None:
+        if job.finished.is_set():
+            return
+        job.state, job.error, job.ended = state, error, time.time()
+        job.finished.set()
+        job.cancel.set()  # releases the cancel watcher
+        log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
+
+    # ----- one attempt ------------------------------------------------------------------------
+
+    async def _attempt(self, job: JobRecord, worker: str) -> None:
+        job.attempts += 1
+        job.state, job.worker = "offering", worker
+        try:
+            stream = await self._open_stream(worker, jobproto.JOB)
+        except StreamGone as exc:
+            raise AttemptLost(str(exc)) from None
+        fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
+        try:
+            await self._converse(job, worker, fs)
+        except (StreamGone, wire.RemoteProtocolError) as exc:
+            raise AttemptLost(str(exc)) from None
+        finally:
+            if not job.finished.is_set():
+                with trio.CancelScope(shield=True):
+                    if job.cancel.is_set():
+                        with trio.move_on_after(2):
+                            with contextlib.suppress(StreamGone):
+                                await fs.send(jobproto.Cancel(reason="cancelled by its owner"), 2)
+                    await fs.reset()
+
+    async def _converse(self, job: JobRecord, worker: str, fs: FramedStream) -> None:
+        spec_bytes = msgpack.packb(job.spec.to_wire(), use_bin_type=True)
+        await fs.send(
+            jobproto.Offer(
+                job_id=job.job_id,
+                attempt=job.attempts,
+                spec=spec_bytes,
+                inputs=(),
+                lease_seconds=LEASE,
+            )
+        )
+        reply = await fs.receive(ACCEPT_TIMEOUT)
+        if isinstance(reply, jobproto.Decline):
+            await fs.close()
+            raise Declined(reply.reason)
+        if not isinstance(reply, jobproto.Accept):
+            raise wire.RemoteProtocolError(f"{reply.TYPE} instead of an answer to the offer")
+        job.state, job.started = "running", time.time()
+        while True:
+            msg = await fs.receive(LEASE)
+            if isinstance(msg, jobproto.Progress):
+                job.cpu_seconds = msg.cpu_seconds
+            elif isinstance(msg, jobproto.Output):
+                buf = job.stdout if msg.stream == "stdout" else job.stderr
+                if len(buf) < MAX_KEPT_OUTPUT:
+                    buf += msg.data[: MAX_KEPT_OUTPUT - len(buf)]
+            elif isinstance(msg, jobproto.Finished):
+                await self._settle(job, worker, fs, msg)
+                return
+            else:
+                raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
+
+    async def _settle(
+        self, job: JobRecord, worker: str, fs: FramedStream, finished: jobproto.Finished
+    ) -> None:
+        job.state = "settling"
+        verdict = results.Verdict(finished.exit_code, finished.reason)
+        proposal = propose_from(finished.proposal)
+        block = proposal.block
+        problem = None
+        if results.result_hash(verdict, finished.outputs) != finished.result_hash:
+            problem = "the announced result does not hash to the signed hash"
+        elif block.transaction.result_hash != finished.result_hash:
+            problem = "the proposal signs another result than the one announced"
+        elif block.public_key != identity.public_bytes_from_peer_id(worker):
+            problem = "the proposal is not signed by the worker"
+        elif block.transaction.job_id != job.job_id:
+            problem = "the proposal is for another job"
+        elif sum(f.size for f in finished.outputs) > MAX_RESULT_BYTES:
+            problem = "the result is larger than this node accepts"
+        elif not _safe_layout(finished.outputs):
+            problem = "the result's files are not stdout, stderr and relative output paths"
+        if problem is None:
+            try:
+                answer = await self.ledger.call(
+                    self.ledger.ledger.agree, proposal, job_limits(job.spec)
+                )
+            except RemoteFault as exc:
+                problem = str(exc)
+        if problem is not None:
+            await fs.send(jobproto.Settle(answer=encode_message(Refuse(job.job_id, problem))))
+            raise wire.RemoteProtocolError(f"refused to pay: {problem}")
+        await fs.send(jobproto.Settle(answer=encode_message(answer)))
+        job.cpu_seconds = block.transaction.cpu_ms / 1000
+        job.credit = job.cpu_seconds
+        files = await self._receive_files(fs, finished.outputs)
+        out_dir = self.jobs_dir / job.job_id
+        await trio.to_thread.run_sync(_store_files, out_dir, finished.outputs, files)
+        job.stdout[:] = files[0][:MAX_KEPT_OUTPUT]
+        job.stderr[:] = files[1][:MAX_KEPT_OUTPUT]
+        job.outputs = [e.path for e in finished.outputs[2:]]
+        job.exit_code, job.reason = finished.exit_code, finished.reason
+        self._end(job, "done")
+
+    async def _receive_files(
+        self, fs: FramedStream, entries: tuple[jobproto.FileEntry, ...]
+    ) -> list[bytes]:
+        bufs = [bytearray() for _ in entries]
+        while True:
+            msg = await fs.receive(LEASE)
+            if isinstance(msg, jobproto.OutputDone):
+                break
+            if not isinstance(msg, jobproto.OutputChunk):
+                raise wire.RemoteProtocolError(f"{msg.TYPE} while receiving the result")
+            if not 0 <= msg.index < len(entries):
+                raise wire.RemoteProtocolError(f"chunk for file {msg.index} of {len(entries)}")
+            buf = bufs[msg.index]
+            if msg.offset != len(buf) or len(buf) + len(msg.data) > entries[msg.index].size:
+                raise wire.RemoteProtocolError("result chunk out of order or past the file's size")
+            buf += msg.data
+        received = [results.entry(e.path, bytes(b)) for e, b in zip(entries, bufs, strict=True)]
+        try:
+            results.check_files(entries, received)
+        except results.ResultMismatch as exc:
+            raise wire.RemoteProtocolError(f"cheated: {exc}") from None
+        return [bytes(b) for b in bufs]
+
+
+def _safe_layout(entries: tuple[jobproto.FileEntry, ...]) -> bool:
+    """stdout, stderr, then output files at relative paths that stay inside the job's folder."""
+    if len(entries) < 2 or (entries[0].path, entries[1].path) != (results.STDOUT, results.STDERR):
+        return False
+    try:
+        for entry in entries[2:]:
+            check_relative_path("output", entry.path)
+    except SpecError:
+        return False
+    return True
+
+
+def _store_files(
+    out_dir: Path, entries: tuple[jobproto.FileEntry, ...], files: list[bytes]
+) -> None:
+    """Write the result and a manifest.json (`rain get` copies and re-checks from it)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = {results.STDOUT: "stdout", results.STDERR: "stderr"}
+    manifest = []
+    for entry, data in zip(entries, files, strict=True):
+        name = names.get(entry.path)
+        stored = name if name else f"outputs/{entry.path}"
+        target = out_dir / stored
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        manifest.append(
+            {"name": name or entry.path, "stored_as": stored, "sha256": entry.sha256.hex()}
+        )
+    (out_dir / "manifest.json").write_text(json.dumps({"files": manifest}, indent=1))

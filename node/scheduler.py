@@ -1,0 +1,128 @@
+"""Scheduling decisions, sans-io: which workers a requester offers a job to, and whether a worker
+takes an offer.
+
+Requester side: from the signed node records it knows (membership view, DHT lookups), keep the
+workers that can run the job at all (state, CPUs, memory, GPUs, sandbox backend), prefer idle
+ones with spare capacity and short round trips, and offer to a few of them in turn; never
+broadcast.
+
+Worker side: accept only while the idle policy lets guests in, within the CPUs and memory left,
+and never for a requester past its credit floor (the ledger decides that; this module takes its
+verdict). Waiting offers are ordered by the requester's verified balance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from rainnet.records import NodeRecord
+
+# States in which a worker takes new guests.
+ACCEPTING_STATES = ("idle", "busy")
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a job needs of a worker."""
+
+    cpus: float
+    memory: int
+    gpus: int = 0
+    image: str | None = None  # a Docker image: the worker needs the docker backend
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return ("docker",) if self.image else ("native", "docker")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    record: NodeRecord
+    rtt: float | None = None
+
+
+def can_run(record: NodeRecord, needs: Needs) -> str | None:
+    """None if `record`'s worker could run the job; else why not (for the user's message)."""
+    if record.state not in ACCEPTING_STATES:
+        return f"{record.state}"
+    if not set(record.backends) & set(needs.backends):
+        return "no suitable sandbox" if record.backends else "no sandbox"
+    if record.cpus < needs.cpus:
+        return f"{record.cpus} CPUs < {needs.cpus:g}"
+    if record.memory < needs.memory:
+        return "not enough memory"
+    if record.gpus < needs.gpus:
+        return f"{record.gpus} GPUs < {needs.gpus}"
+    return None
+
+
+def rank_workers(
+    candidates: Iterable[Candidate],
+    needs: Needs,
+    exclude: Iterable[str] = (),
+    limit: int = 3,
+) -> list[NodeRecord]:
+    """The workers to offer the job to, best first: idle before busy, then nearest."""
+    excluded = set(exclude)
+    fit = [
+        c
+        for c in candidates
+        if c.record.peer_id not in excluded and can_run(c.record, needs) is None
+    ]
+    fit.sort(
+        key=lambda c: (
+            c.record.state != "idle",
+            c.rtt if c.rtt is not None else math.inf,
+            c.record.peer_id,
+        )
+    )
+    return [c.record for c in fit[:limit]]
+
+
+def explain_no_worker(records: Sequence[NodeRecord], needs: Needs) -> str:
+    """A one-line account of why none of `records` fits, for the user."""
+    if not records:
+        return "no workers known yet (is this node connected? see `rain peers`)"
+    reasons: dict[str, int] = {}
+    for record in records:
+        why = can_run(record, needs) or "busy with offers"
+        reasons[why] = reasons.get(why, 0) + 1
+    parts = [f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    return f"no worker can take it now ({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a worker lends: its guest share of CPUs and memory."""
+
+    cpus: float
+    memory: int
+
+
+@dataclass(frozen=True)
+class Running:
+    cpus: float
+    memory: int
+
+
+def admit(
+    lending: bool,
+    capacity: Capacity,
+    running: Iterable[Running],
+    needs: Needs,
+    backends: Sequence[str],
+) -> str | None:
+    """None if a worker may start this job now; else the reason it declines."""
+    if not lending:
+        return "the owner is using this machine"
+    if not set(backends) & set(needs.backends):
+        return "no suitable sandbox on this worker"
+    used_cpus = sum(r.cpus for r in running)
+    used_mem = sum(r.memory for r in running)
+    if used_cpus + needs.cpus > capacity.cpus + 1e-9:
+        return f"only {max(0.0, capacity.cpus - used_cpus):g} of {capacity.cpus:g} CPUs free"
+    if used_mem + needs.memory > capacity.memory:
+        return "not enough free memory"
+    return None

@@ -1,0 +1,301 @@
+"""The worker's end of the job protocol: take an offer, run the job in the sandbox, get paid.
+
+One trio task per job stream (`/rain/job/1.0.0`, see rainnet.jobproto). The order of a job:
+1. the offer is checked: spec valid, the idle policy lets guests in, capacity is free, a sandbox
+   backend can run it, and the requester's verified balance stays above the credit floor (we
+   fetch and verify the requester's chain from it first);
+2. accepted, the job runs in the sandbox; its output streams to the requester live, with
+   progress reports that double as the lease's heartbeat; a Cancel stops it;
+3. at its end the worker signs a ledger proposal for the measured CPU-seconds against the hash
+   of the result manifest, and sends it with the manifest;
+4. only after the requester's countersigned agreement is stored does the worker release the
+   result files, in bounded chunks.
+If the requester goes away, the job is cancelled and nothing is claimed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from ledger.block import JobLimits
+from ledger.errors import LedgerError, RemoteFault
+from ledger.messages import Agree, Propose, Refuse, decode_message, encode_message
+from node import results, scheduler
+from node.ledger_link import LEDGER, LEDGER_MAX_FRAME, LedgerFrame, LedgerLink
+from rainnet import identity, jobproto, wire
+from rainnet.streams import FramedStream, StreamGone
+from sandbox import Backend, JobResult, JobSpec, SandboxError, SpecError
+
+log = logging.getLogger("rainnet.worker")
+
+OFFER_TIMEOUT = 30.0
+PROGRESS_INTERVAL = 2.0
+SETTLE_TIMEOUT = 60.0
+SEND_TIMEOUT = 30.0
+CHAIN_SYNC_TIMEOUT = 30.0
+MAX_CONCURRENT_OFFERS = 8
+
+
+@dataclass
+class GuestJob:
+    job_id: str
+    requester: str
+    needs: scheduler.Needs
+    started: float
+
+
+class Worker:
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        ledger: LedgerLink,
+        capacity: scheduler.Capacity,
+        may_start: Callable[[], str | None],
+        open_stream: Callable[[str, str], Any],
+        workdir: Path,
+    ) -> None:
+        self.backends = backends
+        self.ledger = ledger
+        self.capacity = capacity
+        self._may_start = may_start  # None if the idle policy lets guests in, else why not
+        self._open_stream = open_stream
+        self.workdir = workdir
+        self.running: dict[str, GuestJob] = {}
+        self._offers = trio.Semaphore(MAX_CONCURRENT_OFFERS)
+
+    # ----- the stream handler -----------------------------------------------------------------
+
+    async def handle(self, stream: Any) -> None:
+        fs = FramedStream(stream, jobproto.TO_WORKER, jobproto.JOB_MAX_FRAME)
+        requester = fs.remote_peer
+        offer = await fs.receive_a(jobproto.Offer, OFFER_TIMEOUT)
+        try:
+            spec = JobSpec.from_wire(_unpack(offer.spec))
+        except SpecError as exc:
+            await self._decline(fs, f"invalid job: {exc}", 0)
+            return
+        needs = scheduler.Needs(
+            cpus=spec.limits.cpus,
+            memory=spec.limits.memory,
+            gpus=spec.limits.gpus,
+            image=spec.image,
+        )
+        async with self._offers:
+            why = await self._admission(requester, needs, spec)
+            if why is not None:
+                await self._decline(fs, why, 5.0)
+                return
+            backend = self._backend_for(spec)
+            guest = GuestJob(offer.job_id, requester, needs, time.time())
+            self.running[offer.job_id] = guest
+        try:
+            await fs.send(jobproto.Accept(lease_seconds=offer.lease_seconds, backend=backend.name))
+            log.info("running job %s for %s on %s", offer.job_id, requester, backend.name)
+            await self._run(fs, backend, offer, spec, requester)
+        finally:
+            self.running.pop(offer.job_id, None)
+
+    async def _decline(self, fs: FramedStream, reason: str, retry_after: float) -> None:
+        log.info("declined a job from %s: %s", fs.remote_peer, reason)
+        await fs.send(
+            jobproto.Decline(reason=reason[: jobproto.MAX_REASON], retry_after=retry_after)
+        )
+        await fs.close()
+
+    def _backend_for(self, spec: JobSpec) -> Backend:
+        if spec.image is None and "native" in self.backends:
+            return self.backends["native"]
+        return next(iter(self.backends.values()))
+
+    async def _admission(self, requester: str, needs: scheduler.Needs, spec: JobSpec) -> str | None:
+        running = [scheduler.Running(j.needs.cpus, j.needs.memory) for j in self.running.values()]
+        why = self._may_start() or scheduler.admit(
+            True, self.capacity, running, needs, tuple(self.backends)
+        )
+        if why is not None:
+            return why
+        try:
+            self._backend_for(spec).check_spec(spec)
+        except SandboxError as exc:
+            return str(exc)
+        # Credit: verify the requester's chain from the requester itself, then apply the floor.
+        try:
+            public = identity.public_bytes_from_peer_id(requester)
+            with trio.fail_after(CHAIN_SYNC_TIMEOUT):
+                stream = await self._open_stream(requester, LEDGER)
+                chain = FramedStream(stream, (LedgerFrame,), LEDGER_MAX_FRAME)
+                try:
+                    await self.ledger.sync_chain(chain, public)
+                finally:
+                    await chain.close()
+            await self.ledger.call(self.ledger.ledger.admit, public, job_limits(spec))
+        except RemoteFault as exc:
+            return str(exc)
+        except (trio.TooSlowError, StreamGone, wire.RemoteProtocolError, ValueError) as exc:
+            return f"could not verify your credit: {exc}"
+        return None
+
+    # ----- running ----------------------------------------------------------------------------
+
+    async def _run(
+        self,
+        fs: FramedStream,
+        backend: Backend,
+        offer: jobproto.Offer,
+        spec: JobSpec,
+        requester: str,
+    ) -> None:
+        result_dir = self.workdir / offer.job_id
+        result: JobResult | None = None
+        async with backend.open_job(spec, result_dir=result_dir) as job, trio.open_nursery() as n:
+
+            async def forward_output() -> None:
+                async for chunk in job.output():
+                    for i in range(0, len(chunk.data), jobproto.CHUNK):
+                        piece = chunk.data[i : i + jobproto.CHUNK]
+                        await fs.send(jobproto.Output(stream=chunk.stream.value, data=piece))
+
+            async def progress() -> None:
+                start = trio.current_time()
+                while True:
+                    await trio.sleep(PROGRESS_INTERVAL)
+                    await fs.send(
+                        jobproto.Progress(
+                            state=job.state.value,
+                            cpu_seconds=job.cpu_seconds(),
+                            wall_seconds=trio.current_time() - start,
+                        )
+                    )
+
+            async def listen_for_cancel() -> None:
+                msg = await fs.receive(timeout=spec.limits.wall_seconds * 4 + 3600)
+                if isinstance(msg, jobproto.Cancel):
+                    log.info("job %s cancelled by its requester: %s", offer.job_id, msg.reason)
+                    await job.cancel()
+                else:
+                    raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
+
+            async def supervise(fn: Callable[[], Any]) -> None:
+                # The requester leaving (or breaking the protocol) ends the attempt: cancel.
+                try:
+                    await fn()
+                except (StreamGone, wire.RemoteProtocolError) as exc:
+                    log.info("job %s: requester gone (%s); cancelling", offer.job_id, exc)
+                    await job.cancel()
+
+            n.start_soon(supervise, forward_output)
+            n.start_soon(supervise, progress)
+            n.start_soon(supervise, listen_for_cancel)
+            result = await job.wait()
+            n.cancel_scope.cancel()
+        assert result is not None
+        if result.reason.value == "cancelled":
+            return
+        await self._settle_and_release(fs, offer, spec, requester, result, result_dir)
+
+    async def _settle_and_release(
+        self,
+        fs: FramedStream,
+        offer: jobproto.Offer,
+        spec: JobSpec,
+        requester: str,
+        result: JobResult,
+        result_dir: Path,
+    ) -> None:
+        files = [(results.STDOUT, result.stdout), (results.STDERR, result.stderr)]
+        for out in result.outputs:
+            files.append((out.path, (result_dir / out.path).read_bytes()))
+        entries = [results.entry(path, data) for path, data in files]
+        verdict = results.Verdict(result.exit_code, result.reason.value)
+        digest = results.result_hash(verdict, entries)
+        try:
+            proposal = await self.ledger.call(
+                lambda: self.ledger.ledger.propose(
+                    requester=identity.public_bytes_from_peer_id(requester),
+                    job_id=offer.job_id,
+                    cpu_ms=claimable_ms(result.cpu_seconds, spec),
+                    gpu_ms=0,
+                    limits=job_limits(spec),
+                    result_hash=digest,
+                )
+            )
+        except LedgerError as exc:
+            log.error("job %s: cannot sign the claim: %s", offer.job_id, exc)
+            return
+        await fs.send(
+            jobproto.Finished(
+                exit_code=result.exit_code,
+                reason=result.reason.value,
+                cpu_seconds=result.cpu_seconds,
+                wall_seconds=result.wall_seconds,
+                peak_memory=result.peak_memory,
+                result_hash=digest,
+                outputs=tuple(entries),
+                proposal=encode_message(proposal),
+            ),
+            SEND_TIMEOUT,
+        )
+        settle = await fs.receive_a(jobproto.Settle, SETTLE_TIMEOUT)
+        try:
+            answer = decode_message(settle.answer, (Agree, Refuse))
+        except RemoteFault as exc:
+            raise wire.RemoteProtocolError(f"settle: {exc}") from None
+        if isinstance(answer, Refuse):
+            log.warning("job %s: %s refused to pay: %s", offer.job_id, requester, answer.reason)
+            return
+        assert isinstance(answer, Agree)
+        try:
+            await self.ledger.call(self.ledger.ledger.accept_agreement, answer)
+        except RemoteFault as exc:
+            raise wire.RemoteProtocolError(f"agreement: {exc}") from None
+        log.info("job %s settled: %.3f CPU-seconds", offer.job_id, result.cpu_seconds)
+        for index, (_, data) in enumerate(files):
+            for offset in range(0, max(len(data), 1), jobproto.CHUNK):
+                piece = data[offset : offset + jobproto.CHUNK]
+                await fs.send(
+                    jobproto.OutputChunk(index=index, offset=offset, data=piece), SEND_TIMEOUT
+                )
+        await fs.send(jobproto.OutputDone(), SEND_TIMEOUT)
+        await fs.close()
+
+
+def job_limits(spec: JobSpec) -> JobLimits:
+    """The limits the ledger bounds a claim by (the requester checks the same numbers)."""
+    return JobLimits(
+        cpus_milli=max(1, round(spec.limits.cpus * 1000)),
+        gpus=spec.limits.gpus,
+        wall_ms=max(1, round(spec.limits.wall_seconds * 1000)),
+    )
+
+
+def claimable_ms(cpu_seconds: float, spec: JobSpec) -> int:
+    """The measured CPU time in milliseconds, never above what the job's limits allowed (the
+    CFS quota lets a job overshoot its share by a scheduler tick; the ledger refuses any excess)."""
+    limits = job_limits(spec)
+    ceiling = limits.cpus_milli * limits.wall_ms // 1000
+    return max(0, min(round(cpu_seconds * 1000), ceiling))
+
+
+def _unpack(data: bytes) -> object:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise SpecError("spec", f"not msgpack: {exc}") from None
+
+
+def propose_from(data: bytes) -> Propose:
+    """The ledger proposal inside a Finished message (RemoteProtocolError if malformed)."""
+    try:
+        msg = decode_message(data, (Propose,))
+    except RemoteFault as exc:
+        raise wire.RemoteProtocolError(f"proposal: {exc}") from None
+    assert isinstance(msg, Propose)
+    return msg

@@ -1,0 +1,155 @@
+"""The job protocol (`/rain/job/1.0.0`): one stream per job attempt, requester to worker.
+
+Conversation (each arrow one framed message; the stream itself is the lease: if it breaks, the
+attempt is over for the requester, who may run the job elsewhere):
+
+    requester                                   worker
+    Offer(job, spec, inputs manifest) ------->
+                                      <-------  Accept(lease)  |  Decline(reason, retry_after)
+    InputChunk ... InputDone ---------------->  (hash-checked against the manifest)
+                                      <-------  Progress(cpu, state) / Output(stdout|stderr) ...
+                                      <-------  Finished(verdict, cpu, result hash, Propose)
+    Agree | Refuse -------------------------->  (ledger: the requester countersigns the result)
+                                      <-------  OutputChunk ... OutputDone (released only now)
+    Cancel (any time) ----------------------->
+
+Ledger messages travel as their own msgpack bytes (`ledger.messages`), validated by the ledger.
+This module is pure: message shapes and their size caps. The decisions (whether to accept, whom
+to offer to) live in node.scheduler; the worker's and requester's edges in node.jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rainnet import wire
+
+JOB = "/rain/job/1.0.0"
+CHUNK = 256 * 1024
+JOB_MAX_FRAME = CHUNK + 4096
+MAX_SPEC_BYTES = 2 * 1024 * 1024 - 4096
+MAX_FILES = 256
+MAX_REASON = 1024
+
+
+@wire.message("file-entry")
+@dataclass(frozen=True)
+class FileEntry(wire.Message):
+    """One file of a job's inputs or outputs: where it goes, how big, its sha256."""
+
+    path: str = field(metadata=wire.limit(1024))
+    size: int
+    sha256: bytes = field(metadata=wire.limit(32))
+    executable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or len(self.sha256) != 32:
+            raise ValueError("a file entry has a size >= 0 and a 32-byte sha256")
+
+
+@wire.message("job-offer")
+@dataclass(frozen=True)
+class Offer(wire.Message):
+    job_id: str = field(metadata=wire.limit(64))
+    attempt: int
+    spec: bytes = field(metadata=wire.limit(MAX_SPEC_BYTES))  # msgpack of JobSpec.to_wire()
+    inputs: tuple[FileEntry, ...] = field(metadata=wire.limit(MAX_FILES))
+    lease_seconds: float
+
+
+@wire.message("job-accept")
+@dataclass(frozen=True)
+class Accept(wire.Message):
+    lease_seconds: float
+    backend: str = field(metadata=wire.limit(32))
+
+
+@wire.message("job-decline")
+@dataclass(frozen=True)
+class Decline(wire.Message):
+    reason: str = field(metadata=wire.limit(MAX_REASON))
+    retry_after: float
+
+
+@wire.message("input-chunk")
+@dataclass(frozen=True)
+class InputChunk(wire.Message):
+    index: int
+    offset: int
+    data: bytes = field(metadata=wire.limit(CHUNK))
+
+
+@wire.message("input-done")
+@dataclass(frozen=True)
+class InputDone(wire.Message):
+    pass
+
+
+@wire.message("job-progress")
+@dataclass(frozen=True)
+class Progress(wire.Message):
+    state: str = field(metadata=wire.limit(16))
+    cpu_seconds: float
+    wall_seconds: float
+
+
+@wire.message("job-output")
+@dataclass(frozen=True)
+class Output(wire.Message):
+    """Live stdout or stderr of the job (the capped copy; the result keeps it too)."""
+
+    stream: str = field(metadata=wire.limit(8))
+    data: bytes = field(metadata=wire.limit(CHUNK))
+
+
+@wire.message("job-finished")
+@dataclass(frozen=True)
+class Finished(wire.Message):
+    exit_code: int | None
+    reason: str = field(metadata=wire.limit(32))
+    cpu_seconds: float
+    wall_seconds: float
+    peak_memory: int
+    result_hash: bytes = field(metadata=wire.limit(32))
+    outputs: tuple[FileEntry, ...] = field(metadata=wire.limit(MAX_FILES))
+    proposal: bytes = field(metadata=wire.limit(16 * 1024))  # ledger Propose, msgpack
+
+
+@wire.message("job-settle")
+@dataclass(frozen=True)
+class Settle(wire.Message):
+    """The requester's answer to the proposal: a ledger Agree or Refuse, msgpack."""
+
+    answer: bytes = field(metadata=wire.limit(16 * 1024))
+
+
+@wire.message("output-chunk")
+@dataclass(frozen=True)
+class OutputChunk(wire.Message):
+    index: int
+    offset: int
+    data: bytes = field(metadata=wire.limit(CHUNK))
+
+
+@wire.message("output-done")
+@dataclass(frozen=True)
+class OutputDone(wire.Message):
+    pass
+
+
+@wire.message("job-cancel")
+@dataclass(frozen=True)
+class Cancel(wire.Message):
+    reason: str = field(metadata=wire.limit(MAX_REASON))
+
+
+TO_WORKER: tuple[type[wire.Message], ...] = (Offer, InputChunk, InputDone, Settle, Cancel)
+TO_REQUESTER: tuple[type[wire.Message], ...] = (
+    Accept,
+    Decline,
+    Progress,
+    Output,
+    Finished,
+    OutputChunk,
+    OutputDone,
+)

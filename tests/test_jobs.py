@@ -1,0 +1,118 @@
+"""Jobs across the network between real nodes: a requester's jobs run on idle peers' sandboxes,
+come back with their output, and the credit moved equals the CPU-seconds the workers measured."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
+
+WORKER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
+
+
+def _credit(node: NodeProcess) -> dict[str, float]:
+    data: dict[str, float] = json.loads(node.rain("credit", "--json").stdout)
+    return data
+
+
+def _network(cluster: Cluster, workers: int) -> tuple[NodeProcess, list[NodeProcess]]:
+    requester = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never", name="req")
+    requester.wait_ready()
+    nodes = [cluster.start(*WORKER, "--bootstrap", requester.addr) for _ in range(workers)]
+    for node in nodes:
+        node.wait_ready()
+    wait_until(lambda: all_see_each_other([requester, *nodes]), 30, "the network forms")
+    wait_until(
+        lambda: all(p["backends"] for p in requester.peers()), 20, "workers show their sandbox"
+    )
+    return requester, nodes
+
+
+def test_jobs_run_on_peers_and_credit_matches_cpu_seconds(cluster: Cluster) -> None:
+    requester, workers = _network(cluster, 2)
+    n = 12
+    ids = []
+    for i in range(n):
+        res = requester.rain("submit", "--time", "60s", "--", "sh", "-c", f"echo job-{i}")
+        ids.append(res.stdout.strip())
+
+    def finished() -> bool:
+        jobs = json.loads(requester.rain("jobs", "--json").stdout)
+        return all(j["state"] in ("done", "failed") for j in jobs) and len(jobs) == n
+
+    wait_until(finished, 120, f"{n} jobs finish", interval=0.5)
+    jobs = {j["job_id"]: j for j in json.loads(requester.rain("jobs", "--json").stdout)}
+    assert all(jobs[i]["state"] == "done" for i in ids), [jobs[i]["error"] for i in ids]
+    for i, job_id in enumerate(ids):
+        assert requester.rain("logs", job_id).stdout == f"job-{i}\n"
+        assert jobs[job_id]["exit_code"] == 0
+    assert {jobs[i]["worker"] for i in ids} <= {w.peer_id for w in workers}
+
+    paid = sum(jobs[i]["cpu_seconds"] for i in ids)
+    spent = _credit(requester)
+    earned = [_credit(w) for w in workers]
+    assert spent["spent"] == sum(e["earned"] for e in earned)
+    assert abs(spent["spent"] - paid) < 0.001 * n
+    assert spent["balance"] == -spent["spent"]
+    for node in [requester, *workers]:
+        assert node.rain("credit", "verify").returncode == 0
+
+
+def test_wait_streams_output_and_returns_the_exit_code(cluster: Cluster, tmp_path: Path) -> None:
+    requester, _ = _network(cluster, 1)
+    data = tmp_path / "numbers.txt"
+    data.write_text("3\n4\n")
+    res = requester.rain(
+        "submit",
+        "--wait",
+        "--input",
+        f"{data}:in.txt",
+        "--output",
+        "sum.txt",
+        "--",
+        "sh",
+        "-c",
+        "echo summing; awk '{s+=$1} END {print s}' in.txt > sum.txt; exit 3",
+        check=False,
+        timeout=60,
+    )
+    assert res.returncode == 3
+    assert res.stdout == "summing\n"
+    (job,) = json.loads(requester.rain("jobs", "--json").stdout)
+    out = tmp_path / "out"
+    got = requester.rain("get", job["job_id"], "--to", str(out)).stdout
+    assert (out / "sum.txt").read_text() == "7\n"
+    assert "sum.txt" in got
+
+
+def test_cancel_reaches_the_worker_and_frees_it(cluster: Cluster) -> None:
+    requester, (worker,) = _network(cluster, 1)
+    job_id = requester.rain("submit", "--", "sleep", "300").stdout.strip()
+    wait_until(
+        lambda: json.loads(requester.rain("jobs", "--json").stdout)[0]["state"] == "running",
+        30,
+        "the job runs",
+    )
+    requester.rain("cancel", job_id)
+    wait_until(
+        lambda: json.loads(requester.rain("jobs", "--json").stdout)[0]["state"] == "cancelled",
+        20,
+        "the job is cancelled",
+    )
+    # The worker is free again: a new job runs at once.
+    started = time.monotonic()
+    res = requester.rain("submit", "--wait", "--", "echo", "next", timeout=60)
+    assert res.stdout == "next\n"
+    assert time.monotonic() - started < 30
+    assert _credit(worker)["earned"] > 0  # paid for the second job only
+    assert _credit(worker)["exchanges"] == 1
+
+
+def test_no_worker_gets_a_clear_message(cluster: Cluster) -> None:
+    lone = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never")
+    lone.wait_ready()
+    res = lone.rain("submit", "--wait", "--", "true", check=False, timeout=120)
+    assert res.returncode == 1
+    assert "no workers known yet" in res.stderr
