@@ -12,48 +12,47 @@ from typing import Any
 
 import trio
 
+from node import transfer
 from node.requester import JobRecord, Requester
+from rainnet.jobproto import FileEntry
 from sandbox import JobSpec, Limits, SpecError
-from sandbox.spec import MAX_INPUT_BYTES
+from sandbox.spec import check_relative_path
 
 MAX_LOG_CHUNK = 256 * 1024
 
 
-def build_spec(req: dict[str, Any]) -> JobSpec:
-    """A JobSpec from a submit request; SpecError naming the bad field."""
+def build_spec(req: dict[str, Any]) -> tuple[JobSpec, tuple[tuple[FileEntry, Path], ...]]:
+    """A JobSpec and its input files (announced entry, local path) from a submit request;
+    SpecError naming the bad field. Blocking: reads and hashes the inputs."""
     argv = req.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise SpecError("argv", "give the command to run")
-    inputs: dict[str, bytes] = {}
-    total = 0
+    inputs = []
     for pair in req.get("inputs") or []:
         if not (
             isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
         ):
             raise SpecError("inputs", "each input is [local path, path in the job]")
-        src, dest = pair
+        src, dest = Path(pair[0]), check_relative_path("inputs", pair[1])
         try:
-            size = Path(src).stat().st_size
-            total += size
-            if total > MAX_INPUT_BYTES:
-                raise SpecError("inputs", f"more than {MAX_INPUT_BYTES >> 20} MiB of inputs")
-            inputs[dest] = Path(src).read_bytes()
+            inputs.append((transfer.file_entry(dest, src), src))
         except OSError as exc:
             raise SpecError("inputs", f"cannot read {src}: {exc.strerror}") from None
-    limits = {
-        k: req[k] for k in ("cpus", "memory", "wall_seconds", "gpus") if req.get(k) is not None
-    }
+    if len({e.path for e, _ in inputs}) != len(inputs):
+        raise SpecError("inputs", "two inputs have the same name in the job")
+    limit_keys = ("cpus", "memory", "wall_seconds", "gpus")
+    limits = {k: req[k] for k in limit_keys if req.get(k) is not None}
     try:
-        return JobSpec.create(
+        spec = JobSpec.create(
             argv,
             image=req.get("image"),
             env=req.get("env") or {},
-            inputs=inputs,
             outputs=req.get("outputs") or [],
             limits=Limits(**limits),
         )
     except TypeError as exc:
         raise SpecError("request", str(exc)) from None
+    return spec, tuple(inputs)
 
 
 def _job(requester: Requester, req: dict[str, Any]) -> JobRecord:
@@ -66,8 +65,8 @@ def _job(requester: Requester, req: dict[str, Any]) -> JobRecord:
 
 async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     try:
-        spec = await trio.to_thread.run_sync(build_spec, req)
-        job = requester.submit(spec)
+        spec, inputs = await trio.to_thread.run_sync(build_spec, req)
+        job = requester.submit(spec, inputs)
     except (SpecError, ValueError) as exc:
         return {"error": str(exc)}
     return {"job_id": job.job_id}

@@ -28,7 +28,7 @@ import trio
 
 from ledger.errors import RemoteFault
 from ledger.messages import Refuse, encode_message
-from node import results, scheduler
+from node import results, scheduler, transfer
 from node.worker import job_limits, propose_from
 from rainnet import identity, jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
@@ -50,6 +50,9 @@ MAX_JOBS_KEPT = 10_000
 class JobRecord:
     job_id: str
     spec: JobSpec
+    # Files sent to the worker before the job starts: announced entries and local sources.
+    inputs: tuple[jobproto.FileEntry, ...] = ()
+    input_sources: tuple[Path, ...] = ()
     submitted: float = field(default_factory=time.time)
     state: str = "queued"  # queued, offering, running, settling, done, failed, cancelled
     worker: str | None = None
@@ -117,7 +120,9 @@ class Requester:
             task_status.started()
             await trio.sleep_forever()
 
-    def submit(self, spec: JobSpec) -> JobRecord:
+    def submit(
+        self, spec: JobSpec, inputs: tuple[tuple[jobproto.FileEntry, Path], ...] = ()
+    ) -> JobRecord:
         if self._nursery is None:
             raise RuntimeError("the requester is not running")
         if len(self.jobs) >= MAX_JOBS_KEPT:
@@ -129,7 +134,12 @@ class Requester:
             if oldest is None:
                 raise ValueError(f"{MAX_JOBS_KEPT} jobs in flight: wait for some to finish")
             del self.jobs[oldest.job_id]
-        job = JobRecord(job_id=secrets.token_hex(8), spec=spec)
+        job = JobRecord(
+            job_id=secrets.token_hex(8),
+            spec=spec,
+            inputs=tuple(e for e, _ in inputs),
+            input_sources=tuple(p for _, p in inputs),
+        )
         self.jobs[job.job_id] = job
         self._nursery.start_soon(self._drive, job)
         return job
@@ -222,7 +232,7 @@ class Requester:
                 job_id=job.job_id,
                 attempt=job.attempts,
                 spec=spec_bytes,
-                inputs=(),
+                inputs=job.inputs,
                 lease_seconds=LEASE,
             )
         )
@@ -233,6 +243,12 @@ class Requester:
         if not isinstance(reply, jobproto.Accept):
             raise wire.RemoteProtocolError(f"{reply.TYPE} instead of an answer to the offer")
         job.state, job.started = "running", time.time()
+
+        async def send_chunk(index: int, offset: int, data: bytes) -> None:
+            await fs.send(jobproto.InputChunk(index=index, offset=offset, data=data))
+
+        await transfer.send(send_chunk, job.input_sources)
+        await fs.send(jobproto.InputDone())
         while True:
             msg = await fs.receive(LEASE)
             if isinstance(msg, jobproto.Progress):
@@ -280,37 +296,17 @@ class Requester:
         await fs.send(jobproto.Settle(answer=encode_message(answer)))
         job.cpu_seconds = block.transaction.cpu_ms / 1000
         job.credit = job.cpu_seconds
-        files = await self._receive_files(fs, finished.outputs)
         out_dir = self.jobs_dir / job.job_id
-        await trio.to_thread.run_sync(_store_files, out_dir, finished.outputs, files)
-        job.stdout[:] = files[0][:MAX_KEPT_OUTPUT]
-        job.stderr[:] = files[1][:MAX_KEPT_OUTPUT]
+        incoming = transfer.Incoming(finished.outputs, out_dir / ".partial")
+        paths = await transfer.receive(
+            fs, incoming, jobproto.OutputChunk, jobproto.OutputDone, LEASE
+        )
+        await trio.to_thread.run_sync(_store_files, out_dir, finished.outputs, paths)
+        job.stdout[:] = await trio.to_thread.run_sync(_head, out_dir / "stdout")
+        job.stderr[:] = await trio.to_thread.run_sync(_head, out_dir / "stderr")
         job.outputs = [e.path for e in finished.outputs[2:]]
         job.exit_code, job.reason = finished.exit_code, finished.reason
         self._end(job, "done")
-
-    async def _receive_files(
-        self, fs: FramedStream, entries: tuple[jobproto.FileEntry, ...]
-    ) -> list[bytes]:
-        bufs = [bytearray() for _ in entries]
-        while True:
-            msg = await fs.receive(LEASE)
-            if isinstance(msg, jobproto.OutputDone):
-                break
-            if not isinstance(msg, jobproto.OutputChunk):
-                raise wire.RemoteProtocolError(f"{msg.TYPE} while receiving the result")
-            if not 0 <= msg.index < len(entries):
-                raise wire.RemoteProtocolError(f"chunk for file {msg.index} of {len(entries)}")
-            buf = bufs[msg.index]
-            if msg.offset != len(buf) or len(buf) + len(msg.data) > entries[msg.index].size:
-                raise wire.RemoteProtocolError("result chunk out of order or past the file's size")
-            buf += msg.data
-        received = [results.entry(e.path, bytes(b)) for e, b in zip(entries, bufs, strict=True)]
-        try:
-            results.check_files(entries, received)
-        except results.ResultMismatch as exc:
-            raise wire.RemoteProtocolError(f"cheated: {exc}") from None
-        return [bytes(b) for b in bufs]
 
 
 def _safe_layout(entries: tuple[jobproto.FileEntry, ...]) -> bool:
@@ -325,20 +321,23 @@ def _safe_layout(entries: tuple[jobproto.FileEntry, ...]) -> bool:
     return True
 
 
-def _store_files(
-    out_dir: Path, entries: tuple[jobproto.FileEntry, ...], files: list[bytes]
-) -> None:
-    """Write the result and a manifest.json (`rain get` copies and re-checks from it)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _store_files(out_dir: Path, entries: tuple[jobproto.FileEntry, ...], paths: list[Path]) -> None:
+    """Move the checked files into place, with a manifest.json (`rain get` re-checks from it)."""
     names = {results.STDOUT: "stdout", results.STDERR: "stderr"}
     manifest = []
-    for entry, data in zip(entries, files, strict=True):
+    for entry, path in zip(entries, paths, strict=True):
         name = names.get(entry.path)
         stored = name if name else f"outputs/{entry.path}"
         target = out_dir / stored
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        path.replace(target)
         manifest.append(
             {"name": name or entry.path, "stored_as": stored, "sha256": entry.sha256.hex()}
         )
     (out_dir / "manifest.json").write_text(json.dumps({"files": manifest}, indent=1))
+    (out_dir / ".partial").rmdir()
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(MAX_KEPT_OUTPUT)

@@ -28,11 +28,12 @@ import trio
 from ledger.block import JobLimits
 from ledger.errors import LedgerError, RemoteFault
 from ledger.messages import Agree, Propose, Refuse, decode_message, encode_message
-from node import results, scheduler
+from node import results, scheduler, transfer
 from node.ledger_link import LEDGER, LEDGER_MAX_FRAME, LedgerFrame, LedgerLink
 from rainnet import identity, jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
 from sandbox import Backend, JobResult, JobSpec, SandboxError, SpecError
+from sandbox.spec import check_relative_path
 
 log = logging.getLogger("rainnet.worker")
 
@@ -42,6 +43,8 @@ SETTLE_TIMEOUT = 60.0
 SEND_TIMEOUT = 30.0
 CHAIN_SYNC_TIMEOUT = 30.0
 MAX_CONCURRENT_OFFERS = 8
+INPUT_TIMEOUT = 30.0  # between two input chunks
+MAX_INPUT_TOTAL = 4 << 30  # bytes of inputs per job this worker takes
 
 
 @dataclass
@@ -79,6 +82,10 @@ class Worker:
         offer = await fs.receive_a(jobproto.Offer, OFFER_TIMEOUT)
         try:
             spec = JobSpec.from_wire(_unpack(offer.spec))
+            for entry in offer.inputs:
+                check_relative_path("inputs", entry.path)
+            if sum(e.size for e in offer.inputs) > MAX_INPUT_TOTAL:
+                raise SpecError("inputs", f"more than {MAX_INPUT_TOTAL >> 20} MiB of inputs")
         except SpecError as exc:
             await self._decline(fs, f"invalid job: {exc}", 0)
             return
@@ -153,9 +160,30 @@ class Worker:
         spec: JobSpec,
         requester: str,
     ) -> None:
-        result_dir = self.workdir / offer.job_id
+        result_dir = self.workdir / offer.job_id / "result"
+        incoming = transfer.Incoming(offer.inputs, self.workdir / offer.job_id / "inputs")
+        try:
+            paths = await transfer.receive(
+                fs, incoming, jobproto.InputChunk, jobproto.InputDone, INPUT_TIMEOUT
+            )
+            staged = [(e.path, p) for e, p in zip(offer.inputs, paths, strict=True)]
+            await self._execute(fs, backend, offer, spec, requester, staged, result_dir)
+        finally:
+            await trio.to_thread.run_sync(_remove_tree, self.workdir / offer.job_id)
+
+    async def _execute(
+        self,
+        fs: FramedStream,
+        backend: Backend,
+        offer: jobproto.Offer,
+        spec: JobSpec,
+        requester: str,
+        staged: list[tuple[str, Path]],
+        result_dir: Path,
+    ) -> None:
         result: JobResult | None = None
-        async with backend.open_job(spec, result_dir=result_dir) as job, trio.open_nursery() as n:
+        job_cm = backend.open_job(spec, result_dir=result_dir, staged_inputs=staged)
+        async with job_cm as job, trio.open_nursery() as n:
 
             async def forward_output() -> None:
                 async for chunk in job.output():
@@ -210,10 +238,13 @@ class Worker:
         result: JobResult,
         result_dir: Path,
     ) -> None:
-        files = [(results.STDOUT, result.stdout), (results.STDERR, result.stderr)]
+        entries = [results.entry(results.STDOUT, result.stdout)]
+        entries.append(results.entry(results.STDERR, result.stderr))
+        sources: list[Path | bytes] = [result.stdout, result.stderr]
         for out in result.outputs:
-            files.append((out.path, (result_dir / out.path).read_bytes()))
-        entries = [results.entry(path, data) for path, data in files]
+            sha = bytes.fromhex(out.sha256)
+            entries.append(jobproto.FileEntry(path=out.path, size=out.size, sha256=sha))
+            sources.append(result_dir / out.path)
         verdict = results.Verdict(result.exit_code, result.reason.value)
         digest = results.result_hash(verdict, entries)
         try:
@@ -257,12 +288,11 @@ class Worker:
         except RemoteFault as exc:
             raise wire.RemoteProtocolError(f"agreement: {exc}") from None
         log.info("job %s settled: %.3f CPU-seconds", offer.job_id, result.cpu_seconds)
-        for index, (_, data) in enumerate(files):
-            for offset in range(0, max(len(data), 1), jobproto.CHUNK):
-                piece = data[offset : offset + jobproto.CHUNK]
-                await fs.send(
-                    jobproto.OutputChunk(index=index, offset=offset, data=piece), SEND_TIMEOUT
-                )
+
+        async def send_chunk(index: int, offset: int, data: bytes) -> None:
+            await fs.send(jobproto.OutputChunk(index=index, offset=offset, data=data), SEND_TIMEOUT)
+
+        await transfer.send(send_chunk, sources)
         await fs.send(jobproto.OutputDone(), SEND_TIMEOUT)
         await fs.close()
 
@@ -282,6 +312,12 @@ def claimable_ms(cpu_seconds: float, spec: JobSpec) -> int:
     limits = job_limits(spec)
     ceiling = limits.cpus_milli * limits.wall_ms // 1000
     return max(0, min(round(cpu_seconds * 1000), ceiling))
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _unpack(data: bytes) -> object:

@@ -357,7 +357,13 @@ class DockerJob(Job):
             await b.ensure_image(image)
         uid = self.uid = b.uids.acquire()
         self._dir = await trio.to_thread.run_sync(
-            jobdir.prepare, self._config.workdir, self.id, self.spec.inputs, uid, uid
+            jobdir.prepare,
+            self._config.workdir,
+            self.id,
+            self.spec.inputs,
+            uid,
+            uid,
+            self.staged_inputs,
         )
         self._cgroup = cgroups.JobCgroup.create(
             b.layout,

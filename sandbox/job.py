@@ -20,7 +20,7 @@ import enum
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -31,7 +31,7 @@ from sandbox.config import SandboxConfig
 from sandbox.errors import JobStateError, SandboxFailure, SpecError
 from sandbox.output import OutputBuffer, OutputChunk, Stream
 from sandbox.result import JobResult, KillCause, Observation, OutputFile, split_status, verdict
-from sandbox.spec import JobSpec
+from sandbox.spec import JobSpec, check_relative_path
 
 if TYPE_CHECKING:
     # trio's own annotations are shadowed by the trio-stubs package (a dependency of libp2p),
@@ -84,6 +84,8 @@ class Job(abc.ABC):
         self.result_dir = result_dir
         self._config = backend.config
         self.uid: int | None = None  # the uid the job runs as, once started
+        # Inputs on the node's disk, (path in the job, host file): see jobdir.prepare.
+        self.staged_inputs: tuple[tuple[str, Path], ...] = ()
         self._output = OutputBuffer(spec.limits.output_bytes)
         self._state = JobState.STARTING
         self._exited = trio.Event()
@@ -435,6 +437,7 @@ class Backend(abc.ABC):
         *,
         job_id: str | None = None,
         result_dir: Path | None = None,
+        staged_inputs: Sequence[tuple[str, Path]] = (),
         _own_probe: bool = False,
     ) -> AsyncIterator[Job]:
         """Start `spec`; yield its running `Job`; on leaving, cancel it if needed and clean up.
@@ -451,6 +454,7 @@ class Backend(abc.ABC):
         if job_id in self._jobs:
             raise JobStateError(f"job {job_id} is already running")
         job = self._new_job(spec, job_id, result_dir)
+        job.staged_inputs = _check_staged(spec, staged_inputs)
         self._jobs[job_id] = job
         try:
             with _unwrap_single():
@@ -473,13 +477,31 @@ class Backend(abc.ABC):
         *,
         job_id: str | None = None,
         result_dir: Path | None = None,
+        staged_inputs: Sequence[tuple[str, Path]] = (),
         _own_probe: bool = False,
     ) -> JobResult:
         """Run `spec` to its end and return its result."""
         async with self.open_job(
-            spec, job_id=job_id, result_dir=result_dir, _own_probe=_own_probe
+            spec,
+            job_id=job_id,
+            result_dir=result_dir,
+            staged_inputs=staged_inputs,
+            _own_probe=_own_probe,
         ) as job:
             return await job.wait()
+
+
+def _check_staged(
+    spec: JobSpec, staged: Sequence[tuple[str, Path]]
+) -> tuple[tuple[str, Path], ...]:
+    """Staged inputs with job paths as safe as the spec's own, none placed twice."""
+    seen = {f.path for f in spec.inputs}
+    for rel, _ in staged:
+        check_relative_path("staged input", rel)
+        if rel in seen:
+            raise SpecError("staged input", f"{rel!r} is given twice")
+        seen.add(rel)
+    return tuple(staged)
 
 
 @contextlib.contextmanager

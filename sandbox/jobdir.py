@@ -18,6 +18,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from sandbox.errors import SandboxFailure
 from sandbox.result import OutputFile
@@ -37,9 +38,18 @@ class JobDir:
 
 
 def prepare(
-    workdir: Path, job_id: str, inputs: tuple[InputFile, ...], uid: int, gid: int
+    workdir: Path,
+    job_id: str,
+    inputs: tuple[InputFile, ...],
+    uid: int,
+    gid: int,
+    staged: tuple[tuple[str, Path], ...] = (),
 ) -> JobDir:
-    """Create the job's directory holding its inputs, all owned by the job's uid."""
+    """Create the job's directory holding its inputs, all owned by the job's uid.
+
+    `staged` are inputs already on the node's disk (received over the network in chunks, too big
+    to travel inline in the spec): (path in the job, file on the host), copied in by streaming.
+    """
     # 0711: job uids must walk through to their own directory, but not list the others.
     workdir.mkdir(parents=True, exist_ok=True, mode=0o711)
     path = workdir / job_id
@@ -53,19 +63,11 @@ def prepare(
     try:
         _chown(path, uid, gid)
         for item in inputs:
-            target = path.joinpath(*item.path.split("/"))
-            # Parents in order, each owned by the job (the spec was validated: no `..`, no `/`).
-            for parent in reversed(target.relative_to(path).parents[:-1]):
-                d = path / parent
-                if not d.is_dir():
-                    d.mkdir(mode=0o755)
-                    _chown(d, uid, gid)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as f:
+            with _create(jobdir, item.path, item.executable) as f:
                 f.write(item.data)
-                os.fchmod(f.fileno(), 0o755 if item.executable else 0o644)
-                if os.geteuid() == 0:
-                    os.fchown(f.fileno(), uid, gid)
+        for rel, source in staged:
+            with _create(jobdir, rel, False) as f, open(source, "rb") as src:
+                shutil.copyfileobj(src, f, _CHUNK)
     except OSError as exc:
         remove(jobdir)
         raise SandboxFailure(f"cannot place inputs in {path}: {exc}") from exc
@@ -205,6 +207,25 @@ def _take(fd: int, rel: str, result_dir: Path | None) -> OutputFile:
         if sink is not None:
             sink.close()
     return OutputFile(rel, size, digest.hexdigest())
+
+
+@contextlib.contextmanager
+def _create(jobdir: JobDir, rel: str, executable: bool) -> Iterator[BinaryIO]:
+    """A new file at `rel` in the job directory (and its parents), owned by the job's uid."""
+    path, uid, gid = jobdir.path, jobdir.uid, jobdir.gid
+    target = path.joinpath(*rel.split("/"))
+    # Parents in order, each owned by the job (paths were validated: no `..`, no leading `/`).
+    for parent in reversed(target.relative_to(path).parents[:-1]):
+        d = path / parent
+        if not d.is_dir():
+            d.mkdir(mode=0o755)
+            _chown(d, uid, gid)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        yield f
+        os.fchmod(f.fileno(), 0o755 if executable else 0o644)
+        if os.geteuid() == 0:
+            os.fchown(f.fileno(), uid, gid)
 
 
 def _chown(path: Path, uid: int, gid: int) -> None:

@@ -303,8 +303,8 @@ class NativeJob(Job):
         lim = self.spec.limits
         uid = self.uid = b.uids.acquire()
         gid = uid
-        args = (self._config.workdir, self.id, self.spec.inputs, uid, gid)
-        if sum(len(f.data) for f in self.spec.inputs) > SMALL_INPUTS:
+        args = (self._config.workdir, self.id, self.spec.inputs, uid, gid, self.staged_inputs)
+        if self.staged_inputs or sum(len(f.data) for f in self.spec.inputs) > SMALL_INPUTS:
             self._dir = await trio.to_thread.run_sync(jobdir.prepare, *args)
         else:
             # A few small files take microseconds to write: not worth a thread round trip,

@@ -3,6 +3,7 @@ come back with their output, and the credit moved equals the CPU-seconds the wor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -116,3 +117,32 @@ def test_no_worker_gets_a_clear_message(cluster: Cluster) -> None:
     res = lone.rain("submit", "--wait", "--", "true", check=False, timeout=120)
     assert res.returncode == 1
     assert "no workers known yet" in res.stderr
+
+
+def test_files_of_100_mib_go_in_and_out_intact(cluster: Cluster, tmp_path: Path) -> None:
+    requester, _ = _network(cluster, 1)
+    big = tmp_path / "big.bin"
+    chunk = hashlib.sha256(b"seed").digest() * 32768  # 1 MiB, not all zeros
+    with big.open("wb") as f:
+        for i in range(100):
+            f.write(bytes([i]) + chunk[1:])
+    res = requester.rain(
+        "submit",
+        "--wait",
+        "--mem",
+        "256M",
+        "--input",
+        f"{big}:in.bin",
+        "--output",
+        "out.bin",
+        "--",
+        "sh",
+        "-c",
+        "sha256sum in.bin && cat in.bin > out.bin",
+        timeout=300,
+    )
+    assert res.stdout.split()[0] == hashlib.sha256(big.read_bytes()).hexdigest()
+    (job,) = json.loads(requester.rain("jobs", "--json").stdout)
+    out = tmp_path / "out"
+    requester.rain("get", job["job_id"], "--to", str(out))
+    assert (out / "out.bin").read_bytes() == big.read_bytes()

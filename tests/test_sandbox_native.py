@@ -3,6 +3,7 @@ clears what only a live node could remove, and choosing backends when some canno
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import trio
 
 from sandbox import cgroups, select, sweep
-from sandbox.errors import BackendUnavailable, PolicyRefused
+from sandbox.errors import BackendUnavailable, PolicyRefused, SpecError
 from sandbox.job import Backend
 from sandbox.policy import WorkerPolicy
 from sandbox.result import Reason
@@ -158,3 +159,23 @@ def test_the_owners_policy_binds_jobs_not_the_backends_own_probe(sandbox_root: P
     with pytest.raises(PolicyRefused, match="memory"):
         run(backend.run, JobSpec.create(["true"]))
     assert run(backend.run, JobSpec.create(["true"], limits=Limits(memory=8 << 20))).ok
+
+
+def test_staged_inputs_are_streamed_into_the_job_directory(
+    native_backend: Backend, tmp_path: Path
+) -> None:
+    """Inputs received over the network wait on the node's disk; the job finds them in /job."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 40_000)  # 10 MB: too big to travel inline
+    spec = JobSpec.create(["sha256sum", "data/big.bin", "small.txt"], inputs={"small.txt": b"x"})
+
+    async def main() -> None:
+        result = await native_backend.run(spec, staged_inputs=[("data/big.bin", big)])
+        assert result.ok, result.stderr
+        digest = hashlib.sha256(big.read_bytes()).hexdigest()
+        assert f"{digest}  data/big.bin" in result.stdout.decode()
+        for bad in ("../escape", "small.txt"):
+            with pytest.raises(SpecError):
+                await native_backend.run(spec, staged_inputs=[(bad, big)])
+
+    trio.run(main)
