@@ -310,17 +310,28 @@ class Ledger:
 
     # --- requester side -----------------------------------------------------------------------
 
-    def agree(self, msg: Propose, expected_limits: JobLimits | None = None) -> Agree:
+    def agree(
+        self,
+        msg: Propose,
+        expected_limits: JobLimits | None = None,
+        *,
+        max_payees: int | None = None,
+    ) -> Agree:
         """Countersign a worker's proposal for a job of ours; send the result back.
 
         `expected_limits` are the limits we gave the job. Idempotent: a repeated proposal gets
         the agreement we already signed for it. RemoteFault if we must refuse (send its text
-        back in a Refuse).
+        back in a Refuse). `max_payees`: how many workers may be paid for this job in all (1 for
+        a plain job, K for K replicas): a job that ran again elsewhere after its worker seemed
+        lost is still paid once, checked in the same transaction as the signature.
         """
-        return _one(self.agree_many([(msg, expected_limits)]))
+        return _one(self.agree_many([(msg, expected_limits)], max_payees=max_payees))
 
     def agree_many(
-        self, items: Sequence[tuple[Propose, JobLimits | None]]
+        self,
+        items: Sequence[tuple[Propose, JobLimits | None]],
+        *,
+        max_payees: int | None = None,
     ) -> list[Agree | LedgerError]:
         """`agree` for several proposals in one transaction (one fsync): an agreement or error
         each. Every agreement is committed before any is returned."""
@@ -345,7 +356,7 @@ class Ledger:
                     out.append(error)
                     continue
                 try:
-                    agreement = self._agree_in(txn, head, proposal)
+                    agreement = self._agree_in(txn, head, proposal, max_payees)
                 except LedgerError as exc:
                     out.append(exc)
                     continue
@@ -354,7 +365,9 @@ class Ledger:
                 out.append(Agree(agreement))
         return out
 
-    def _agree_in(self, txn: Txn, head: HalfBlock | None, proposal: HalfBlock) -> HalfBlock:
+    def _agree_in(
+        self, txn: Txn, head: HalfBlock | None, proposal: HalfBlock, max_payees: int | None
+    ) -> HalfBlock:
         # Raises only before writing, or after keeping a fork proof (see _accept_in).
         me = self.public_key
         worker = proposal.public_key
@@ -370,6 +383,12 @@ class Ledger:
             )
         if txn.has_fork_proof(worker):
             raise OffenderRefused(f"{peer_id_from_public_bytes(worker)} forked its chain")
+        if max_payees is not None:
+            others = txn.payees_for_job(me, job) - {worker}
+            if len(others) >= max_payees:
+                raise ExchangeRefused(
+                    f"job {job!r} was already paid to {len(others)} other worker(s)"
+                )
         self._place(txn, proposal)
         agreement = make_agreement(self._signer, head, proposal, public_key=me)
         txn.insert(agreement)

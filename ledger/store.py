@@ -209,6 +209,15 @@ class Txn:
         ).fetchone()
         return None if row is None else block_from_row(row)
 
+    def payees_for_job(self, public_key: bytes, job_id: str) -> set[bytes]:
+        """The workers `public_key` agreed to pay for `job_id`."""
+        rows = self._c.execute(
+            "SELECT link_public_key FROM blocks WHERE public_key = ? AND job_id = ? "
+            "AND link_sequence > 0",
+            (public_key, job_id),
+        ).fetchall()
+        return {row[0] for row in rows}
+
     def agreement_for(self, public_key: bytes, sequence: int) -> HalfBlock | None:
         """The agreement we hold that links to proposal (`public_key`, `sequence`)."""
         row = self._c.execute(

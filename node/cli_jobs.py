@@ -27,7 +27,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("submit", help="run a command on an idle peer, paid in credit")
     p.add_argument("--cpus", type=float, default=1.0, help="CPUs (default 1)")
     p.add_argument("--mem", type=_size, default="512M", help="memory, like 512M or 2G")
-    p.add_argument("--time", type=_duration, default="1h", help="wall time limit, like 30s or 10m")
+    # 10 minutes: a worker admits a job only if its worst case (CPUs x time) keeps the requester
+    # above its credit floor, so a long default would lock new identities out after one job.
+    p.add_argument("--time", type=_duration, default="10m", help="wall time limit (default 10m)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs (default 0)")
     p.add_argument("--image", help="a Docker image on the worker (default: the host's /usr)")
     p.add_argument(

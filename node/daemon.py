@@ -29,6 +29,7 @@ from node import capabilities, control, job_control, scheduler
 from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
 from node.idle_policy import Decision, IdlePolicy
 from node.idle_signals import PolicyWatch, Sampler
+from node.jobstore import JOBS_FILE, JobStore
 from node.ledger_link import LEDGER, LEDGER_MAX_FRAME, LedgerFrame, LedgerLink
 from node.policy_config import PolicyConfig
 from node.requester import Requester
@@ -90,7 +91,12 @@ class Node:
         self.idle: PolicyWatch | None = None
         self.worker: Worker | None = None
         self.requester = Requester(
-            self.me, self.ledger, self._candidates, self.open_stream, self.config.home / "jobs"
+            self.me,
+            self.ledger,
+            self._candidates,
+            self.open_stream,
+            self.config.home / "jobs",
+            JobStore(self.config.home / JOBS_FILE),
         )
         self._signed: records.SignedRecord | None = None
         self._watched: set[str] = set()
@@ -191,6 +197,7 @@ class Node:
             finally:
                 self._remove_node_info()
                 self.ledger.ledger.close()
+                self.requester.store.close()
 
     async def _open_sandbox(self) -> None:
         """Open every sandbox backend that works here, and the idle policy that gates them."""

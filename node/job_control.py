@@ -66,7 +66,7 @@ def _job(requester: Requester, req: dict[str, Any]) -> JobRecord:
 async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     try:
         spec, inputs = await trio.to_thread.run_sync(build_spec, req)
-        job = requester.submit(spec, inputs)
+        job = await requester.submit(spec, inputs)
     except (SpecError, ValueError) as exc:
         return {"error": str(exc)}
     return {"job_id": job.job_id}

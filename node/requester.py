@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ import trio
 from ledger.errors import RemoteFault
 from ledger.messages import Refuse, encode_message
 from node import results, scheduler, transfer
+from node.jobstore import FINISHED_STATES, JobStore, StoredJob
 from node.worker import job_limits, propose_from
 from rainnet import identity, jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
@@ -39,8 +41,12 @@ log = logging.getLogger("rainnet.requester")
 
 LEASE = 15.0  # a worker silent this long has lost the job (it reports every 2 s)
 ACCEPT_TIMEOUT = 60.0  # the worker verifies our chain before it answers
-MAX_ATTEMPTS = 6
-NO_WORKER_PATIENCE = 60.0
+MAX_LOST_ATTEMPTS = 6
+NO_WORKER_PATIENCE = 60.0  # no known worker could run the job at all: fail after this
+MAX_QUEUE = 7 * 86400.0  # busy workers only delay a job, but not forever
+DECLINE_PAUSE = 0.2  # after every known worker declined: first pause, doubling...
+MAX_DECLINE_PAUSE = 5.0  # ...up to this
+UNREACHABLE_PAUSE = 5.0  # a worker we could not reach is skipped this long, by every job
 MAX_KEPT_OUTPUT = 1 << 20
 MAX_RESULT_BYTES = 1 << 30
 MAX_JOBS_KEPT = 10_000
@@ -70,6 +76,53 @@ class JobRecord:
     cancel: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
 
+    def stored(self) -> StoredJob:
+        return StoredJob(
+            job_id=self.job_id,
+            spec=self.spec.to_wire(),
+            inputs=[
+                (e.path, e.size, e.sha256, str(src))
+                for e, src in zip(self.inputs, self.input_sources, strict=True)
+            ],
+            state=self.state,
+            worker=self.worker,
+            attempts=self.attempts,
+            submitted=self.submitted,
+            started=self.started,
+            ended=self.ended,
+            cpu_seconds=self.cpu_seconds,
+            credit=self.credit,
+            exit_code=self.exit_code,
+            reason=self.reason,
+            error=self.error,
+            outputs=self.outputs,
+        )
+
+    @classmethod
+    def from_stored(cls, st: StoredJob) -> JobRecord:
+        job = cls(
+            job_id=st.job_id,
+            spec=JobSpec.from_wire(st.spec),
+            inputs=tuple(jobproto.FileEntry(p, size, sha) for p, size, sha, _ in st.inputs),
+            input_sources=tuple(Path(src) for *_, src in st.inputs),
+            submitted=st.submitted,
+            state=st.state,
+            worker=st.worker,
+            attempts=st.attempts,
+            started=st.started,
+            ended=st.ended,
+            cpu_seconds=st.cpu_seconds,
+            credit=st.credit,
+            exit_code=st.exit_code,
+            reason=st.reason,
+            error=st.error,
+            outputs=st.outputs,
+        )
+        if st.state in FINISHED_STATES:
+            job.finished.set()
+            job.cancel.set()
+        return job
+
     def as_dict(self) -> dict[str, Any]:
         now = self.ended or time.time()
         return {
@@ -93,6 +146,10 @@ class AttemptLost(Exception):
     """The worker vanished or broke the protocol mid-job: try another (nothing is paid)."""
 
 
+class Unreachable(Exception):
+    """The worker could not be reached at all (nothing was offered, nothing lost)."""
+
+
 class Declined(Exception):
     """The worker would not take the job (its reason)."""
 
@@ -105,24 +162,41 @@ class Requester:
         candidates: Callable[[], list[scheduler.Candidate]],
         open_stream: Callable[[str, str], Any],
         jobs_dir: Path,
+        store: JobStore,
     ) -> None:
         self.me = me
+        self.store = store
         self.ledger = ledger
         self._candidates = candidates
         self._open_stream = open_stream
         self.jobs_dir = jobs_dir
         self.jobs: dict[str, JobRecord] = {}
         self._nursery: trio.Nursery | None = None
+        self._rng = random.Random()
+        self._unreachable: dict[str, float] = {}  # worker -> until when not to try it
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Drive jobs until cancelled; first take back the unfinished ones from the store."""
+        stored = await trio.to_thread.run_sync(self.store.load)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            for st in stored:
+                job = JobRecord.from_stored(st)
+                self.jobs[job.job_id] = job
+                if not job.finished.is_set():
+                    log.info("job %s: resuming after a restart (was %s)", job.job_id, job.state)
+                    job.state, job.worker = "queued", None
+                    nursery.start_soon(self._drive, job)
             task_status.started()
             await trio.sleep_forever()
 
-    def submit(
+    async def _save(self, job: JobRecord) -> None:
+        await trio.to_thread.run_sync(self.store.save, job.stored())
+
+    async def submit(
         self, spec: JobSpec, inputs: tuple[tuple[jobproto.FileEntry, Path], ...] = ()
     ) -> JobRecord:
+        """Accept a job from the local user: on disk before this returns, then driven."""
         if self._nursery is None:
             raise RuntimeError("the requester is not running")
         if len(self.jobs) >= MAX_JOBS_KEPT:
@@ -134,17 +208,22 @@ class Requester:
             if oldest is None:
                 raise ValueError(f"{MAX_JOBS_KEPT} jobs in flight: wait for some to finish")
             del self.jobs[oldest.job_id]
+            await trio.to_thread.run_sync(self.store.forget, oldest.job_id)
         job = JobRecord(
             job_id=secrets.token_hex(8),
             spec=spec,
             inputs=tuple(e for e, _ in inputs),
             input_sources=tuple(p for _, p in inputs),
         )
+        await self._save(job)
         self.jobs[job.job_id] = job
         self._nursery.start_soon(self._drive, job)
         return job
 
     async def _drive(self, job: JobRecord) -> None:
+        """Offer the job until a worker runs it to the end. Declines (busy workers) only delay
+        it; attempts lost mid-run count against MAX_LOST_ATTEMPTS; with no worker able to run it
+        at all for NO_WORKER_PATIENCE, it fails saying why; it never waits past MAX_QUEUE."""
         needs = scheduler.Needs(
             cpus=job.spec.limits.cpus,
             memory=job.spec.limits.memory,
@@ -153,20 +232,27 @@ class Requester:
         )
         tried: set[str] = set()
         declines: list[str] = []
-        waited_since = trio.current_time()
+        lost = 0
+        queued_at = unable_since = trio.current_time()
+        pause = DECLINE_PAUSE
         with trio.CancelScope() as scope:
             self._nursery_cancel_on(job, scope)
-            while job.attempts < MAX_ATTEMPTS:
+            while lost < MAX_LOST_ATTEMPTS and trio.current_time() - queued_at < MAX_QUEUE:
                 known = self._candidates()
-                ranked = scheduler.rank_workers(known, needs, exclude=tried)
+                now = trio.current_time()
+                shunned = {w for w, until in self._unreachable.items() if until > now}
+                ranked = scheduler.rank_workers(known, needs, exclude=tried | shunned)
                 if not ranked:
-                    if trio.current_time() - waited_since > NO_WORKER_PATIENCE:
+                    if any(scheduler.can_run(c.record, needs) is None for c in known):
+                        unable_since = trio.current_time()  # workers exist, just busy
+                    elif trio.current_time() - unable_since > NO_WORKER_PATIENCE:
                         why = scheduler.explain_no_worker([c.record for c in known], needs)
                         detail = f"; declined: {'; '.join(declines[-3:])}" if declines else ""
-                        self._end(job, "failed", error=why + detail)
+                        await self._end(job, "failed", error=why + detail)
                         return
                     tried.clear()  # everyone said no: ask again after a pause
-                    await trio.sleep(1.0)
+                    await trio.sleep(pause * (0.5 + self._rng.random()))
+                    pause = min(pause * 2, MAX_DECLINE_PAUSE)
                     continue
                 worker = ranked[0].peer_id
                 tried.add(worker)
@@ -174,17 +260,24 @@ class Requester:
                     await self._attempt(job, worker)
                     return
                 except Declined as exc:
-                    declines.append(f"{worker[-8:]}: {exc}")
-                    job.state = "queued"
+                    declines = [*declines[-9:], f"{worker[-8:]}: {exc}"]
+                    job.state, job.worker = "queued", None
+                except Unreachable as exc:
+                    # Probably gone (its heartbeats will tell): leave it alone for a while.
+                    log.info("job %s: %s unreachable: %s", job.job_id, worker, exc)
+                    self._unreachable[worker] = trio.current_time() + UNREACHABLE_PAUSE
+                    job.state, job.worker = "queued", None
                 except AttemptLost as exc:
+                    lost += 1
                     log.warning(
                         "job %s lost on %s: %s; trying another worker", job.job_id, worker, exc
                     )
                     job.state, job.worker = "queued", None
-                    waited_since = trio.current_time()
-            self._end(job, "failed", error=f"gave up after {job.attempts} attempts")
+                    pause = DECLINE_PAUSE
+            why = f"lost on {lost} workers" if lost >= MAX_LOST_ATTEMPTS else "queued too long"
+            await self._end(job, "failed", error=f"gave up: {why}")
         if job.cancel.is_set():
-            self._end(job, "cancelled")
+            await self._end(job, "cancelled")
 
     def _nursery_cancel_on(self, job: JobRecord, scope: trio.CancelScope) -> None:
         async def watch() -> None:
@@ -194,10 +287,12 @@ class Requester:
         assert self._nursery is not None
         self._nursery.start_soon(watch)
 
-    def _end(self, job: JobRecord, state: str, error: str | None = None) -> None:
+    async def _end(self, job: JobRecord, state: str, error: str | None = None) -> None:
         if job.finished.is_set():
             return
         job.state, job.error, job.ended = state, error, time.time()
+        with trio.CancelScope(shield=True):  # a cancelled job's end is recorded all the same
+            await self._save(job)
         job.finished.set()
         job.cancel.set()  # releases the cancel watcher
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
@@ -207,10 +302,12 @@ class Requester:
     async def _attempt(self, job: JobRecord, worker: str) -> None:
         job.attempts += 1
         job.state, job.worker = "offering", worker
+        await self._save(job)
         try:
             stream = await self._open_stream(worker, jobproto.JOB)
         except StreamGone as exc:
-            raise AttemptLost(str(exc)) from None
+            job.attempts -= 1
+            raise Unreachable(str(exc)) from None
         fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
         try:
             await self._converse(job, worker, fs)
@@ -267,6 +364,7 @@ class Requester:
         self, job: JobRecord, worker: str, fs: FramedStream, finished: jobproto.Finished
     ) -> None:
         job.state = "settling"
+        await self._save(job)
         verdict = results.Verdict(finished.exit_code, finished.reason)
         proposal = propose_from(finished.proposal)
         block = proposal.block
@@ -286,7 +384,7 @@ class Requester:
         if problem is None:
             try:
                 answer = await self.ledger.call(
-                    self.ledger.ledger.agree, proposal, job_limits(job.spec)
+                    lambda: self.ledger.ledger.agree(proposal, job_limits(job.spec), max_payees=1)
                 )
             except RemoteFault as exc:
                 problem = str(exc)
@@ -306,7 +404,7 @@ class Requester:
         job.stderr[:] = await trio.to_thread.run_sync(_head, out_dir / "stderr")
         job.outputs = [e.path for e in finished.outputs[2:]]
         job.exit_code, job.reason = finished.exit_code, finished.reason
-        self._end(job, "done")
+        await self._end(job, "done")
 
 
 def _safe_layout(entries: tuple[jobproto.FileEntry, ...]) -> bool:

@@ -32,7 +32,7 @@ from ledger.messages import Agree, ChainPage, ChainRequest, Heads, Propose
 from ledger.service import Claim, Ledger
 from ledger.store import LEDGER_FILE, Store
 from ledger.units import DEFAULT_FLOOR_MILLI
-from tests.ledger_helpers import LIMITS, identity, resign
+from tests.ledger_helpers import LIMITS, RESULT, identity, resign
 
 A, B, C = identity(0), identity(1), identity(2)
 
@@ -458,3 +458,29 @@ def test_a_tally_catches_up_with_agreements_that_came_late(ledgers: tuple[Ledger
     with pytest.raises(InvalidBlock):
         c.ingest_page(dataclasses.replace(page, linked=(forged,)))
     assert c.verified_balance(a.public_key).pending_milli == 9  # type: ignore[union-attr]
+
+
+def test_a_job_is_paid_to_at_most_max_payees_workers(tmp_path: Path) -> None:
+    """A job that ran again after its first worker seemed lost is still paid once."""
+    me, first, second = identity(0), identity(1), identity(2)
+    with (
+        Ledger.open(tmp_path / "r", me) as requester,
+        Ledger.open(tmp_path / "w1", first) as w1,
+        Ledger.open(tmp_path / "w2", second) as w2,
+    ):
+        claims = [
+            w.propose(
+                requester=me.public_raw,
+                job_id="job-1",
+                cpu_ms=100,
+                gpu_ms=0,
+                limits=LIMITS,
+                result_hash=RESULT,
+            )
+            for w in (w1, w2)
+        ]
+        requester.agree(claims[0], LIMITS, max_payees=1)
+        assert requester.agree(claims[0], LIMITS, max_payees=1)  # a retry is fine
+        with pytest.raises(ExchangeRefused, match="already paid to 1 other"):
+            requester.agree(claims[1], LIMITS, max_payees=1)
+        requester.agree(claims[1], LIMITS, max_payees=2)  # replicas: both are paid

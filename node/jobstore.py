@@ -1,0 +1,126 @@
+"""The requester's jobs on disk (`HOME/jobs.sqlite3`), so submissions survive a restart.
+
+Each state change of a job is one short write transaction (SQLite WAL, synchronous=FULL): after a
+crash at any instant the node finds every job it accepted from its user, and drives the unfinished
+ones again. Payment needs no record here: the ledger keeps it, and refuses to pay a job twice.
+Blocking calls: the node runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+JOBS_FILE = "jobs.sqlite3"
+FINISHED_STATES = ("done", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id      TEXT PRIMARY KEY,
+    spec        BLOB NOT NULL,   -- msgpack of JobSpec.to_wire()
+    inputs      BLOB NOT NULL,   -- msgpack of [[path, size, sha256, local source], ...]
+    state       TEXT NOT NULL,
+    worker      TEXT,
+    attempts    INTEGER NOT NULL,
+    submitted   REAL NOT NULL,
+    started     REAL,
+    ended       REAL,
+    cpu_seconds REAL NOT NULL,
+    credit      REAL NOT NULL,
+    exit_code   INTEGER,
+    reason      TEXT,
+    error       TEXT,
+    outputs     TEXT NOT NULL    -- JSON list of output paths
+) STRICT;
+"""
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    job_id: str
+    spec: dict[str, Any]
+    inputs: list[tuple[str, int, bytes, str]]
+    state: str
+    worker: str | None
+    attempts: int
+    submitted: float
+    started: float | None
+    ended: float | None
+    cpu_seconds: float
+    credit: float
+    exit_code: int | None
+    reason: str | None
+    error: str | None
+    outputs: list[str]
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+
+    def save(self, job: StoredJob) -> None:
+        row = (
+            job.job_id,
+            msgpack.packb(job.spec, use_bin_type=True),
+            msgpack.packb([list(i) for i in job.inputs], use_bin_type=True),
+            job.state,
+            job.worker,
+            job.attempts,
+            job.submitted,
+            job.started,
+            job.ended,
+            job.cpu_seconds,
+            job.credit,
+            job.exit_code,
+            job.reason,
+            job.error,
+            json.dumps(job.outputs),
+        )
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+    def load(self) -> list[StoredJob]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM jobs ORDER BY submitted").fetchall()
+        return [
+            StoredJob(
+                job_id=r[0],
+                spec=msgpack.unpackb(r[1], raw=False),
+                inputs=[(p, s, h, src) for p, s, h, src in msgpack.unpackb(r[2], raw=False)],
+                state=r[3],
+                worker=r[4],
+                attempts=r[5],
+                submitted=r[6],
+                started=r[7],
+                ended=r[8],
+                cpu_seconds=r[9],
+                credit=r[10],
+                exit_code=r[11],
+                reason=r[12],
+                error=r[13],
+                outputs=json.loads(r[14]),
+            )
+            for r in rows
+        ]
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,99 @@
+"""Jobs survive crashes: a requester killed mid-job takes its jobs back when it restarts, and with
+workers killed and restarted at random every job completes exactly once, paid exactly once."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
+
+WORKER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
+
+
+def _jobs(node: NodeProcess) -> dict[str, dict[str, object]]:
+    return {j["job_id"]: j for j in json.loads(node.rain("jobs", "--json").stdout)}
+
+
+def _credit(node: NodeProcess) -> dict[str, float]:
+    data: dict[str, float] = json.loads(node.rain("credit", "--json").stdout)
+    return data
+
+
+def _history_jobs(node: NodeProcess) -> list[str]:
+    rows = json.loads(node.rain("credit", "history", "--json", "-n", "100000").stdout)
+    return [r["job"] for r in rows]
+
+
+def test_a_restarted_requester_takes_its_jobs_back(cluster: Cluster) -> None:
+    worker = cluster.start(*WORKER)
+    worker.wait_ready()
+    # The requester joins through the worker, so after a restart (on a new port) it finds it again.
+    requester = cluster.start(
+        "--listen", LOOPBACK, "--no-mdns", "--lend", "never", "--bootstrap", worker.addr, name="req"
+    )
+    requester.wait_ready()
+    wait_until(lambda: all_see_each_other([requester, worker]), 30, "two nodes meet")
+    wait_until(lambda: requester.peers()[0]["backends"] != [], 20, "the worker's sandbox shows")
+
+    job_id = requester.rain("submit", "--", "sh", "-c", "sleep 2; echo survived").stdout.strip()
+    wait_until(lambda: _jobs(requester)[job_id]["state"] == "running", 30, "the job runs")
+    requester.kill9()
+    requester.start()
+    requester.wait_ready()
+    wait_until(lambda: _jobs(requester)[job_id]["state"] == "done", 60, "the job completes")
+    assert requester.rain("logs", job_id).stdout == "survived\n"
+    assert _history_jobs(requester) == [job_id]  # paid once
+    assert _credit(worker)["exchanges"] == 1
+
+
+def test_chaos_every_job_completes_exactly_once(cluster: Cluster) -> None:
+    rng = random.Random(7)
+    requester = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never", name="req")
+    requester.wait_ready()
+    workers = [cluster.start(*WORKER, "--bootstrap", requester.addr) for _ in range(5)]
+    for w in workers:
+        w.wait_ready()
+    wait_until(lambda: all_see_each_other([requester, *workers]), 40, "6 nodes meet")
+
+    n = 30
+    ids = [
+        requester.rain(
+            "submit", "--", "sh", "-c", f"sleep 0.{rng.randint(2, 9)}; echo {i}"
+        ).stdout.strip()
+        for i in range(n)
+    ]
+    # Kill -9 and restart workers at random while the jobs run.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        victim = rng.choice(workers)
+        victim.kill9()
+        time.sleep(rng.uniform(0.2, 1.0))
+        victim.start()
+        victim.wait_ready()
+        if all(j["state"] in ("done", "failed") for j in _jobs(requester).values()):
+            break
+        time.sleep(rng.uniform(0.5, 1.5))
+
+    wait_until(
+        lambda: all(j["state"] in ("done", "failed") for j in _jobs(requester).values()),
+        180,
+        "every job ends",
+        interval=1.0,
+    )
+    jobs = _jobs(requester)
+    failed = {i: (jobs[i]["error"], jobs[i]["attempts"]) for i in ids if jobs[i]["state"] != "done"}
+    assert not failed
+    for i, job_id in enumerate(ids):
+        assert requester.rain("logs", job_id).stdout == f"{i}\n"
+
+    # Exactly once: one payment per job, and credit conserved between requester and workers.
+    paid = _history_jobs(requester)
+    assert sorted(paid) == sorted(ids)
+    spent = _credit(requester)["spent"]
+    earned = sum(_credit(w)["earned"] for w in workers)
+    assert abs(spent - earned) < 1e-9
+    assert abs(spent - sum(float(jobs[i]["cpu_seconds"]) for i in ids)) < 0.001 * n  # type: ignore[arg-type]
+    for node in [requester, *workers]:
+        assert node.rain("credit", "verify").returncode == 0
