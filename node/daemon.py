@@ -17,12 +17,15 @@ import contextlib
 import json
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
+from libp2p.peer.id import ID
+from libp2p.tools.anyio_service import background_trio_service
 
 from ledger.service import Ledger
 from node import capabilities, control, job_control, scheduler
@@ -35,6 +38,8 @@ from node.policy_config import PolicyConfig
 from node.requester import Requester
 from node.worker import Worker
 from rainnet import __version__, identity, jobproto, protocols, records, wire
+from rainnet import host as rhost
+from rainnet import relay as rrelay
 from rainnet.membership import Membership, Source
 from rainnet.streams import FramedStream, StreamGone, guarded_handler
 
@@ -47,6 +52,7 @@ DIAL_TICK = 0.2
 EXPIRY_TICK = 0.5
 BOOTSTRAP_RETRY = 5.0
 DHT_DISCOVERY_INTERVAL = 15.0
+HINT_INTERVAL = 10.0
 DHT_PUBLISH_INTERVAL = 60.0
 DHT_OP_TIMEOUT = 15.0
 MDNS_QUEUE = 256
@@ -62,6 +68,8 @@ class NodeConfig:
     peer_timeout: float = 10.0
     record_ttl: float = 300.0
     sandbox: str = "auto"  # auto, native, docker or none
+    relay: bool = False  # offer circuit relay v2 to NATed peers
+    relay_via: tuple[str, ...] = ()  # relays to reserve a slot on (we are behind NAT)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
@@ -151,10 +159,6 @@ class Node:
     # ----- running ----------------------------------------------------------------------------
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        from libp2p.tools.anyio_service import background_trio_service
-
-        from rainnet import host as rhost
-
         listen = rhost.parse_multiaddrs(self.config.listen)
         await self._open_sandbox()
         self._host = rhost.build_host(self.me)
@@ -168,13 +172,22 @@ class Node:
         self._host.set_stream_handler(LEDGER, guarded_handler("ledger", self.ledger.handle))
         if self.worker is not None:
             self._host.set_stream_handler(jobproto.JOB, guarded_handler("job", self.worker.handle))
+        self._relay = rrelay.Relay(
+            self._host,
+            serve=self.config.relay,
+            via=self.config.relay_via,
+            on_addrs=self._on_circuits,
+        )
+        self._relay.install()
         async with (
             self._host.run(listen),
             background_trio_service(self._dht),
             trio.open_nursery() as nursery,
         ):
             self._nursery = nursery
-            self.addrs = rhost.advertised_addrs(self._host, self.me.peer_id)
+            self._direct_addrs = rhost.advertised_addrs(self._host, self.me.peer_id)
+            self.addrs = list(self._direct_addrs)
+            await nursery.start(self._relay.run)  # reservations arrive later, via _on_circuits
             assert self.idle is not None
             await nursery.start(self.idle.run)  # our state comes from the first decision
             await nursery.start(self.requester.run)
@@ -184,6 +197,7 @@ class Node:
             nursery.start_soon(self._expiry_loop)
             nursery.start_soon(self._publish_loop)
             nursery.start_soon(self._dht_discovery_loop)
+            nursery.start_soon(self._exchange_hints_loop)
             if self.config.bootstrap:
                 nursery.start_soon(self._bootstrap_loop)
             if self.config.mdns:
@@ -259,6 +273,14 @@ class Node:
             if p.record is not None
         ]
 
+    def _on_circuits(self, circuits: tuple[str, ...]) -> None:
+        """Our relay reservations changed: advertise the circuit addresses (first, so the caps
+        on addresses per peer never cut them) in a newly signed record, and in node.json."""
+        self.addrs = [*circuits, *self._direct_addrs][:32]
+        self._signed = None
+        if self.ready.is_set():
+            self._write_node_info(self.config.home / CONTROL_SOCKET)
+
     def _write_node_info(self, sock_path: Path) -> None:
         info = {
             "peer_id": self.me.peer_id,
@@ -316,8 +338,6 @@ class Node:
                 await trio.to_thread.run_sync(mdns.stop, abandon_on_cancel=True)  # type: ignore[call-arg]
 
     async def _bootstrap_loop(self) -> None:
-        from rainnet import host as rhost
-
         infos = [(a, rhost.bootstrap_info(a)) for a in self.config.bootstrap]
         while True:
             for addr, info in infos:
@@ -327,19 +347,32 @@ class Node:
             await trio.sleep(BOOTSTRAP_RETRY)
 
     async def _dht_discovery_loop(self) -> None:
+        """Workers beyond our hints: provider records, then each one's signed record, whose
+        addresses (circuit addresses included) are what we dial."""
         await trio.sleep(2.0)
         while True:
             if self.membership.live_peers():
-                with trio.move_on_after(DHT_OP_TIMEOUT):
-                    try:
-                        providers = await self._dht.find_providers(WORKERS_KEY, 20)
-                    except Exception as exc:
-                        log.debug("find_providers failed: %r", exc)
-                        providers = []
-                    for info in providers:
-                        addrs = tuple(f"{a}/p2p/{info.peer_id}" for a in info.addrs)
-                        self.learn(str(info.peer_id), addrs, Source.DHT)
+                try:
+                    found = await self.find_workers()
+                except Exception as exc:
+                    log.debug("DHT discovery failed: %r", exc)
+                    found = []
+                for rec in found:
+                    if not self.membership.is_live(rec.peer_id):
+                        self.learn(rec.peer_id, rec.addrs, Source.DHT)
             await trio.sleep(DHT_DISCOVERY_INTERVAL)
+
+    async def _exchange_hints_loop(self) -> None:
+        """Every so often, hello one live peer at random: its hints reach us (and ours it), so
+        peers that joined through someone else are found without any broadcast."""
+        while True:
+            await trio.sleep(HINT_INTERVAL * (0.5 + random.random()))
+            peers = self.membership.sample(1)
+            if peers and peers[0].peer_id not in self._dialing and self._nursery is not None:
+                self._dialing.add(peers[0].peer_id)
+                self._nursery.start_soon(
+                    self._contact, peers[0].peer_id, peers[0].addrs, trio.CapacityLimiter(1)
+                )
 
     async def _publish_loop(self) -> None:
         """Keep our record and provider entry in the DHT: at the first peer, on change, hourly."""
@@ -367,8 +400,6 @@ class Node:
 
         Point to point: a provider lookup, then one record lookup per provider, all bounded.
         """
-        from libp2p.peer.id import ID
-
         found: dict[str, records.NodeRecord] = {}
         with trio.move_on_after(DHT_OP_TIMEOUT):
             providers = await self._dht.find_providers(WORKERS_KEY, count)
@@ -414,17 +445,12 @@ class Node:
     async def _contact(
         self, peer_id: str, addrs: tuple[str, ...], limiter: trio.CapacityLimiter
     ) -> None:
-        from libp2p.peer.id import ID
-
-        from rainnet import host as rhost
-
         try:
             async with limiter:
                 ok = False
                 with trio.move_on_after(HELLO_TIMEOUT):
                     try:
-                        rhost.allow_redial(self._host, peer_id)
-                        await self._host.connect(rhost.peer_info(peer_id, addrs))
+                        await rrelay.connect(self._host, peer_id, addrs, HELLO_TIMEOUT - 1)
                         stream = await self._host.new_stream(
                             ID.from_base58(peer_id), [protocols.HELLO]
                         )
@@ -474,8 +500,6 @@ class Node:
                 self._nursery.start_soon(self._ledger_gossip, peer_id)
 
     async def _add_to_routing_table(self, peer_id: str) -> None:
-        from libp2p.peer.id import ID
-
         with trio.move_on_after(DHT_OP_TIMEOUT):
             try:
                 await self._dht.add_peer(ID.from_base58(peer_id), skip_server_mode_check=True)
@@ -486,16 +510,11 @@ class Node:
 
     async def open_stream(self, peer_id: str, protocol: str, timeout: float = HELLO_TIMEOUT) -> Any:
         """A new stream to `peer_id` (dialing it if needed); StreamGone if that fails in time."""
-        from libp2p.peer.id import ID
-
-        from rainnet import host as rhost
-
         peer = self.membership.peers.get(peer_id)
         with trio.move_on_after(timeout):
             try:
                 if peer is not None and peer.addrs:
-                    rhost.allow_redial(self._host, peer_id)
-                    await self._host.connect(rhost.peer_info(peer_id, peer.addrs))
+                    await rrelay.connect(self._host, peer_id, peer.addrs, timeout - 1)
                 return await self._host.new_stream(ID.from_base58(peer_id), [protocol])
             except Exception as exc:
                 raise StreamGone(f"cannot open {protocol} to {peer_id}: {exc!r}") from None
@@ -544,10 +563,6 @@ class Node:
 
     async def _watcher(self, peer_id: str) -> None:
         """Ping `peer_id` every heartbeat interval on one long-lived stream while it is live."""
-        from libp2p.peer.id import ID
-
-        from rainnet import host as rhost
-
         interval = self.config.heartbeat_interval
         timeout = max(1.0, min(3.0, self.config.peer_timeout / 3))
         fs: FramedStream | None = None
@@ -610,8 +625,6 @@ class Node:
                 self.membership.learn(remote, (), Source.INBOUND, now)
 
     async def _expiry_loop(self) -> None:
-        from libp2p.peer.id import ID
-
         while True:
             await trio.sleep(EXPIRY_TICK)
             for peer_id in self.membership.expire(time.time()):

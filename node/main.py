@@ -41,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-mdns", action="store_true", help="do not discover LAN peers by mDNS")
     p.add_argument(
+        "--relay",
+        action="store_true",
+        help="offer circuit relay v2 to peers behind NAT (needs a reachable --listen)",
+    )
+    p.add_argument(
+        "--relay-via",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="this node is behind NAT: be reachable through this relay (repeatable)",
+    )
+    p.add_argument(
         "--lend",
         choices=LEND_MODES,
         default=None,
@@ -130,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from node.daemon import Node, NodeConfig
     from node.policy_config import ConfigError, load_policy_config
     from rainnet import host as rhost
+    from rainnet import relay as rrelay
 
     try:
         policy = load_policy_config(home, lend=args.lend)
@@ -142,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rhost.parse_multiaddrs(listen)
         for addr in args.bootstrap:
             rhost.bootstrap_info(addr)
+        for addr in args.relay_via:
+            rrelay.relay_info(addr)
     except ValueError as exc:
         print(f"rain-node: {exc}", file=sys.stderr)
         return 2
@@ -157,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bootstrap=tuple(args.bootstrap),
         mdns=not args.no_mdns,
         sandbox=args.sandbox,
+        relay=args.relay,
+        relay_via=tuple(args.relay_via),
         policy=policy,
         heartbeat_interval=args.heartbeat,
         peer_timeout=args.peer_timeout,

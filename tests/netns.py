@@ -126,6 +126,22 @@ class Topology:
         )
         self.exec(r, "iptables", "-A", "FORWARD", "-d", subnet, "!", "-i", lan.bridge, "-j", "DROP")
 
+    def cut(self, src: Lan, dst: Lan) -> None:
+        """Nothing from `src` reaches `dst` through the router (as if `dst` were behind a NAT of
+        its own too); both still reach the router itself."""
+        self.exec(
+            self.router,
+            "iptables",
+            "-I",
+            "FORWARD",
+            "-s",
+            f"10.231.{src.subnet}.0/24",
+            "-d",
+            f"10.231.{dst.subnet}.0/24",
+            "-j",
+            "DROP",
+        )
+
     def destroy(self) -> None:
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)

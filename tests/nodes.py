@@ -22,6 +22,12 @@ PYTHON = sys.executable
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
+def _in_netns(name: str) -> list[str]:
+    """Run in network namespace `name`. nsenter, not `ip netns exec`: the latter remounts /sys
+    for the namespace, which hides the cgroup hierarchies the sandbox needs."""
+    return ["nsenter", f"--net=/var/run/netns/{name}", "--"]
+
+
 class NodeProcess:
     """One rain-node process with its own home."""
 
@@ -37,7 +43,7 @@ class NodeProcess:
         (self.home / "node.json").unlink(missing_ok=True)
         cmd = [PYTHON, "-m", "node.main", "--home", str(self.home), *self.args]
         if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+            cmd = [*_in_netns(self.netns), *cmd]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -78,11 +84,15 @@ class NodeProcess:
     ) -> subprocess.CompletedProcess[str]:
         cmd = [PYTHON, "-m", "node.cli", "--home", str(self.home), *args]
         if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+            cmd = [*_in_netns(self.netns), *cmd]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if check and res.returncode != 0:
             raise AssertionError(f"rain {' '.join(args)} failed ({res.returncode}): {res.stderr}")
         return res
+
+    def rain_json(self, *args: str) -> Any:
+        """The JSON output of `rain ARGS --json`."""
+        return json.loads(self.rain(*args, "--json").stdout)
 
     def peers(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = json.loads(self.rain("peers", "--json").stdout)
@@ -97,7 +107,7 @@ class NodeProcess:
 
     def kill9(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            # Under `ip netns exec` the node is the exec'd process itself (no wrapper stays).
+            # Under nsenter the node is the exec'd process itself (no wrapper stays).
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
 

@@ -107,3 +107,71 @@ def test_pulled_cable_leaves_within_15s_and_rejoins_when_plugged_back(
     topology.exec(topology.router, "ip", "link", "set", port, "up")
     took = wait_until(lambda: all_see_each_other(nodes), 40, "the node rejoins by itself")
     print(f"replugged node back in all views after {took:.1f} s")
+
+
+def test_a_job_reaches_a_worker_behind_nat_through_a_relay(
+    topology: Topology, cluster: Cluster, tmp_path: Path
+) -> None:
+    """LAN B sits behind NAT (MASQUERADE on the router); LAN A cannot reach into it, and B is
+    kept from reaching A directly too, so the only path is the relay on the router. A job
+    submitted on LAN A runs on LAN B, its result comes back and credit moves."""
+    lan_a = topology.add_lan("a", hosts=1)
+    lan_b = topology.add_lan("b", hosts=1)
+    topology.masquerade(lan_b)
+    topology.cut(lan_b, lan_a)
+
+    router_home = tmp_path / "router"
+    router_id = load_or_create(router_home).peer_id
+    relay_addr = f"/ip4/{lan_a.ip(1)}/tcp/4001/p2p/{router_id}"
+    router = cluster.start(
+        "--listen",
+        f"/ip4/{lan_a.ip(1)}/tcp/4001",
+        "--listen",
+        f"/ip4/{lan_b.ip(1)}/tcp/4001",
+        "--no-mdns",
+        "--relay",
+        "--lend",
+        "never",
+        netns=topology.router,
+        name="router",
+    )
+    router.wait_ready()
+    worker = cluster.start(
+        "--listen",
+        f"/ip4/{lan_b.ip(10)}/tcp/4001",
+        "--no-mdns",
+        "--lend",
+        "always",
+        "--bootstrap",
+        f"/ip4/{lan_b.ip(1)}/tcp/4001/p2p/{router_id}",
+        "--relay-via",
+        relay_addr,
+        netns=lan_b.hosts[0],
+        name="worker",
+    )
+    requester = cluster.start(
+        "--listen",
+        f"/ip4/{lan_a.ip(10)}/tcp/4001",
+        "--no-mdns",
+        "--lend",
+        "never",
+        "--bootstrap",
+        relay_addr,
+        netns=lan_a.hosts[0],
+        name="requester",
+    )
+    worker.wait_ready()
+    requester.wait_ready()
+    wait_until(
+        lambda: any("/p2p-circuit/" in a for a in worker.rain_json("status")["addrs"]),
+        30,
+        "the worker holds a relay reservation",
+    )
+    wait_until(
+        lambda: worker.peer_id in requester.peer_ids(), 40, "the requester reaches the worker"
+    )
+    res = requester.rain("submit", "--wait", "--", "echo", "across the NAT", timeout=120)
+    assert res.stdout == "across the NAT\n"
+    (job,) = requester.rain_json("jobs")
+    assert job["worker"] == worker.peer_id and job["state"] == "done"
+    assert worker.rain_json("credit")["earned"] == requester.rain_json("credit")["spent"] > 0
