@@ -33,6 +33,13 @@ def register(sub: Any) -> None:
     p.add_argument("--gpus", type=int, default=0, help="GPUs (default 0)")
     p.add_argument("--image", help="a Docker image on the worker (default: the host's /usr)")
     p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run on K distinct workers and compare results; outvoted ones are not paid",
+    )
+    p.add_argument(
         "--input",
         action="append",
         default=[],
@@ -103,6 +110,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "memory": args.mem,
         "wall_seconds": args.time,
         "gpus": args.gpus,
+        "replicas": args.replicas,
         "image": args.image,
         "inputs": inputs,
         "outputs": args.output,

@@ -19,6 +19,7 @@ from sandbox import JobSpec, Limits, SpecError
 from sandbox.spec import check_relative_path
 
 MAX_LOG_CHUNK = 256 * 1024
+MAX_REPLICAS = 16
 
 
 def build_spec(req: dict[str, Any]) -> tuple[JobSpec, tuple[tuple[FileEntry, Path], ...]]:
@@ -66,7 +67,10 @@ def _job(requester: Requester, req: dict[str, Any]) -> JobRecord:
 async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     try:
         spec, inputs = await trio.to_thread.run_sync(build_spec, req)
-        job = await requester.submit(spec, inputs)
+        replicas = req.get("replicas", 1)
+        if not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
+            raise SpecError("replicas", f"a number from 1 to {MAX_REPLICAS}")
+        job = await requester.submit(spec, inputs, replicas)
     except (SpecError, ValueError) as exc:
         return {"error": str(exc)}
     return {"job_id": job.job_id}

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     state       TEXT NOT NULL,
     worker      TEXT,
     attempts    INTEGER NOT NULL,
+    replicas    INTEGER NOT NULL,
     submitted   REAL NOT NULL,
     started     REAL,
     ended       REAL,
@@ -49,6 +50,7 @@ class StoredJob:
     state: str
     worker: str | None
     attempts: int
+    replicas: int
     submitted: float
     started: float | None
     ended: float | None
@@ -77,6 +79,7 @@ class JobStore:
             job.state,
             job.worker,
             job.attempts,
+            job.replicas,
             job.submitted,
             job.started,
             job.ended,
@@ -89,8 +92,7 @@ class JobStore:
         )
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
+                f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * len(row))})", row
             )
 
     def load(self) -> list[StoredJob]:
@@ -104,15 +106,16 @@ class JobStore:
                 state=r[3],
                 worker=r[4],
                 attempts=r[5],
-                submitted=r[6],
-                started=r[7],
-                ended=r[8],
-                cpu_seconds=r[9],
-                credit=r[10],
-                exit_code=r[11],
-                reason=r[12],
-                error=r[13],
-                outputs=json.loads(r[14]),
+                replicas=r[6],
+                submitted=r[7],
+                started=r[8],
+                ended=r[9],
+                cpu_seconds=r[10],
+                credit=r[11],
+                exit_code=r[12],
+                reason=r[13],
+                error=r[14],
+                outputs=json.loads(r[15]),
             )
             for r in rows
         ]

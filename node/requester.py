@@ -29,7 +29,7 @@ import trio
 
 from ledger.errors import RemoteFault
 from ledger.messages import Refuse, encode_message
-from node import results, scheduler, transfer
+from node import results, scheduler, transfer, voting
 from node.jobstore import FINISHED_STATES, JobStore, StoredJob
 from node.worker import job_limits, propose_from
 from rainnet import identity, jobproto, wire
@@ -47,6 +47,8 @@ MAX_QUEUE = 7 * 86400.0  # busy workers only delay a job, but not forever
 DECLINE_PAUSE = 0.2  # after every known worker declined: first pause, doubling...
 MAX_DECLINE_PAUSE = 5.0  # ...up to this
 UNREACHABLE_PAUSE = 5.0  # a worker we could not reach is skipped this long, by every job
+MAX_EXTRA_REPLICAS = 2  # runs beyond --replicas to break a disagreement
+VOTE_SLACK = 120.0  # beyond the job's wall-time limit, how long a replica waits for the others
 MAX_KEPT_OUTPUT = 1 << 20
 MAX_RESULT_BYTES = 1 << 30
 MAX_JOBS_KEPT = 10_000
@@ -59,6 +61,7 @@ class JobRecord:
     # Files sent to the worker before the job starts: announced entries and local sources.
     inputs: tuple[jobproto.FileEntry, ...] = ()
     input_sources: tuple[Path, ...] = ()
+    replicas: int = 1  # run on this many distinct workers and compare results
     submitted: float = field(default_factory=time.time)
     state: str = "queued"  # queued, offering, running, settling, done, failed, cancelled
     worker: str | None = None
@@ -87,6 +90,7 @@ class JobRecord:
             state=self.state,
             worker=self.worker,
             attempts=self.attempts,
+            replicas=self.replicas,
             submitted=self.submitted,
             started=self.started,
             ended=self.ended,
@@ -105,6 +109,7 @@ class JobRecord:
             spec=JobSpec.from_wire(st.spec),
             inputs=tuple(jobproto.FileEntry(p, size, sha) for p, size, sha, _ in st.inputs),
             input_sources=tuple(Path(src) for *_, src in st.inputs),
+            replicas=st.replicas,
             submitted=st.submitted,
             state=st.state,
             worker=st.worker,
@@ -130,6 +135,7 @@ class JobRecord:
             "state": self.state,
             "worker": self.worker,
             "attempts": self.attempts,
+            "replicas": self.replicas,
             "submitted": self.submitted,
             "elapsed": now - (self.started or self.submitted),
             "cpu_seconds": self.cpu_seconds,
@@ -140,6 +146,36 @@ class JobRecord:
             "argv": list(self.spec.argv),
             "outputs": self.outputs,
         }
+
+
+class Vote:
+    """The replicas of one job report their result hashes here and wait for the decision
+    (node.voting): ("fetch" | "pay" | "refuse", number of workers paid)."""
+
+    def __init__(self, replicas: int, max_runs: int) -> None:
+        self.replicas = replicas
+        self.max_runs = max_runs
+        self.results: dict[str, bytes] = {}
+        self.decided = trio.Event()
+        self.extra = trio.Event()  # set when one more run is needed
+        self.tally: voting.Tally | None = None
+        self._fetcher: str | None = None
+
+    async def cast(self, worker: str, result_hash: bytes) -> tuple[str, int]:
+        self.results[worker] = result_hash
+        t = voting.tally(self.results, self.replicas, self.max_runs)
+        if t.decided or t.failed:
+            self.tally = t
+            self.decided.set()
+        elif t.more_runs and len(self.results) >= self.replicas:
+            self.extra.set()
+        await self.decided.wait()
+        assert self.tally is not None
+        if worker not in self.tally.winners:
+            return "refuse", 0
+        if self._fetcher is None:
+            self._fetcher = worker
+        return ("fetch" if self._fetcher == worker else "pay"), len(self.tally.winners)
 
 
 class AttemptLost(Exception):
@@ -174,6 +210,8 @@ class Requester:
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random()
         self._unreachable: dict[str, float] = {}  # worker -> until when not to try it
+        # Workers whose result was outvoted by replicas: never offered a job again (this run).
+        self.untrusted: set[str] = set()
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drive jobs until cancelled; first take back the unfinished ones from the store."""
@@ -194,7 +232,10 @@ class Requester:
         await trio.to_thread.run_sync(self.store.save, job.stored())
 
     async def submit(
-        self, spec: JobSpec, inputs: tuple[tuple[jobproto.FileEntry, Path], ...] = ()
+        self,
+        spec: JobSpec,
+        inputs: tuple[tuple[jobproto.FileEntry, Path], ...] = (),
+        replicas: int = 1,
     ) -> JobRecord:
         """Accept a job from the local user: on disk before this returns, then driven."""
         if self._nursery is None:
@@ -214,6 +255,7 @@ class Requester:
             spec=spec,
             inputs=tuple(e for e, _ in inputs),
             input_sources=tuple(p for _, p in inputs),
+            replicas=replicas,
         )
         await self._save(job)
         self.jobs[job.job_id] = job
@@ -221,6 +263,58 @@ class Requester:
         return job
 
     async def _drive(self, job: JobRecord) -> None:
+        """Run the job to its end: one lane, or one per replica (each on a distinct worker),
+        plus one more lane each time the replicas' results disagree."""
+        with trio.CancelScope() as scope:
+            self._nursery_cancel_on(job, scope)
+            used: set[str] = set()
+            if job.replicas == 1:
+                await self._lane(job, None, used)
+            else:
+                await self._replicated(job, used)
+            if not job.finished.is_set():
+                await self._end(job, "failed", error=job.error or "no worker completed it")
+        if job.cancel.is_set():
+            await self._end(job, "cancelled")
+
+    async def _replicated(self, job: JobRecord, used: set[str]) -> None:
+        vote = Vote(job.replicas, job.replicas + MAX_EXTRA_REPLICAS)
+        running = 0
+        all_done = trio.Event()
+
+        async def lane() -> None:
+            nonlocal running
+            running += 1
+            try:
+                await self._lane(job, vote, used)
+            finally:
+                running -= 1
+                if running == 0:
+                    all_done.set()
+
+        async def extra_runs() -> None:
+            for _ in range(MAX_EXTRA_REPLICAS):
+                await vote.extra.wait()
+                vote.extra = trio.Event()
+                lanes.start_soon(lane)
+
+        async def verdict() -> None:
+            await vote.decided.wait()
+            if vote.tally is not None and vote.tally.failed:
+                await self._end(job, "failed", error="the replicas' results disagree")
+
+        async with trio.open_nursery() as lanes:
+            for _ in range(job.replicas):
+                lanes.start_soon(lane)
+            lanes.start_soon(extra_runs)
+            lanes.start_soon(verdict)
+            # Done when the job ended (the winner fetched, or it failed), or every lane gave up.
+            async with trio.open_nursery() as first:
+                for event in (job.finished, all_done):
+                    first.start_soon(_wait_then_cancel, event, first.cancel_scope)
+            lanes.cancel_scope.cancel()
+
+    async def _lane(self, job: JobRecord, vote: Vote | None, used: set[str]) -> None:
         """Offer the job until a worker runs it to the end. Declines (busy workers) only delay
         it; attempts lost mid-run count against MAX_LOST_ATTEMPTS; with no worker able to run it
         at all for NO_WORKER_PATIENCE, it fails saying why; it never waits past MAX_QUEUE."""
@@ -235,49 +329,47 @@ class Requester:
         lost = 0
         queued_at = unable_since = trio.current_time()
         pause = DECLINE_PAUSE
-        with trio.CancelScope() as scope:
-            self._nursery_cancel_on(job, scope)
-            while lost < MAX_LOST_ATTEMPTS and trio.current_time() - queued_at < MAX_QUEUE:
-                known = self._candidates()
-                now = trio.current_time()
-                shunned = {w for w, until in self._unreachable.items() if until > now}
-                ranked = scheduler.rank_workers(known, needs, exclude=tried | shunned)
-                if not ranked:
-                    if any(scheduler.can_run(c.record, needs) is None for c in known):
-                        unable_since = trio.current_time()  # workers exist, just busy
-                    elif trio.current_time() - unable_since > NO_WORKER_PATIENCE:
-                        why = scheduler.explain_no_worker([c.record for c in known], needs)
-                        detail = f"; declined: {'; '.join(declines[-3:])}" if declines else ""
-                        await self._end(job, "failed", error=why + detail)
-                        return
-                    tried.clear()  # everyone said no: ask again after a pause
-                    await trio.sleep(pause * (0.5 + self._rng.random()))
-                    pause = min(pause * 2, MAX_DECLINE_PAUSE)
-                    continue
-                worker = ranked[0].peer_id
-                tried.add(worker)
-                try:
-                    await self._attempt(job, worker)
+        while lost < MAX_LOST_ATTEMPTS and trio.current_time() - queued_at < MAX_QUEUE:
+            known = self._candidates()
+            now = trio.current_time()
+            shunned = {w for w, until in self._unreachable.items() if until > now}
+            exclude = tried | shunned | self.untrusted | (used if vote else set())
+            ranked = scheduler.rank_workers(known, needs, exclude=exclude)
+            if not ranked:
+                if any(scheduler.can_run(c.record, needs) is None for c in known):
+                    unable_since = trio.current_time()  # workers exist, just busy
+                elif trio.current_time() - unable_since > NO_WORKER_PATIENCE:
+                    why = scheduler.explain_no_worker([c.record for c in known], needs)
+                    detail = f"; declined: {'; '.join(declines[-3:])}" if declines else ""
+                    await self._end(job, "failed", error=why + detail)
                     return
-                except Declined as exc:
-                    declines = [*declines[-9:], f"{worker[-8:]}: {exc}"]
-                    job.state, job.worker = "queued", None
-                except Unreachable as exc:
-                    # Probably gone (its heartbeats will tell): leave it alone for a while.
-                    log.info("job %s: %s unreachable: %s", job.job_id, worker, exc)
-                    self._unreachable[worker] = trio.current_time() + UNREACHABLE_PAUSE
-                    job.state, job.worker = "queued", None
-                except AttemptLost as exc:
-                    lost += 1
-                    log.warning(
-                        "job %s lost on %s: %s; trying another worker", job.job_id, worker, exc
-                    )
-                    job.state, job.worker = "queued", None
-                    pause = DECLINE_PAUSE
-            why = f"lost on {lost} workers" if lost >= MAX_LOST_ATTEMPTS else "queued too long"
-            await self._end(job, "failed", error=f"gave up: {why}")
-        if job.cancel.is_set():
-            await self._end(job, "cancelled")
+                tried.clear()  # everyone said no: ask again after a pause
+                await trio.sleep(pause * (0.5 + self._rng.random()))
+                pause = min(pause * 2, MAX_DECLINE_PAUSE)
+                continue
+            worker = ranked[0].peer_id
+            tried.add(worker)
+            used.add(worker)
+            try:
+                await self._attempt(job, worker, vote)
+                return
+            except Declined as exc:
+                declines = [*declines[-9:], f"{worker[-8:]}: {exc}"]
+                used.discard(worker)
+                job.state, job.worker = "queued", None
+            except Unreachable as exc:
+                # Probably gone (its heartbeats will tell): leave it alone for a while.
+                log.info("job %s: %s unreachable: %s", job.job_id, worker, exc)
+                self._unreachable[worker] = trio.current_time() + UNREACHABLE_PAUSE
+                used.discard(worker)
+                job.state, job.worker = "queued", None
+            except AttemptLost as exc:
+                lost += 1
+                log.warning("job %s lost on %s: %s; trying another worker", job.job_id, worker, exc)
+                job.state, job.worker = "queued", None
+                pause = DECLINE_PAUSE
+        why = f"lost on {lost} workers" if lost >= MAX_LOST_ATTEMPTS else "queued too long"
+        await self._end(job, "failed", error=f"gave up: {why}")
 
     def _nursery_cancel_on(self, job: JobRecord, scope: trio.CancelScope) -> None:
         async def watch() -> None:
@@ -299,7 +391,7 @@ class Requester:
 
     # ----- one attempt ------------------------------------------------------------------------
 
-    async def _attempt(self, job: JobRecord, worker: str) -> None:
+    async def _attempt(self, job: JobRecord, worker: str, vote: Vote | None = None) -> None:
         job.attempts += 1
         job.state, job.worker = "offering", worker
         await self._save(job)
@@ -310,7 +402,7 @@ class Requester:
             raise Unreachable(str(exc)) from None
         fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
         try:
-            await self._converse(job, worker, fs)
+            await self._converse(job, worker, fs, vote)
         except (StreamGone, wire.RemoteProtocolError) as exc:
             raise AttemptLost(str(exc)) from None
         finally:
@@ -322,7 +414,9 @@ class Requester:
                                 await fs.send(jobproto.Cancel(reason="cancelled by its owner"), 2)
                     await fs.reset()
 
-    async def _converse(self, job: JobRecord, worker: str, fs: FramedStream) -> None:
+    async def _converse(
+        self, job: JobRecord, worker: str, fs: FramedStream, vote: Vote | None
+    ) -> None:
         spec_bytes = msgpack.packb(job.spec.to_wire(), use_bin_type=True)
         await fs.send(
             jobproto.Offer(
@@ -355,13 +449,18 @@ class Requester:
                 if len(buf) < MAX_KEPT_OUTPUT:
                     buf += msg.data[: MAX_KEPT_OUTPUT - len(buf)]
             elif isinstance(msg, jobproto.Finished):
-                await self._settle(job, worker, fs, msg)
+                await self._settle(job, worker, fs, msg, vote)
                 return
             else:
                 raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
 
     async def _settle(
-        self, job: JobRecord, worker: str, fs: FramedStream, finished: jobproto.Finished
+        self,
+        job: JobRecord,
+        worker: str,
+        fs: FramedStream,
+        finished: jobproto.Finished,
+        vote: Vote | None,
     ) -> None:
         job.state = "settling"
         await self._save(job)
@@ -381,10 +480,24 @@ class Requester:
             problem = "the result is larger than this node accepts"
         elif not _safe_layout(finished.outputs):
             problem = "the result's files are not stdout, stderr and relative output paths"
+        role, payees = "fetch", 1
+        if problem is None and vote is not None:
+            # Wait for the other replicas (they run side by side, within the same limits).
+            with trio.fail_after(job.spec.limits.wall_seconds + VOTE_SLACK):
+                role, payees = await vote.cast(worker, finished.result_hash)
+            if role == "refuse":
+                self.untrusted.add(worker)
+                log.warning("job %s: %s was outvoted by the other replicas", job.job_id, worker)
+                problem = "outvoted: your result differs from the other replicas' majority"
+                await fs.send(jobproto.Settle(answer=encode_message(Refuse(job.job_id, problem))))
+                await fs.close()
+                return
         if problem is None:
             try:
                 answer = await self.ledger.call(
-                    lambda: self.ledger.ledger.agree(proposal, job_limits(job.spec), max_payees=1)
+                    lambda: self.ledger.ledger.agree(
+                        proposal, job_limits(job.spec), max_payees=payees
+                    )
                 )
             except RemoteFault as exc:
                 problem = str(exc)
@@ -392,8 +505,11 @@ class Requester:
             await fs.send(jobproto.Settle(answer=encode_message(Refuse(job.job_id, problem))))
             raise wire.RemoteProtocolError(f"refused to pay: {problem}")
         await fs.send(jobproto.Settle(answer=encode_message(answer)))
-        job.cpu_seconds = block.transaction.cpu_ms / 1000
+        job.cpu_seconds += block.transaction.cpu_ms / 1000
         job.credit = job.cpu_seconds
+        if role == "pay":  # a replica that agreed with the winner: paid, its copy not needed
+            await fs.close()
+            return
         out_dir = self.jobs_dir / job.job_id
         incoming = transfer.Incoming(finished.outputs, out_dir / ".partial")
         paths = await transfer.receive(
@@ -405,6 +521,11 @@ class Requester:
         job.outputs = [e.path for e in finished.outputs[2:]]
         job.exit_code, job.reason = finished.exit_code, finished.reason
         await self._end(job, "done")
+
+
+async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _safe_layout(entries: tuple[jobproto.FileEntry, ...]) -> bool:

@@ -226,6 +226,10 @@ class Worker:
             n.cancel_scope.cancel()
         assert result is not None
         if result.reason.value == "cancelled":
+            # By the requester, or given up by the idle policy (the owner stayed too long): no
+            # claim. End the stream now so the requester runs the job elsewhere at once, not
+            # only when its lease runs out.
+            await fs.close()
             return
         await self._settle_and_release(fs, offer, spec, requester, result, result_dir)
 
@@ -274,7 +278,8 @@ class Worker:
             ),
             SEND_TIMEOUT,
         )
-        settle = await fs.receive_a(jobproto.Settle, SETTLE_TIMEOUT)
+        # Replicas of the job wait for each other before the requester answers.
+        settle = await fs.receive_a(jobproto.Settle, SETTLE_TIMEOUT + spec.limits.wall_seconds)
         try:
             answer = decode_message(settle.answer, (Agree, Refuse))
         except RemoteFault as exc:

@@ -31,8 +31,15 @@ def _in_netns(name: str) -> list[str]:
 class NodeProcess:
     """One rain-node process with its own home."""
 
-    def __init__(self, home: Path, args: Sequence[str], netns: str | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        args: Sequence[str],
+        netns: str | None = None,
+        module: str = "node.main",
+    ) -> None:
         self.home = home
+        self.module = module
         self.args = list(args)
         self.netns = netns
         self.proc: subprocess.Popen[bytes] | None = None
@@ -41,7 +48,7 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "node.json").unlink(missing_ok=True)
-        cmd = [PYTHON, "-m", "node.main", "--home", str(self.home), *self.args]
+        cmd = [PYTHON, "-m", self.module, "--home", str(self.home), *self.args]
         if self.netns:
             cmd = [*_in_netns(self.netns), *cmd]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -135,9 +142,15 @@ class Cluster:
     root: Path
     nodes: list[NodeProcess] = field(default_factory=list)
 
-    def start(self, *args: str, name: str | None = None, netns: str | None = None) -> NodeProcess:
+    def start(
+        self,
+        *args: str,
+        name: str | None = None,
+        netns: str | None = None,
+        module: str = "node.main",
+    ) -> NodeProcess:
         home = self.root / (name or f"node{len(self.nodes)}")
-        node = NodeProcess(home, args, netns=netns).start()
+        node = NodeProcess(home, args, netns=netns, module=module).start()
         self.nodes.append(node)
         return node
 

@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
 
 WORKER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
@@ -146,3 +148,38 @@ def test_files_of_100_mib_go_in_and_out_intact(cluster: Cluster, tmp_path: Path)
     out = tmp_path / "out"
     requester.rain("get", job["job_id"], "--to", str(out))
     assert (out / "out.bin").read_bytes() == big.read_bytes()
+
+
+def test_a_worker_returning_a_wrong_result_is_outvoted_and_unpaid(cluster: Cluster) -> None:
+    requester = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never", name="req")
+    requester.wait_ready()
+    honest = cluster.start(*WORKER, "--bootstrap", requester.addr, name="honest")
+    cheat = cluster.start(
+        *WORKER, "--bootstrap", requester.addr, name="cheat", module="tests.cheating_node"
+    )
+    for node in (honest, cheat):
+        node.wait_ready()
+    wait_until(lambda: all_see_each_other([requester, honest, cheat]), 30, "3 nodes meet")
+    wait_until(lambda: all(p["backends"] for p in requester.peers()), 20, "sandboxes show")
+
+    job_id = requester.rain("submit", "--replicas", "2", "--", "echo", "42").stdout.strip()
+    # Both replicas are under way on the only two workers; their results will disagree, and
+    # the run that decides needs a third worker: it joins now.
+    wait_until(lambda: requester.rain_json("jobs")[0]["attempts"] >= 2, 30, "two replicas run")
+    tiebreak = cluster.start(*WORKER, "--bootstrap", requester.addr, name="tiebreak")
+    tiebreak.wait_ready()
+    wait_until(
+        lambda: requester.rain_json("jobs")[0]["state"] in ("done", "failed"), 90, "a verdict"
+    )
+    (job,) = requester.rain_json("jobs")
+    assert job["state"] == "done", job["error"]
+    assert requester.rain("logs", job_id).stdout == "42\n"
+    assert cheat.rain_json("credit")["earned"] == 0
+    assert honest.rain_json("credit")["earned"] > 0
+    assert tiebreak.rain_json("credit")["earned"] > 0
+    assert requester.rain_json("credit")["spent"] == pytest.approx(
+        honest.rain_json("credit")["earned"] + tiebreak.rain_json("credit")["earned"]
+    )
+    # Remembered: the cheat is offered nothing more.
+    requester.rain("submit", "--wait", "--", "true", timeout=60)
+    assert cheat.rain_json("credit")["exchanges"] == 0
