@@ -25,17 +25,20 @@ MAX_WAIT_POLLS = 10_000_000  # bounded, though --wait follows a job as long as i
 
 def register(sub: Any) -> None:
     p = sub.add_parser("submit", help="run a command on an idle peer, paid in credit")
-    p.add_argument("--cpus", type=float, default=1.0, help="CPUs (default 1)")
-    p.add_argument("--mem", type=_size, default="512M", help="memory, like 512M or 2G")
-    # 10 minutes: a worker admits a job only if its worst case (CPUs x time) keeps the requester
-    # above its credit floor, so a long default would lock new identities out after one job.
-    p.add_argument("--time", type=_duration, default="10m", help="wall time limit (default 10m)")
-    p.add_argument("--gpus", type=int, default=0, help="GPUs (default 0)")
+    p.add_argument("--file", type=Path, metavar="JOB.toml", help="job file; flags override it")
+    p.add_argument("--cpus", type=float, help="CPUs (default 1)")
+    p.add_argument("--mem", type=_size, help="memory, like 512M or 2G (default 512M)")
+    p.add_argument("--time", type=_duration, help="wall time limit (default 10m)")
+    p.add_argument("--gpus", type=int, help="GPUs (default 0)")
+    p.add_argument(
+        "--array",
+        metavar="RANGE",
+        help="one job per index, like 0-9 or 1,3,5-7; each sees RAIN_ARRAY_TASK_ID",
+    )
     p.add_argument("--image", help="a Docker image on the worker (default: the host's /usr)")
     p.add_argument(
         "--replicas",
         type=int,
-        default=1,
         metavar="K",
         help="run on K distinct workers and compare results; outvoted ones are not paid",
     )
@@ -90,44 +93,116 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# 10 minutes by default: a worker admits a job only if its worst case (CPUs x time) keeps the
+# requester above its credit floor, so a long default would lock new identities out after a job.
+SUBMIT_DEFAULTS: dict[str, Any] = {
+    "cpus": 1.0,
+    "mem": 512 << 20,
+    "time": 600.0,
+    "gpus": 0,
+    "replicas": 1,
+    "image": None,
+    "array": None,
+}
+MAX_ARRAY = 10_000
+
+
+def parse_array(text: str) -> list[int]:
+    """Indices of `0-9`, `1,3,5-7` (at most MAX_ARRAY of them)."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise CliError(f"--array {text!r}: use indices and ranges like 0-9 or 1,3,5-7")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first:
+            raise CliError(f"--array {text!r}: {part} runs backwards")
+        out.extend(range(first, last + 1))
+        if len(out) > MAX_ARRAY:
+            raise CliError(f"--array {text!r}: more than {MAX_ARRAY} jobs")
+    return sorted(set(out))
+
+
+def _job_file(path: Path) -> dict[str, Any]:
+    """The fields of a TOML job file: command = [...], cpus, mem = "2G", time = "10m", gpus,
+    image, replicas, array = "0-9", inputs = ["path[:name]", ...], outputs = [...], [env]."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CliError(f"{path}: {exc}") from None
+    known = {"command", "cpus", "mem", "time", "gpus", "image", "replicas", "array"}
+    known |= {"inputs", "outputs", "env"}
+    unknown = set(doc) - known
+    if unknown:
+        raise CliError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
+    try:
+        if "mem" in doc:
+            doc["mem"] = parse_size(str(doc["mem"]))
+        if "time" in doc:
+            doc["time"] = parse_duration(str(doc["time"]))
+    except ValueError as exc:
+        raise CliError(f"{path}: {exc}") from None
+    return doc
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    fields = dict(SUBMIT_DEFAULTS)
+    from_file = _job_file(args.file) if args.file else {}
+    fields.update({k: v for k, v in from_file.items() if k in SUBMIT_DEFAULTS})
+    fields.update({k: getattr(args, k) for k in SUBMIT_DEFAULTS if getattr(args, k) is not None})
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    if not argv:
+    argv = argv or list(from_file.get("command") or [])
+    if not argv or not all(isinstance(a, str) for a in argv):
         raise CliError("give the command after --, e.g. rain submit -- echo hello")
-    env = {}
+    env = {str(k): str(v) for k, v in (from_file.get("env") or {}).items()}
     for item in args.env:
         name, sep, value = item.partition("=")
         if not sep:
             raise CliError(f"--env {item!r}: use NAME=VALUE")
         env[name] = value
     inputs = []
-    for item in args.input:
-        src, _, name = item.partition(":")
+    for item in [*(from_file.get("inputs") or []), *args.input]:
+        src, _, name = str(item).partition(":")
         inputs.append([str(Path(src).absolute()), name or Path(src).name])
     req = {
         "argv": argv,
-        "cpus": args.cpus,
-        "memory": args.mem,
-        "wall_seconds": args.time,
-        "gpus": args.gpus,
-        "replicas": args.replicas,
-        "image": args.image,
+        "cpus": fields["cpus"],
+        "memory": fields["mem"],
+        "wall_seconds": fields["time"],
+        "gpus": fields["gpus"],
+        "replicas": fields["replicas"],
+        "image": fields["image"],
         "inputs": inputs,
-        "outputs": args.output,
-        "env": env,
+        "outputs": [*(from_file.get("outputs") or []), *args.output],
     }
-    job_id = ask(args, "submit", **req)["job_id"]
+    tasks = parse_array(str(fields["array"])) if fields["array"] is not None else [None]
+    job_ids = []
+    for task in tasks:
+        task_env = env if task is None else {**env, "RAIN_ARRAY_TASK_ID": str(task)}
+        job_ids.append(ask(args, "submit", **req, env=task_env)["job_id"])
     if not args.wait:
-        print(json.dumps({"job_id": job_id}) if args.json else job_id)
+        if args.json:
+            print(json.dumps({"job_ids": job_ids} if fields["array"] else {"job_id": job_ids[0]}))
+        else:
+            print("\n".join(job_ids))
         return 0
-    final = _follow(args, job_id, echo=not args.json)
+    code = 0
+    finals = []
+    for job_id in job_ids:
+        final = _follow(args, job_id, echo=not args.json)
+        finals.append(final)
+        if final["state"] != "done":
+            print(
+                f"rain: job {job_id} {final['state']}: {final.get('error') or ''}", file=sys.stderr
+            )
+            code = code or 1
+        elif final.get("exit_code"):
+            code = code or int(final["exit_code"])
     if args.json:
-        print(json.dumps(final, indent=2))
-    if final["state"] != "done":
-        print(f"rain: job {job_id} {final['state']}: {final.get('error') or ''}", file=sys.stderr)
-        return 1
-    code = final.get("exit_code")
-    return int(code) if isinstance(code, int) else 1
+        print(json.dumps(finals if fields["array"] else finals[0], indent=2))
+    return code
 
 
 def _follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]:

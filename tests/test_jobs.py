@@ -183,3 +183,18 @@ def test_a_worker_returning_a_wrong_result_is_outvoted_and_unpaid(cluster: Clust
     # Remembered: the cheat is offered nothing more.
     requester.rain("submit", "--wait", "--", "true", timeout=60)
     assert cheat.rain_json("credit")["exchanges"] == 0
+
+
+def test_array_jobs_from_a_job_file(cluster: Cluster, tmp_path: Path) -> None:
+    requester, _ = _network(cluster, 2)
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(
+        'command = ["sh", "-c", "echo task $RAIN_ARRAY_TASK_ID of $GREETING"]\n'
+        'time = "1m"\nmem = "64M"\narray = "1-3,7"\n[env]\nGREETING = "four"\n'
+    )
+    res = requester.rain("submit", "--file", str(job_file), "--wait", timeout=120)
+    assert res.stdout.splitlines() == [f"task {i} of four" for i in (1, 2, 3, 7)]
+    ids = requester.rain("submit", "--file", str(job_file), "--array", "0-1").stdout.split()
+    assert len(ids) == 2
+    bad = requester.rain("submit", "--array", "5-2", "--", "true", check=False)
+    assert bad.returncode == 1 and "runs backwards" in bad.stderr
