@@ -15,6 +15,7 @@ If the requester goes away, the job is cancelled and nothing is claimed.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any
 import msgpack
 import trio
 
+from ledger.admission import Candidate, by_priority
 from ledger.block import JobLimits
 from ledger.errors import LedgerError, RemoteFault
 from ledger.messages import Agree, Propose, Refuse, decode_message, encode_message
@@ -43,6 +45,8 @@ SETTLE_TIMEOUT = 60.0
 SEND_TIMEOUT = 30.0
 CHAIN_SYNC_TIMEOUT = 30.0
 MAX_CONCURRENT_OFFERS = 8
+QUEUE_WAIT = 10.0  # an offer waits this long for capacity before it is declined
+MAX_WAITING = 64
 INPUT_TIMEOUT = 30.0  # between two input chunks
 MAX_INPUT_TOTAL = 4 << 30  # bytes of inputs per job this worker takes
 
@@ -53,6 +57,49 @@ class GuestJob:
     requester: str
     needs: scheduler.Needs
     started: float
+
+
+class AdmissionQueue:
+    """Offers waiting for capacity. Whenever capacity frees (or an offer arrives), the waiting
+    offers are taken in ledger.admission.by_priority order (higher verified balance first, then
+    first come) and the first whose needs fit starts. Bounded in size and in waiting time."""
+
+    def __init__(self, fits: Callable[[scheduler.Needs], str | None]) -> None:
+        self._fits = fits
+        self._waiting: dict[int, tuple[Candidate, scheduler.Needs]] = {}
+        self._arrivals = itertools.count()
+        self._changed = trio.Event()
+
+    def released(self) -> None:
+        """Capacity or the queue changed: waiting offers look again."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _next(self) -> int | None:
+        ranked = by_priority(c for c, _ in self._waiting.values())
+        for cand in ranked:
+            if self._fits(self._waiting[cand.arrival][1]) is None:
+                return cand.arrival
+        return None
+
+    async def wait_turn(
+        self, requester: bytes, balance_milli: int, needs: scheduler.Needs, timeout: float
+    ) -> str | None:
+        """None when this offer may start (the caller registers it at once); else why not."""
+        if len(self._waiting) >= MAX_WAITING:
+            return f"{len(self._waiting)} jobs are already waiting here"
+        me = next(self._arrivals)
+        self._waiting[me] = (Candidate(requester, balance_milli, me), needs)
+        self.released()
+        try:
+            with trio.move_on_after(timeout):
+                while self._next() != me:
+                    await self._changed.wait()
+                return None
+        finally:
+            del self._waiting[me]
+            self.released()
+        return self._fits(needs) or "busy: higher-priority jobs took the free capacity"
 
 
 class Worker:
@@ -73,6 +120,7 @@ class Worker:
         self.workdir = workdir
         self.running: dict[str, GuestJob] = {}
         self._offers = trio.Semaphore(MAX_CONCURRENT_OFFERS)
+        self.queue = AdmissionQueue(self._fits)
 
     # ----- the stream handler -----------------------------------------------------------------
 
@@ -95,20 +143,29 @@ class Worker:
             gpus=spec.limits.gpus,
             image=spec.image,
         )
+        # Checks first (policy, sandbox, credit), bounded in number at once; then the wait for
+        # capacity, where requesters with more verified credit go first.
         async with self._offers:
-            why = await self._admission(requester, needs, spec)
-            if why is not None:
-                await self._decline(fs, why, 5.0)
-                return
-            backend = self._backend_for(spec)
-            guest = GuestJob(offer.job_id, requester, needs, time.time())
-            self.running[offer.job_id] = guest
+            checked = await self._admission(requester, spec)
+        if isinstance(checked, str):
+            await self._decline(fs, checked, 5.0)
+            return
+        public = identity.public_bytes_from_peer_id(requester)
+        # (No checkpoint between our turn and registering the job: nobody else can take it.)
+        why = await self.queue.wait_turn(public, checked, needs, QUEUE_WAIT)
+        why = why or self._may_start()  # the owner may have come back while we waited
+        if why is not None:
+            await self._decline(fs, why, 5.0)
+            return
+        backend = self._backend_for(spec)
+        self.running[offer.job_id] = GuestJob(offer.job_id, requester, needs, time.time())
         try:
             await fs.send(jobproto.Accept(lease_seconds=offer.lease_seconds, backend=backend.name))
             log.info("running job %s for %s on %s", offer.job_id, requester, backend.name)
             await self._run(fs, backend, offer, spec, requester)
         finally:
             self.running.pop(offer.job_id, None)
+            self.queue.released()
 
     async def _decline(self, fs: FramedStream, reason: str, retry_after: float) -> None:
         log.info("declined a job from %s: %s", fs.remote_peer, reason)
@@ -122,18 +179,21 @@ class Worker:
             return self.backends["native"]
         return next(iter(self.backends.values()))
 
-    async def _admission(self, requester: str, needs: scheduler.Needs, spec: JobSpec) -> str | None:
+    def _fits(self, needs: scheduler.Needs) -> str | None:
         running = [scheduler.Running(j.needs.cpus, j.needs.memory) for j in self.running.values()]
-        why = self._may_start() or scheduler.admit(
-            True, self.capacity, running, needs, tuple(self.backends)
-        )
+        return scheduler.admit(True, self.capacity, running, needs, tuple(self.backends))
+
+    async def _admission(self, requester: str, spec: JobSpec) -> int | str:
+        """The requester's verified balance (milli-credits) if this worker may run its job,
+        else why not: the idle policy, the sandbox, or credit (the requester's chain is fetched
+        from the requester and verified, then the floor is applied)."""
+        why = self._may_start()
         if why is not None:
             return why
         try:
             self._backend_for(spec).check_spec(spec)
         except SandboxError as exc:
             return str(exc)
-        # Credit: verify the requester's chain from the requester itself, then apply the floor.
         try:
             public = identity.public_bytes_from_peer_id(requester)
             with trio.fail_after(CHAIN_SYNC_TIMEOUT):
@@ -143,12 +203,12 @@ class Worker:
                     await self.ledger.sync_chain(chain, public)
                 finally:
                     await chain.close()
-            await self.ledger.call(self.ledger.ledger.admit, public, job_limits(spec))
+            balance = await self.ledger.call(self.ledger.ledger.admit, public, job_limits(spec))
         except RemoteFault as exc:
             return str(exc)
         except (trio.TooSlowError, StreamGone, wire.RemoteProtocolError, ValueError) as exc:
             return f"could not verify your credit: {exc}"
-        return None
+        return balance.balance_milli
 
     # ----- running ----------------------------------------------------------------------------
 
