@@ -44,6 +44,7 @@ REQUEST_TIMEOUT = 20.0
 MAX_REQUESTS_PER_STREAM = 1024
 # A peer's whole chain is fetched in at most this many pages (256 blocks each: ~1M blocks).
 MAX_PAGES = 4096
+MAX_CHAIN_LOCKS = 4096
 T = TypeVar("T")
 
 
@@ -72,6 +73,17 @@ class LedgerLink:
         self.ledger = ledger
         # One writer at a time keeps SQLite's own lock uncontended; reads are short anyway.
         self._limiter = trio.CapacityLimiter(1)
+        # Per peer chain: a sync (request, pages, ingest) and the agreements we store for that
+        # peer's jobs never interleave, or a page built before a new block lands looks short.
+        self._chain_locks: dict[bytes, trio.Lock] = {}
+
+    def chain_lock(self, public_key: bytes) -> trio.Lock:
+        lock = self._chain_locks.get(public_key)
+        if lock is None:
+            if len(self._chain_locks) > MAX_CHAIN_LOCKS:
+                self._chain_locks = {k: v for k, v in self._chain_locks.items() if v.locked()}
+            lock = self._chain_locks[public_key] = trio.Lock()
+        return lock
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)

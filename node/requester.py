@@ -48,6 +48,8 @@ DECLINE_PAUSE = 0.2  # after every known worker declined: first pause, doubling.
 MAX_DECLINE_PAUSE = 5.0  # ...up to this
 UNREACHABLE_PAUSE = 5.0  # a worker we could not reach is skipped this long, by every job
 MAX_EXTRA_REPLICAS = 2  # runs beyond --replicas to break a disagreement
+MAX_OFFERS_IN_FLIGHT = 32  # offers awaiting an answer, all workers together
+OFFERS_PER_WORKER = 4  # ...and to any one worker
 VOTE_SLACK = 120.0  # beyond the job's wall-time limit, how long a replica waits for the others
 MAX_KEPT_OUTPUT = 1 << 20
 MAX_RESULT_BYTES = 1 << 30
@@ -148,6 +150,23 @@ class JobRecord:
         }
 
 
+class _OfferSlot:
+    """One offer's place in the global and per-worker bounds; released once (idempotent)."""
+
+    def __init__(self, *semaphores: trio.Semaphore) -> None:
+        self._semaphores = semaphores
+        self._held: list[trio.Semaphore] = []
+
+    async def acquire(self) -> None:
+        for sem in self._semaphores:
+            await sem.acquire()
+            self._held.append(sem)
+
+    def release(self) -> None:
+        while self._held:
+            self._held.pop().release()
+
+
 class Vote:
     """The replicas of one job report their result hashes here and wait for the decision
     (node.voting): ("fetch" | "pay" | "refuse", number of workers paid)."""
@@ -210,6 +229,8 @@ class Requester:
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random()
         self._unreachable: dict[str, float] = {}  # worker -> until when not to try it
+        self._offering = trio.Semaphore(MAX_OFFERS_IN_FLIGHT)
+        self._worker_offers: dict[str, trio.Semaphore] = {}
         # Workers whose result was outvoted by replicas: never offered a job again (this run).
         self.untrusted: set[str] = set()
 
@@ -392,6 +413,29 @@ class Requester:
     # ----- one attempt ------------------------------------------------------------------------
 
     async def _attempt(self, job: JobRecord, worker: str, vote: Vote | None = None) -> None:
+        # Offers in flight are bounded, overall and per worker (each costs the worker a chain
+        # check): a thousand queued jobs must not become a thousand simultaneous streams. The
+        # slot is held from the offer until the worker answers it, not while the job runs.
+        slot = _OfferSlot(self._offering, self._per_worker(worker))
+        try:
+            await slot.acquire()
+            await self._offer_and_run(job, worker, vote, slot)
+        finally:
+            slot.release()
+
+    def _per_worker(self, worker: str) -> trio.Semaphore:
+        sem = self._worker_offers.get(worker)
+        if sem is None:
+            if len(self._worker_offers) > 4 * MAX_OFFERS_IN_FLIGHT:
+                self._worker_offers = {
+                    w: s for w, s in self._worker_offers.items() if s.value < OFFERS_PER_WORKER
+                }
+            sem = self._worker_offers[worker] = trio.Semaphore(OFFERS_PER_WORKER)
+        return sem
+
+    async def _offer_and_run(
+        self, job: JobRecord, worker: str, vote: Vote | None, slot: _OfferSlot
+    ) -> None:
         job.attempts += 1
         job.state, job.worker = "offering", worker
         await self._save(job)
@@ -402,7 +446,7 @@ class Requester:
             raise Unreachable(str(exc)) from None
         fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
         try:
-            await self._converse(job, worker, fs, vote)
+            await self._converse(job, worker, fs, vote, slot)
         except (StreamGone, wire.RemoteProtocolError) as exc:
             raise AttemptLost(str(exc)) from None
         finally:
@@ -415,7 +459,7 @@ class Requester:
                     await fs.reset()
 
     async def _converse(
-        self, job: JobRecord, worker: str, fs: FramedStream, vote: Vote | None
+        self, job: JobRecord, worker: str, fs: FramedStream, vote: Vote | None, slot: _OfferSlot
     ) -> None:
         spec_bytes = msgpack.packb(job.spec.to_wire(), use_bin_type=True)
         await fs.send(
@@ -428,6 +472,7 @@ class Requester:
             )
         )
         reply = await fs.receive(ACCEPT_TIMEOUT)
+        slot.release()
         if isinstance(reply, jobproto.Decline):
             await fs.close()
             raise Declined(reply.reason)
@@ -505,8 +550,10 @@ class Requester:
             await fs.send(jobproto.Settle(answer=encode_message(Refuse(job.job_id, problem))))
             raise wire.RemoteProtocolError(f"refused to pay: {problem}")
         await fs.send(jobproto.Settle(answer=encode_message(answer)))
-        job.cpu_seconds += block.transaction.cpu_ms / 1000
-        job.credit = job.cpu_seconds
+        # Paid CPU-seconds add up over the replicas paid; `cpu_seconds` showed the live figure of
+        # progress reports until now, so it is set from the sum, not added to.
+        job.credit += block.transaction.cpu_ms / 1000
+        job.cpu_seconds = job.credit
         if role == "pay":  # a replica that agreed with the winner: paid, its copy not needed
             await fs.close()
             return

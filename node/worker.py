@@ -196,14 +196,18 @@ class Worker:
             return str(exc)
         try:
             public = identity.public_bytes_from_peer_id(requester)
-            with trio.fail_after(CHAIN_SYNC_TIMEOUT):
-                stream = await self._open_stream(requester, LEDGER)
-                chain = FramedStream(stream, (LedgerFrame,), LEDGER_MAX_FRAME)
-                try:
-                    await self.ledger.sync_chain(chain, public)
-                finally:
-                    await chain.close()
-            balance = await self.ledger.call(self.ledger.ledger.admit, public, job_limits(spec))
+            # Sync and admit under the requester's chain lock: concurrent offers from one
+            # requester take turns (the later ones fetch only what is new), and no agreement of
+            # its lands between the sync and the floor check.
+            async with self.ledger.chain_lock(public):
+                with trio.fail_after(CHAIN_SYNC_TIMEOUT):
+                    stream = await self._open_stream(requester, LEDGER)
+                    chain = FramedStream(stream, (LedgerFrame,), LEDGER_MAX_FRAME)
+                    try:
+                        await self.ledger.sync_chain(chain, public)
+                    finally:
+                        await chain.close()
+                balance = await self.ledger.call(self.ledger.ledger.admit, public, job_limits(spec))
         except RemoteFault as exc:
             return str(exc)
         except (trio.TooSlowError, StreamGone, wire.RemoteProtocolError, ValueError) as exc:
@@ -349,7 +353,8 @@ class Worker:
             return
         assert isinstance(answer, Agree)
         try:
-            await self.ledger.call(self.ledger.ledger.accept_agreement, answer)
+            async with self.ledger.chain_lock(answer.block.public_key):
+                await self.ledger.call(self.ledger.ledger.accept_agreement, answer)
         except RemoteFault as exc:
             raise wire.RemoteProtocolError(f"agreement: {exc}") from None
         log.info("job %s settled: %.3f CPU-seconds", offer.job_id, result.cpu_seconds)

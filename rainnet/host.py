@@ -19,6 +19,7 @@ from typing import Any
 
 import multiaddr
 import psutil
+import trio
 from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
@@ -26,10 +27,13 @@ from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.rcmgr.manager import ResourceLimits, ResourceManager
 from libp2p.records.pubkey import PublicKeyValidator
 from libp2p.records.validator import NamespacedValidator, Validator
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
+from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from rainnet import records
 from rainnet.identity import Identity
@@ -39,6 +43,7 @@ log = logging.getLogger("rainnet.host")
 # Connection manager bounds: a node keeps at most this many connections, pruning above the high
 # watermark. Membership needs one per live peer in the view.
 MAX_CONNECTIONS = 300
+MAX_STREAMS = 8192
 DIAL_TIMEOUT = 5.0
 
 
@@ -70,6 +75,34 @@ def libp2p_key_pair(identity: Identity) -> Any:
     return create_new_key_pair(identity.seed())
 
 
+FRAME_WRITE_TIMEOUT = 30.0
+
+
+async def _atomic_write_frame(self: Any, data: bytes) -> None:
+    """Yamux._write_frame, made safe against cancellation.
+
+    py-libp2p writes each yamux frame through the Noise session with a plain await: a cancel
+    scope that fires mid-write (any timeout around a send) leaves part of an encrypted frame
+    on the wire, the peer then fails to authenticate every later frame ("Failed authentication
+    of message") and the whole connection, with every stream on it, dies. Seen here: each of
+    three runs of 200 concurrent jobs lost a worker connection that way; none since. A frame is written
+    whole, shielded from cancellation; a write that cannot finish within FRAME_WRITE_TIMEOUT
+    (the peer stopped reading) closes the connection, which is then unusable anyway.
+    """
+    async with self._write_lock:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(FRAME_WRITE_TIMEOUT) as scope:
+                await self.secured_conn.write(data)
+            if scope.cancelled_caught:
+                with trio.move_on_after(2):
+                    await self.secured_conn.close()
+                raise MuxedConnUnavailable("a yamux frame could not be written in time")
+    await trio.lowlevel.checkpoint()
+
+
+Yamux._write_frame = _atomic_write_frame
+
+
 def build_host(identity: Identity) -> Any:
     key_pair = libp2p_key_pair(identity)
     security = {
@@ -92,6 +125,7 @@ def build_host(identity: Identity) -> Any:
         sec_opt=security,
         muxer_opt=create_yamux_muxer_option(),
         connection_config=config,
+        resource_manager=build_resource_manager(),
     )
     # py-libp2p's auto-connector dials every peer in the peerstore until it holds half the high
     # watermark of connections (140 here): that floods. Membership decides whom to dial.
@@ -135,6 +169,21 @@ def allow_redial(host: Any, peer_id: str) -> None:
     """Lift the swarm's negative dial cache for `peer_id`: a peer that failed a minute ago may be
     back (restarted, cable plugged in, bootstrap node started), and we decide when to retry."""
     host.get_network().unblock_peer(ID.from_base58(peer_id))
+
+
+def build_resource_manager() -> Any:
+    """py-libp2p's resource manager with fixed limits. Its defaults add a circuit breaker
+    (after 5 failed acquisitions it refuses every new connection and stream for 60 s) and
+    "graceful degradation" (it shrinks the stream limit when the machine is loaded): on a busy
+    worker, both turned a burst of job offers into a minute of refusing everyone."""
+    return ResourceManager(
+        limits=ResourceLimits(
+            max_connections=MAX_CONNECTIONS, max_memory_mb=1024, max_streams=MAX_STREAMS
+        ),
+        enable_metrics=False,
+        enable_circuit_breaker=False,
+        enable_graceful_degradation=False,
+    )
 
 
 def build_dht(host: Any) -> Any:
