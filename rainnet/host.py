@@ -85,9 +85,9 @@ async def _atomic_write_frame(self: Any, data: bytes) -> None:
     scope that fires mid-write (any timeout around a send) leaves part of an encrypted frame
     on the wire, the peer then fails to authenticate every later frame ("Failed authentication
     of message") and the whole connection, with every stream on it, dies. Seen here: each of
-    three runs of 200 concurrent jobs lost a worker connection that way; none since. A frame is written
-    whole, shielded from cancellation; a write that cannot finish within FRAME_WRITE_TIMEOUT
-    (the peer stopped reading) closes the connection, which is then unusable anyway.
+    three runs of 200 concurrent jobs lost a worker connection that way; none since. A frame is
+    written whole, shielded from cancellation; a write that cannot finish within
+    FRAME_WRITE_TIMEOUT (the peer stopped reading) closes the connection, unusable anyway.
     """
     async with self._write_lock:
         with trio.CancelScope(shield=True):
