@@ -11,7 +11,6 @@ import hashlib
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from node.cli import CliError
 from node.cli_node import ask
 from node.units import parse_duration, parse_size
 
-POLL = 0.2
+LONG_POLL = 4.0  # the node answers as soon as there is output or the job ends
 MAX_WAIT_POLLS = 10_000_000  # bounded, though --wait follows a job as long as it runs
 
 
@@ -209,7 +208,7 @@ def _follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]
     """Poll the job, printing new output, until it ends; its final state."""
     offsets = {"stdout_from": 0, "stderr_from": 0}
     for _ in range(MAX_WAIT_POLLS):
-        st = ask(args, "job", job_id=job_id, **offsets)
+        st = ask(args, "job", job_id=job_id, wait=LONG_POLL, **offsets)
         if echo:
             sys.stdout.write(st["stdout"])
             sys.stderr.write(st["stderr"])
@@ -217,7 +216,6 @@ def _follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]
         offsets = {"stdout_from": st["stdout_next"], "stderr_from": st["stderr_next"]}
         if st["finished"]:
             return st
-        time.sleep(POLL)
     raise CliError(f"stopped following job {job_id}")
 
 

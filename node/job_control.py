@@ -20,6 +20,7 @@ from sandbox.spec import check_relative_path
 
 MAX_LOG_CHUNK = 256 * 1024
 MAX_REPLICAS = 16
+MAX_WAIT = 5.0  # a long-poll answers at least this often (the control socket's timeout is 10 s)
 
 
 def build_spec(req: dict[str, Any]) -> tuple[JobSpec, tuple[tuple[FileEntry, Path], ...]]:
@@ -77,11 +78,23 @@ async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
 
 
 async def job_status(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
-    """A job's state, and its output from the given offsets (so a client can follow it)."""
+    """A job's state, and its output from the given offsets (so a client can follow it).
+
+    With `wait` (seconds, capped), a job that is still running and has no output past the
+    offsets is waited on until it has, or ends: a follower gets news at once without polling.
+    """
     try:
         job = _job(requester, req)
     except LookupError as exc:
         return {"error": str(exc)}
+    wait = req.get("wait")
+    if isinstance(wait, int | float) and wait > 0 and not job.finished.is_set():
+        nothing_new = req.get("stdout_from", 0) >= len(job.stdout) and req.get(
+            "stderr_from", 0
+        ) >= len(job.stderr)
+        if nothing_new:
+            with trio.move_on_after(min(float(wait), MAX_WAIT)):
+                await job.changed.wait()
     out = job.as_dict()
     for name, buf in (("stdout", job.stdout), ("stderr", job.stderr)):
         start = req.get(f"{name}_from", 0)

@@ -1,8 +1,12 @@
 """The requester's jobs on disk (`HOME/jobs.sqlite3`), so submissions survive a restart.
 
-Each state change of a job is one short write transaction (SQLite WAL, synchronous=FULL): after a
-crash at any instant the node finds every job it accepted from its user, and drives the unfinished
-ones again. Payment needs no record here: the ledger keeps it, and refuses to pay a job twice.
+A job is written when the user's submission is accepted and when it ends, each one short write
+transaction (SQLite WAL): after the node's process dies at any instant, it finds every job it
+accepted and drives the unfinished ones again (states in between are not worth an fsync: a
+restarted job is offered afresh anyway). Payment needs no record here: the ledger keeps it,
+with synchronous=FULL, and refuses to pay a job twice. synchronous=NORMAL here: in WAL mode a
+commit survives the process's death; only a power cut may lose the last few, which the user
+then submits again.
 Blocking calls: the node runs them in a worker thread.
 """
 
@@ -68,7 +72,7 @@ class JobStore:
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
 
     def save(self, job: StoredJob) -> None:

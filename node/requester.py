@@ -80,6 +80,13 @@ class JobRecord:
     outputs: list[str] = field(default_factory=list)
     cancel: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
+    # Set (and replaced) whenever output arrives or the job ends: what `rain submit --wait`
+    # long-polls on, instead of polling on a timer.
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def touch(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
     def stored(self) -> StoredJob:
         return StoredJob(
@@ -407,6 +414,7 @@ class Requester:
         with trio.CancelScope(shield=True):  # a cancelled job's end is recorded all the same
             await self._save(job)
         job.finished.set()
+        job.touch()
         job.cancel.set()  # releases the cancel watcher
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
 
@@ -438,7 +446,6 @@ class Requester:
     ) -> None:
         job.attempts += 1
         job.state, job.worker = "offering", worker
-        await self._save(job)
         try:
             stream = await self._open_stream(worker, jobproto.JOB)
         except StreamGone as exc:
@@ -493,6 +500,7 @@ class Requester:
                 buf = job.stdout if msg.stream == "stdout" else job.stderr
                 if len(buf) < MAX_KEPT_OUTPUT:
                     buf += msg.data[: MAX_KEPT_OUTPUT - len(buf)]
+                    job.touch()
             elif isinstance(msg, jobproto.Finished):
                 await self._settle(job, worker, fs, msg, vote)
                 return
@@ -508,7 +516,6 @@ class Requester:
         vote: Vote | None,
     ) -> None:
         job.state = "settling"
-        await self._save(job)
         verdict = results.Verdict(finished.exit_code, finished.reason)
         proposal = propose_from(finished.proposal)
         block = proposal.block

@@ -1,0 +1,150 @@
+"""Benchmarks of jobs across the network, printed, not asserted: python bench/bench_jobs.py
+
+- round trip: `rain submit --wait -- true` (requester to a worker on 127.0.0.1 and back, credit
+  settled) against the CLI's own cost (`rain jobs`) plus `true` in the local sandbox, median of
+  20 each, as a ratio and as milliseconds of network overhead;
+- throughput: 500 trivial jobs through 3 workers (2 CPUs lent each) against the same 500 jobs in
+  the local native sandbox with the same concurrency (6 at a time), as a ratio of jobs/s.
+Anchors from the issue: a libp2p-era compute network measured ~200 ms over `docker run` and 0.75
+jobs/s; goal here under 30 ms of overhead per job on a LAN and at least 70% of local throughput.
+All on one 2-core machine: the requester, the workers and the jobs share its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from sandbox import JobSpec, Limits, SandboxConfig, open_backend
+from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
+
+WORKER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
+JOBS = ("jobs", "--json")
+
+
+def _rain(node: NodeProcess, *args: str) -> float:
+    start = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "node.cli", "--home", str(node.home), *args],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return time.monotonic() - start
+
+
+def network(workers: int, tmp: Path) -> tuple[Cluster, NodeProcess]:
+    cluster = Cluster(tmp)
+    requester = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never", name="req")
+    requester.wait_ready()
+    nodes = [cluster.start(*WORKER, "--bootstrap", requester.addr) for _ in range(workers)]
+    for node in nodes:
+        node.wait_ready()
+    wait_until(lambda: all_see_each_other([requester, *nodes]), 60, "network")
+    wait_until(lambda: all(p["backends"] for p in requester.peers()), 30, "sandboxes")
+    return cluster, requester
+
+
+def _local_true(home: Path, repeats: int) -> list[float]:
+    """Start-to-exit of `true` in the local native sandbox, in-process (no CLI)."""
+
+    async def main() -> list[float]:
+        backend = await open_backend(SandboxConfig.for_home(home), "native")
+        spec = JobSpec.create(["true"], limits=Limits(wall_seconds=60))
+        times = []
+        for _ in range(repeats):
+            began = trio.current_time()
+            await backend.run(spec)
+            times.append(trio.current_time() - began)
+        return times
+
+    return trio.run(main)
+
+
+def bench_round_trip(repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster, requester = network(1, Path(tmp))
+        try:
+            _rain(requester, "submit", "--wait", "--", "true")  # warm-up: first chain sync
+            remote = [_rain(requester, "submit", "--wait", "--", "true") for _ in range(repeats)]
+            cli = [_rain(requester, "jobs") for _ in range(repeats)]
+        finally:
+            cluster.stop_all()
+        local = _local_true(Path(tmp) / "local", repeats)
+    r, c, loc = statistics.median(remote), statistics.median(cli), statistics.median(local)
+    print(
+        f"round trip of `true` (median of {repeats}): rain submit --wait {r * 1000:.0f} ms; "
+        f"baseline = the CLI's own start and one control request (rain jobs) {c * 1000:.0f} ms + "
+        f"the job in the local sandbox {loc * 1000:.0f} ms = {(c + loc) * 1000:.0f} ms; "
+        f"ratio {r / (c + loc):.2f}, network overhead {(r - c - loc) * 1000:.0f} ms "
+        "(goal < 30 ms; anchor ~200 ms)"
+    )
+
+
+def bench_throughput(n: int, workers: int, per_worker: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster, requester = network(workers, Path(tmp))
+        try:
+            _rain(requester, "submit", "--wait", "--", "true")  # warm-up
+            start = time.monotonic()
+            _rain(requester, "submit", "--time", "60s", "--array", f"1-{n}", "--", "true")
+
+            def done() -> bool:
+                jobs = json.loads(
+                    subprocess.run(
+                        [sys.executable, "-m", "node.cli", "--home", str(requester.home), *JOBS],
+                        capture_output=True,
+                        check=True,
+                        timeout=60,
+                    ).stdout
+                )
+                return sum(j["state"] in ("done", "failed") for j in jobs) >= n + 1
+
+            wait_until(done, 1800, f"{n} jobs", interval=0.5)
+            remote = time.monotonic() - start
+        finally:
+            cluster.stop_all()
+
+        concurrency = workers * per_worker
+
+        async def local() -> float:
+            backend = await open_backend(SandboxConfig.for_home(Path(tmp) / "local"), "native")
+            spec = JobSpec.create(["true"], limits=Limits(wall_seconds=60))
+            limiter = trio.CapacityLimiter(concurrency)
+
+            async def one() -> None:
+                async with limiter:
+                    await backend.run(spec)
+
+            began = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for _ in range(n):
+                    nursery.start_soon(one)
+            return trio.current_time() - began
+
+        loc = trio.run(local)
+    print(
+        f"throughput of {n} trivial jobs: through {workers} workers {n / remote:.1f} jobs/s, "
+        f"local native sandbox ({concurrency} at a time) {n / loc:.1f} jobs/s: ratio "
+        f"{loc / remote:.2f} (goal >= 0.70; anchor 0.75 jobs/s)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    bench_round_trip(5 if args.quick else 20)
+    bench_throughput(100 if args.quick else 500, 3, 2)
+
+
+if __name__ == "__main__":
+    main()
