@@ -33,6 +33,12 @@ class ControlError(Exception):
     """The node could not be reached or refused the request (message fit for the user)."""
 
 
+def refusal(message: str) -> dict[str, Any]:
+    """The answer to a request the node refuses. Marked by `"refused": true` rather than by an
+    "error" key alone, since answers may carry fields of that name (a failed job's error)."""
+    return {"refused": True, "error": message}
+
+
 def request(sock_path: Path, op: str, timeout: float = 10.0, **params: Any) -> dict[str, Any]:
     """Send one request to the node behind `sock_path` and return its answer."""
     body = json.dumps({"op": op, **params}).encode() + b"\n"
@@ -68,8 +74,8 @@ def request(sock_path: Path, op: str, timeout: float = 10.0, **params: Any) -> d
         raise ControlError("the node's answer is not JSON") from None
     if not isinstance(answer, dict):
         raise ControlError("the node's answer is not an object")
-    if answer.get("error"):
-        raise ControlError(str(answer["error"]))
+    if answer.get("refused"):
+        raise ControlError(str(answer.get("error") or "refused"))
     return answer
 
 
@@ -98,13 +104,13 @@ async def serve(sock_path: Path, handle: Handler, task_status: Any) -> None:
                 try:
                     req = await _read_request(stream)
                 except ValueError as exc:
-                    answer = {"error": f"bad request: {exc}"}
+                    answer = refusal(f"bad request: {exc}")
                 else:
                     try:
                         answer = await handle(req)
                     except Exception as exc:  # a bug in a handler must not stop the node
                         log.exception("control request %r failed", req.get("op"))
-                        answer = {"error": f"internal error: {exc}"}
+                        answer = refusal(f"internal error: {exc}")
                 with contextlib.suppress(trio.BrokenResourceError):
                     await stream.send_all(json.dumps(answer).encode() + b"\n")
 

@@ -53,6 +53,7 @@ EXPIRY_TICK = 0.5
 BOOTSTRAP_RETRY = 5.0
 DHT_DISCOVERY_INTERVAL = 15.0
 HINT_INTERVAL = 10.0
+HELD_RETRY = 30.0
 DHT_PUBLISH_INTERVAL = 60.0
 DHT_OP_TIMEOUT = 15.0
 MDNS_QUEUE = 256
@@ -170,6 +171,9 @@ class Node:
             protocols.HEARTBEAT, guarded_handler("heartbeat", self._handle_heartbeat)
         )
         self._host.set_stream_handler(LEDGER, guarded_handler("ledger", self.ledger.handle))
+        self._host.set_stream_handler(
+            jobproto.RESULT, guarded_handler("result", self.requester.handle_result)
+        )
         if self.worker is not None:
             self._host.set_stream_handler(jobproto.JOB, guarded_handler("job", self.worker.handle))
         self._relay = rrelay.Relay(
@@ -198,6 +202,8 @@ class Node:
             nursery.start_soon(self._publish_loop)
             nursery.start_soon(self._dht_discovery_loop)
             nursery.start_soon(self._exchange_hints_loop)
+            if self.worker is not None:
+                nursery.start_soon(self._held_results_loop)
             if self.config.bootstrap:
                 nursery.start_soon(self._bootstrap_loop)
             if self.config.mdns:
@@ -257,14 +263,19 @@ class Node:
 
     async def _on_policy(self, decision: Decision) -> None:
         self.set_state(decision.state)
+        from sandbox import SandboxError
+
         jobs = [job for backend in self.backends.values() for job in backend.jobs()]
         for job in jobs:
-            if decision.action == "suspend":
-                await job.suspend()
-            elif decision.action == "resume":
-                await job.resume()
-            elif decision.action == "give_up":
-                await job.cancel()
+            try:
+                if decision.action == "suspend":
+                    await job.suspend()
+                elif decision.action == "resume":
+                    await job.resume()
+                elif decision.action == "give_up":
+                    await job.cancel()
+            except SandboxError as exc:  # one job just ending must not spare the others
+                log.warning("cannot %s job %s: %s", decision.action, job.id, exc)
 
     def _candidates(self) -> list[scheduler.Candidate]:
         return [
@@ -361,6 +372,19 @@ class Node:
                     if not self.membership.is_live(rec.peer_id):
                         self.learn(rec.peer_id, rec.addrs, Source.DHT)
             await trio.sleep(DHT_DISCOVERY_INTERVAL)
+
+    async def _held_results_loop(self) -> None:
+        """Retry delivering held results to requesters that are live, and drop expired ones."""
+        assert self.worker is not None
+        worker = self.worker
+        while True:
+            await trio.sleep(HELD_RETRY)
+            await trio.to_thread.run_sync(worker.held.expire, time.time())
+            if not await trio.to_thread.run_sync(worker.held.job_ids):
+                continue
+            for peer in self.membership.live_peers():
+                with trio.move_on_after(HELD_RETRY):
+                    await worker.deliver_held(peer.peer_id)
 
     async def _exchange_hints_loop(self) -> None:
         """Every so often, hello one live peer at random: its hints reach us (and ours it), so
@@ -498,6 +522,10 @@ class Node:
             if self._nursery is not None:
                 self._nursery.start_soon(self._add_to_routing_table, peer_id)
                 self._nursery.start_soon(self._ledger_gossip, peer_id)
+        # Any hello may be a requester back from a restart (quicker than our timeout notices):
+        # results we hold for it go now.
+        if self.worker is not None and self._nursery is not None:
+            self._nursery.start_soon(self.worker.deliver_held, peer_id)
 
     async def _add_to_routing_table(self, peer_id: str) -> None:
         with trio.move_on_after(DHT_OP_TIMEOUT):
@@ -644,21 +672,21 @@ class Node:
         if op == "fetch-chain":
             peer_id = req.get("peer")
             if not isinstance(peer_id, str):
-                return {"error": "fetch-chain needs a peer id"}
+                return control.refusal("fetch-chain needs a peer id")
             try:
                 return await self.fetch_chain(peer_id)
             except ValueError as exc:
-                return {"error": str(exc)}
+                return control.refusal(str(exc))
             except (StreamGone, wire.RemoteProtocolError) as exc:
-                return {"error": f"could not fetch the chain of {peer_id}: {exc}"}
+                return control.refusal(f"could not fetch the chain of {peer_id}: {exc}")
         if op == "policy":
-            return self.idle.report() if self.idle else {"error": "starting"}
+            return self.idle.report() if self.idle else control.refusal("starting")
         if op in job_control.OPS:
             return await job_control.OPS[op](self.requester, req)
         if op == "workers":
             found = await self.find_workers()
             return {"workers": [r.as_dict() for r in found]}
-        return {"error": f"unknown operation {op!r}"}
+        return control.refusal(f"unknown operation {op!r}")
 
     def status(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from node import transfer
+from node import control, transfer
 from node.requester import JobRecord, Requester
 from rainnet.jobproto import FileEntry
 from sandbox import JobSpec, Limits, SpecError
@@ -73,7 +73,7 @@ async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
             raise SpecError("replicas", f"a number from 1 to {MAX_REPLICAS}")
         job = await requester.submit(spec, inputs, replicas)
     except (SpecError, ValueError) as exc:
-        return {"error": str(exc)}
+        return control.refusal(str(exc))
     return {"job_id": job.job_id}
 
 
@@ -86,7 +86,7 @@ async def job_status(requester: Requester, req: dict[str, Any]) -> dict[str, Any
     try:
         job = _job(requester, req)
     except LookupError as exc:
-        return {"error": str(exc)}
+        return control.refusal(str(exc))
     wait = req.get("wait")
     if isinstance(wait, int | float) and wait > 0 and not job.finished.is_set():
         nothing_new = req.get("stdout_from", 0) >= len(job.stdout) and req.get(
@@ -114,7 +114,7 @@ async def cancel(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     try:
         job = _job(requester, req)
     except LookupError as exc:
-        return {"error": str(exc)}
+        return control.refusal(str(exc))
     job.cancel.set()
     return {"job_id": job.job_id, "state": job.state}
 

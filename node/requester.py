@@ -51,6 +51,7 @@ MAX_EXTRA_REPLICAS = 2  # runs beyond --replicas to break a disagreement
 MAX_OFFERS_IN_FLIGHT = 32  # offers awaiting an answer, all workers together
 OFFERS_PER_WORKER = 4  # ...and to any one worker
 VOTE_SLACK = 120.0  # beyond the job's wall-time limit, how long a replica waits for the others
+RESUME_GRACE = 20.0  # after a restart, how long a job that was running waits for its worker
 MAX_KEPT_OUTPUT = 1 << 20
 MAX_RESULT_BYTES = 1 << 30
 MAX_JOBS_KEPT = 10_000
@@ -251,8 +252,11 @@ class Requester:
                 self.jobs[job.job_id] = job
                 if not job.finished.is_set():
                     log.info("job %s: resuming after a restart (was %s)", job.job_id, job.state)
+                    # A job that was running may finish where it ran: its worker holds the
+                    # result and offers it when we are back. Give it that chance first.
+                    grace = RESUME_GRACE if job.state == "running" else 0.0
                     job.state, job.worker = "queued", None
-                    nursery.start_soon(self._drive, job)
+                    nursery.start_soon(self._drive, job, grace)
             task_status.started()
             await trio.sleep_forever()
 
@@ -290,11 +294,13 @@ class Requester:
         self._nursery.start_soon(self._drive, job)
         return job
 
-    async def _drive(self, job: JobRecord) -> None:
+    async def _drive(self, job: JobRecord, grace: float = 0.0) -> None:
         """Run the job to its end: one lane, or one per replica (each on a distinct worker),
         plus one more lane each time the replicas' results disagree."""
         with trio.CancelScope() as scope:
             self._nursery_cancel_on(job, scope)
+            with trio.move_on_after(grace):
+                await job.finished.wait()
             used: set[str] = set()
             if job.replicas == 1:
                 await self._lane(job, None, used)
@@ -418,6 +424,23 @@ class Requester:
         job.cancel.set()  # releases the cancel watcher
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
 
+    async def handle_result(self, stream: Any) -> None:
+        """A worker offers a result it held while we were away (rainnet.jobproto.RESULT):
+        settle it like the end of a job stream, unless the job is done already or gone."""
+        fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
+        worker = fs.remote_peer
+        finished = await fs.receive_a(jobproto.Finished, LEASE)
+        job_id = propose_from(finished.proposal).block.transaction.job_id
+        job = self.jobs.get(job_id)
+        if job is None or job.finished.is_set() or job.replicas > 1:
+            why = "no such job here" if job is None else "the job is settled already"
+            await fs.send(jobproto.Settle(answer=encode_message(Refuse(job_id, why))))
+            await fs.close()
+            return
+        log.info("job %s: %s offers the result it held for us", job_id, worker)
+        job.worker = worker
+        await self._settle(job, worker, fs, finished, None)
+
     # ----- one attempt ------------------------------------------------------------------------
 
     async def _attempt(self, job: JobRecord, worker: str, vote: Vote | None = None) -> None:
@@ -486,6 +509,7 @@ class Requester:
         if not isinstance(reply, jobproto.Accept):
             raise wire.RemoteProtocolError(f"{reply.TYPE} instead of an answer to the offer")
         job.state, job.started = "running", time.time()
+        await self._save(job)  # after a restart: wait for this worker's held result first
 
         async def send_chunk(index: int, offset: int, data: bytes) -> None:
             await fs.send(jobproto.InputChunk(index=index, offset=offset, data=data))

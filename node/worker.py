@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,11 @@ from ledger.block import JobLimits
 from ledger.errors import LedgerError, RemoteFault
 from ledger.messages import Agree, Propose, Refuse, decode_message, encode_message
 from node import results, scheduler, transfer
+from node.held import HeldResults
 from node.ledger_link import LEDGER, LEDGER_MAX_FRAME, LedgerFrame, LedgerLink
 from rainnet import identity, jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
-from sandbox import Backend, JobResult, JobSpec, SandboxError, SpecError
+from sandbox import Backend, Job, JobResult, JobSpec, SandboxError, SpecError
 from sandbox.spec import check_relative_path
 
 log = logging.getLogger("rainnet.worker")
@@ -121,6 +122,8 @@ class Worker:
         self.running: dict[str, GuestJob] = {}
         self._offers = trio.Semaphore(MAX_CONCURRENT_OFFERS)
         self.queue = AdmissionQueue(self._fits)
+        self.held = HeldResults(workdir.parent / "held")
+        self._delivering: set[str] = set()
 
     # ----- the stream handler -----------------------------------------------------------------
 
@@ -245,9 +248,27 @@ class Worker:
         staged: list[tuple[str, Path]],
         result_dir: Path,
     ) -> None:
-        result: JobResult | None = None
         job_cm = backend.open_job(spec, result_dir=result_dir, staged_inputs=staged)
-        async with job_cm as job, trio.open_nursery() as n:
+        async with job_cm as job:
+            if self._may_start() is not None:
+                # The owner came back while the job was starting: the policy's suspend went
+                # out before this job could hear it, and is not repeated.
+                await job.suspend()
+            result = await self._follow_job(fs, offer, spec, job)
+        if result.reason.value == "cancelled":
+            # By the requester, or given up by the idle policy (the owner stayed too long): no
+            # claim. End the stream now so the requester runs the job elsewhere at once, not
+            # only when its lease runs out.
+            await fs.close()
+            return
+        await self._settle_and_release(fs, offer, spec, requester, result, result_dir)
+
+    async def _follow_job(
+        self, fs: FramedStream, offer: jobproto.Offer, spec: JobSpec, job: Job
+    ) -> JobResult:
+        """Stream the running job's output and progress to the requester and obey its Cancel;
+        if the requester goes away, the job runs on all the same. The job's result."""
+        async with trio.open_nursery() as n:
 
             async def forward_output() -> None:
                 async for chunk in job.output():
@@ -276,26 +297,26 @@ class Worker:
                     raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
 
             async def supervise(fn: Callable[[], Any]) -> None:
-                # The requester leaving (or breaking the protocol) ends the attempt: cancel.
+                # The requester gone mid-run: the job runs on and its result is held for it
+                # (its owner pays when back); one that breaks the protocol gets it cancelled.
                 try:
                     await fn()
-                except (StreamGone, wire.RemoteProtocolError) as exc:
-                    log.info("job %s: requester gone (%s); cancelling", offer.job_id, exc)
+                except StreamGone as exc:
+                    log.info("job %s: requester unreachable (%s); running on", offer.job_id, exc)
+                    n.cancel_scope.cancel()
+                except wire.RemoteProtocolError as exc:
+                    log.warning("job %s: %s; cancelling", offer.job_id, exc)
                     await job.cancel()
+
+            async def end_with_the_job() -> None:
+                await job.wait()
+                n.cancel_scope.cancel()
 
             n.start_soon(supervise, forward_output)
             n.start_soon(supervise, progress)
             n.start_soon(supervise, listen_for_cancel)
-            result = await job.wait()
-            n.cancel_scope.cancel()
-        assert result is not None
-        if result.reason.value == "cancelled":
-            # By the requester, or given up by the idle policy (the owner stayed too long): no
-            # claim. End the stream now so the requester runs the job elsewhere at once, not
-            # only when its lease runs out.
-            await fs.close()
-            return
-        await self._settle_and_release(fs, offer, spec, requester, result, result_dir)
+            n.start_soon(end_with_the_job)
+        return await job.wait()
 
     async def _settle_and_release(
         self,
@@ -329,27 +350,46 @@ class Worker:
         except LedgerError as exc:
             log.error("job %s: cannot sign the claim: %s", offer.job_id, exc)
             return
-        await fs.send(
-            jobproto.Finished(
-                exit_code=result.exit_code,
-                reason=result.reason.value,
-                cpu_seconds=result.cpu_seconds,
-                wall_seconds=result.wall_seconds,
-                peak_memory=result.peak_memory,
-                result_hash=digest,
-                outputs=tuple(entries),
-                proposal=encode_message(proposal),
-            ),
-            SEND_TIMEOUT,
+        finished = jobproto.Finished(
+            exit_code=result.exit_code,
+            reason=result.reason.value,
+            cpu_seconds=result.cpu_seconds,
+            wall_seconds=result.wall_seconds,
+            peak_memory=result.peak_memory,
+            result_hash=digest,
+            outputs=tuple(entries),
+            proposal=encode_message(proposal),
         )
         # Replicas of the job wait for each other before the requester answers.
-        settle = await fs.receive_a(jobproto.Settle, SETTLE_TIMEOUT + spec.limits.wall_seconds)
+        timeout = SETTLE_TIMEOUT + spec.limits.wall_seconds
+        try:
+            await self._exchange(fs, offer.job_id, requester, finished, sources, timeout)
+        except StreamGone as exc:
+            # The requester went away after its job ran: keep the result and our signed claim,
+            # and settle when it is back (deliver_held).
+            await trio.to_thread.run_sync(
+                self.held.keep, offer.job_id, requester, finished, sources
+            )
+            log.info("job %s: requester gone (%s); holding its result", offer.job_id, exc)
+
+    async def _exchange(
+        self,
+        fs: FramedStream,
+        job_id: str,
+        requester: str,
+        finished: jobproto.Finished,
+        sources: Sequence[Path | bytes],
+        settle_timeout: float,
+    ) -> None:
+        """Offer the result, take the answer, and release the files once we are paid."""
+        await fs.send(finished, SEND_TIMEOUT)
+        settle = await fs.receive_a(jobproto.Settle, settle_timeout)
         try:
             answer = decode_message(settle.answer, (Agree, Refuse))
         except RemoteFault as exc:
             raise wire.RemoteProtocolError(f"settle: {exc}") from None
         if isinstance(answer, Refuse):
-            log.warning("job %s: %s refused to pay: %s", offer.job_id, requester, answer.reason)
+            log.warning("job %s: %s refused to pay: %s", job_id, requester, answer.reason)
             return
         assert isinstance(answer, Agree)
         try:
@@ -357,7 +397,7 @@ class Worker:
                 await self.ledger.call(self.ledger.ledger.accept_agreement, answer)
         except RemoteFault as exc:
             raise wire.RemoteProtocolError(f"agreement: {exc}") from None
-        log.info("job %s settled: %.3f CPU-seconds", offer.job_id, result.cpu_seconds)
+        log.info("job %s settled: %.3f CPU-seconds", job_id, finished.cpu_seconds)
 
         async def send_chunk(index: int, offset: int, data: bytes) -> None:
             await fs.send(jobproto.OutputChunk(index=index, offset=offset, data=data), SEND_TIMEOUT)
@@ -365,6 +405,33 @@ class Worker:
         await transfer.send(send_chunk, sources)
         await fs.send(jobproto.OutputDone(), SEND_TIMEOUT)
         await fs.close()
+
+    async def deliver_held(self, requester: str) -> None:
+        """`requester` is back: settle the results we held for it, one at a time (and one
+        delivery per requester at a time: hellos and the retry loop may both ask)."""
+        if requester in self._delivering:
+            return
+        self._delivering.add(requester)
+        try:
+            await self._deliver_held(requester)
+        finally:
+            self._delivering.discard(requester)
+
+    async def _deliver_held(self, requester: str) -> None:
+        for job_id in await trio.to_thread.run_sync(self.held.for_requester, requester):
+            try:
+                finished, paths = await trio.to_thread.run_sync(self.held.load, job_id)
+                stream = await self._open_stream(requester, jobproto.RESULT)
+                fs = FramedStream(stream, (jobproto.Settle,), jobproto.JOB_MAX_FRAME)
+                await self._exchange(fs, job_id, requester, finished, paths, SETTLE_TIMEOUT)
+            except (StreamGone, wire.RemoteProtocolError) as exc:
+                log.info("held result of job %s not delivered yet: %s", job_id, exc)
+                return
+            except (OSError, wire.WireError) as exc:
+                log.error("held result of job %s is unreadable, dropped: %s", job_id, exc)
+            else:
+                log.info("held result of job %s delivered to %s", job_id, requester)
+            await trio.to_thread.run_sync(self.held.drop, job_id)
 
 
 def job_limits(spec: JobSpec) -> JobLimits:

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from rainnet import wire
 
 JOB = "/rain/job/1.0.0"
+# A worker holding a result for a requester that went away offers it here when the requester is
+# back: Finished -> Settle -> OutputChunk... OutputDone, as at the end of a job stream.
+RESULT = "/rain/result/1.0.0"
 CHUNK = 256 * 1024
 JOB_MAX_FRAME = CHUNK + 4096
 MAX_SPEC_BYTES = 2 * 1024 * 1024 - 4096

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from node import cli
+from node import cli, control
 from node.home import CONTROL_SOCKET
 from node.idle_policy import Decision, Signals, policy_report
 from node.policy_config import PolicyConfig
@@ -125,7 +125,7 @@ def test_an_older_node_falls_back_to_a_local_sample(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home, _ = home_with_input(tmp_path)
-    with fake_node(home / CONTROL_SOCKET, {"error": "unknown operation 'policy'"}):
+    with fake_node(home / CONTROL_SOCKET, control.refusal("unknown operation 'policy'")):
         code, out, _ = rain(capsys, "--home", str(home), "policy", "--json")
     assert code == 0
     report = json.loads(out)

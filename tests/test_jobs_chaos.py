@@ -97,3 +97,28 @@ def test_chaos_every_job_completes_exactly_once(cluster: Cluster) -> None:
     assert abs(spent - sum(float(jobs[i]["cpu_seconds"]) for i in ids)) < 0.001 * n  # type: ignore[arg-type]
     for node in [requester, *workers]:
         assert node.rain("credit", "verify").returncode == 0
+
+
+def test_a_vanished_requester_is_paid_for_when_it_returns(cluster: Cluster) -> None:
+    """The requester dies while its job runs; the worker finishes it, holds the result and its
+    signed claim, and settles when the requester is back: done once, paid once."""
+    worker = cluster.start(*WORKER)
+    worker.wait_ready()
+    requester = cluster.start(
+        "--listen", LOOPBACK, "--no-mdns", "--lend", "never", "--bootstrap", worker.addr, name="req"
+    )
+    requester.wait_ready()
+    wait_until(lambda: all_see_each_other([requester, worker]), 30, "two nodes meet")
+    wait_until(lambda: requester.peers()[0]["backends"] != [], 20, "the worker's sandbox shows")
+
+    job_id = requester.rain("submit", "--", "sh", "-c", "sleep 2; echo kept").stdout.strip()
+    wait_until(lambda: _jobs(requester)[job_id]["state"] == "running", 30, "the job runs")
+    requester.kill9()
+    wait_until(lambda: "holding its result" in worker.log(), 30, "the worker holds the result")
+    requester.start()
+    requester.wait_ready()
+    wait_until(lambda: _jobs(requester)[job_id]["state"] == "done", 60, "the job completes")
+    assert requester.rain("logs", job_id).stdout == "kept\n"
+    assert _history_jobs(requester) == [job_id]
+    assert _credit(worker)["exchanges"] == 1
+    assert "held result of job" in worker.log()

@@ -1,0 +1,97 @@
+"""Results a worker holds for a requester that went away: `HOME/held/<job id>/`.
+
+When the requester vanishes after its job ran (crash, lost network), the worker keeps the result
+files and its signed Finished message (with the ledger proposal inside) for `HOLD_SECONDS`, and
+settles when the requester is back: it offers the same Finished again, and the exchange goes on
+as if nothing had happened. Each held job is a directory written whole before it is renamed into
+place, so a crash while keeping leaves nothing half-kept. Blocking file I/O: call it from a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rainnet import jobproto, wire
+
+HOLD_SECONDS = 24 * 3600.0
+MAX_HELD = 1000
+FINISHED = "finished.bin"
+META = "meta.json"
+
+
+class HeldResults:
+    def __init__(self, directory: Path, hold_seconds: float = HOLD_SECONDS) -> None:
+        self.directory = directory
+        self.hold_seconds = hold_seconds
+
+    def keep(
+        self,
+        job_id: str,
+        requester: str,
+        finished: jobproto.Finished,
+        sources: Sequence[Path | bytes],
+    ) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        held = self.job_ids()
+        if len(held) >= MAX_HELD:  # full: the result held longest makes room
+            self.drop(min(held, key=lambda j: (self.directory / j).stat().st_mtime))
+        staging = self.directory / f".{job_id}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        for index, source in enumerate(sources):
+            target = staging / str(index)
+            if isinstance(source, bytes):
+                target.write_bytes(source)
+            else:
+                shutil.copyfile(source, target)
+        (staging / FINISHED).write_bytes(wire.encode_payload(finished))
+        expires = time.time() + self.hold_seconds
+        (staging / META).write_text(json.dumps({"requester": requester, "expires": expires}))
+        staging.replace(self.directory / job_id)
+
+    def job_ids(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.name for p in self.directory.iterdir() if not p.name.startswith("."))
+
+    def for_requester(self, requester: str) -> list[str]:
+        out = []
+        for job_id in self.job_ids():
+            try:
+                meta = json.loads((self.directory / job_id / META).read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("requester") == requester:
+                out.append(job_id)
+        return out
+
+    def load(self, job_id: str) -> tuple[jobproto.Finished, list[Path]]:
+        d = self.directory / job_id
+        msg = wire.decode_payload((d / FINISHED).read_bytes(), expected=(jobproto.Finished,))
+        assert isinstance(msg, jobproto.Finished)
+        return msg, [d / str(i) for i in range(len(msg.outputs))]
+
+    def drop(self, job_id: str) -> None:
+        shutil.rmtree(self.directory / job_id, ignore_errors=True)
+
+    def expire(self, now: float) -> list[str]:
+        """Drop what was kept too long (and leftovers of an interrupted keep); their ids."""
+        gone: list[str] = []
+        if not self.directory.is_dir():
+            return gone
+        for path in self.directory.iterdir():
+            if path.name.startswith("."):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            try:
+                expires = float(json.loads((path / META).read_text())["expires"])
+            except (OSError, ValueError, KeyError, TypeError):
+                expires = 0.0
+            if expires <= now:
+                shutil.rmtree(path, ignore_errors=True)
+                gone.append(path.name)
+        return gone
