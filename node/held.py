@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rainnet import jobproto, wire
+from sandbox.job import check_job_id
 
 HOLD_SECONDS = 24 * 3600.0
 MAX_HELD = 1000
@@ -35,7 +36,9 @@ class HeldResults:
         finished: jobproto.Finished,
         sources: Sequence[Path | bytes],
     ) -> None:
+        check_job_id(job_id)  # it names a directory here
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.drop(job_id)  # held twice (a retry): the newer copy replaces the older
         held = self.job_ids()
         if len(held) >= MAX_HELD:  # full: the result held longest makes room
             self.drop(min(held, key=lambda j: (self.directory / j).stat().st_mtime))

@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import trio
 
 from node import control, transfer
 from node.requester import JobRecord, Requester
-from rainnet.jobproto import FileEntry
+from rainnet.jobproto import MAX_SPEC_BYTES, FileEntry
 from sandbox import JobSpec, Limits, SpecError
 from sandbox.spec import check_relative_path
 
@@ -68,6 +69,8 @@ def _job(requester: Requester, req: dict[str, Any]) -> JobRecord:
 async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     try:
         spec, inputs = await trio.to_thread.run_sync(build_spec, req)
+        if len(msgpack.packb(spec.to_wire(), use_bin_type=True)) > MAX_SPEC_BYTES:
+            raise SpecError("argv", f"command and environment exceed {MAX_SPEC_BYTES >> 10} KiB")
         replicas = req.get("replicas", 1)
         if not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
             raise SpecError("replicas", f"a number from 1 to {MAX_REPLICAS}")

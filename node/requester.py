@@ -65,6 +65,8 @@ class JobRecord:
     inputs: tuple[jobproto.FileEntry, ...] = ()
     input_sources: tuple[Path, ...] = ()
     replicas: int = 1  # run on this many distinct workers and compare results
+    # Workers that accepted an attempt: only they may offer a held result for this job.
+    accepted_by: set[str] = field(default_factory=set)
     submitted: float = field(default_factory=time.time)
     state: str = "queued"  # queued, offering, running, settling, done, failed, cancelled
     worker: str | None = None
@@ -133,6 +135,8 @@ class JobRecord:
             error=st.error,
             outputs=st.outputs,
         )
+        if st.worker:
+            job.accepted_by.add(st.worker)
         if st.state in FINISHED_STATES:
             job.finished.set()
             job.cancel.set()
@@ -189,13 +193,14 @@ class Vote:
         self._fetcher: str | None = None
 
     async def cast(self, worker: str, result_hash: bytes) -> tuple[str, int]:
-        self.results[worker] = result_hash
-        t = voting.tally(self.results, self.replicas, self.max_runs)
-        if t.decided or t.failed:
-            self.tally = t
-            self.decided.set()
-        elif t.more_runs and len(self.results) >= self.replicas:
-            self.extra.set()
+        if not self.decided.is_set():  # once decided, late results change nothing
+            self.results[worker] = result_hash
+            t = voting.tally(self.results, self.replicas, self.max_runs)
+            if t.decided or t.failed:
+                self.tally = t
+                self.decided.set()
+            elif t.more_runs and len(self.results) >= self.replicas:
+                self.extra.set()
         await self.decided.wait()
         assert self.tally is not None
         if worker not in self.tally.winners:
@@ -302,10 +307,15 @@ class Requester:
             with trio.move_on_after(grace):
                 await job.finished.wait()
             used: set[str] = set()
-            if job.replicas == 1:
-                await self._lane(job, None, used)
-            else:
-                await self._replicated(job, used)
+            try:
+                if job.replicas == 1:
+                    await self._lane(job, None, used)
+                else:
+                    await self._replicated(job, used)
+            except Exception as exc:
+                # A bug or a local fault (an input file gone) fails this job, never the node.
+                log.exception("job %s failed", job.job_id)
+                await self._end(job, "failed", error=f"{type(exc).__name__}: {exc}")
             if not job.finished.is_set():
                 await self._end(job, "failed", error=job.error or "no worker completed it")
         if job.cancel.is_set():
@@ -432,8 +442,13 @@ class Requester:
         finished = await fs.receive_a(jobproto.Finished, LEASE)
         job_id = propose_from(finished.proposal).block.transaction.job_id
         job = self.jobs.get(job_id)
-        if job is None or job.finished.is_set() or job.replicas > 1:
-            why = "no such job here" if job is None else "the job is settled already"
+        if (
+            job is None
+            or job.finished.is_set()
+            or job.replicas > 1
+            or worker not in job.accepted_by
+        ):
+            why = "no such job here" if job is None else "no result of yours is owed for this job"
             await fs.send(jobproto.Settle(answer=encode_message(Refuse(job_id, why))))
             await fs.close()
             return
@@ -447,7 +462,9 @@ class Requester:
         # Offers in flight are bounded, overall and per worker (each costs the worker a chain
         # check): a thousand queued jobs must not become a thousand simultaneous streams. The
         # slot is held from the offer until the worker answers it, not while the job runs.
-        slot = _OfferSlot(self._offering, self._per_worker(worker))
+        # The worker's own slot first: jobs queued for a busy worker must not hold global
+        # slots that offers to idle workers need.
+        slot = _OfferSlot(self._per_worker(worker), self._offering)
         try:
             await slot.acquire()
             await self._offer_and_run(job, worker, vote, slot)
@@ -477,8 +494,8 @@ class Requester:
         fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
         try:
             await self._converse(job, worker, fs, vote, slot)
-        except (StreamGone, wire.RemoteProtocolError) as exc:
-            raise AttemptLost(str(exc)) from None
+        except (StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as exc:
+            raise AttemptLost(str(exc) or type(exc).__name__) from None
         finally:
             if not job.finished.is_set():
                 with trio.CancelScope(shield=True):
@@ -509,6 +526,7 @@ class Requester:
         if not isinstance(reply, jobproto.Accept):
             raise wire.RemoteProtocolError(f"{reply.TYPE} instead of an answer to the offer")
         job.state, job.started = "running", time.time()
+        job.accepted_by.add(worker)
         await self._save(job)  # after a restart: wait for this worker's held result first
 
         async def send_chunk(index: int, offset: int, data: bytes) -> None:
@@ -610,12 +628,17 @@ def _safe_layout(entries: tuple[jobproto.FileEntry, ...]) -> bool:
     """stdout, stderr, then output files at relative paths that stay inside the job's folder."""
     if len(entries) < 2 or (entries[0].path, entries[1].path) != (results.STDOUT, results.STDERR):
         return False
+    paths = [e.path for e in entries[2:]]
     try:
-        for entry in entries[2:]:
-            check_relative_path("output", entry.path)
+        for path in paths:
+            check_relative_path("output", path)
     except SpecError:
         return False
-    return True
+    if len(set(paths)) != len(paths):
+        return False
+    # No file may also be a directory of another (`a` and `a/b`): they could not both be stored.
+    files = set(paths)
+    return not any(str(parent) in files for p in paths for parent in Path(p).parents)
 
 
 def _store_files(out_dir: Path, entries: tuple[jobproto.FileEntry, ...], paths: list[Path]) -> None:

@@ -36,13 +36,16 @@ from node.ledger_link import LEDGER, LEDGER_MAX_FRAME, LedgerFrame, LedgerLink
 from rainnet import identity, jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
 from sandbox import Backend, Job, JobResult, JobSpec, SandboxError, SpecError
+from sandbox.job import check_job_id
 from sandbox.spec import check_relative_path
 
 log = logging.getLogger("rainnet.worker")
 
 OFFER_TIMEOUT = 30.0
 PROGRESS_INTERVAL = 2.0
-SETTLE_TIMEOUT = 60.0
+# The requester answers a result within this (plus the job's wall time, for replicas waiting on
+# each other); longer than its own vote timeout (VOTE_SLACK), so it never pays a worker gone.
+SETTLE_TIMEOUT = 180.0
 SEND_TIMEOUT = 30.0
 CHAIN_SYNC_TIMEOUT = 30.0
 MAX_CONCURRENT_OFFERS = 8
@@ -119,7 +122,7 @@ class Worker:
         self._may_start = may_start  # None if the idle policy lets guests in, else why not
         self._open_stream = open_stream
         self.workdir = workdir
-        self.running: dict[str, GuestJob] = {}
+        self.running: dict[tuple[str, str], GuestJob] = {}  # (requester, job id) -> job
         self._offers = trio.Semaphore(MAX_CONCURRENT_OFFERS)
         self.queue = AdmissionQueue(self._fits)
         self.held = HeldResults(workdir.parent / "held")
@@ -132,6 +135,8 @@ class Worker:
         requester = fs.remote_peer
         offer = await fs.receive_a(jobproto.Offer, OFFER_TIMEOUT)
         try:
+            # The id names directories here (and a cgroup, a container): a plain name only.
+            check_job_id(offer.job_id)
             spec = JobSpec.from_wire(_unpack(offer.spec))
             for entry in offer.inputs:
                 check_relative_path("inputs", entry.path)
@@ -148,6 +153,12 @@ class Worker:
         )
         # Checks first (policy, sandbox, credit), bounded in number at once; then the wait for
         # capacity, where requesters with more verified credit go first.
+        key = (requester, offer.job_id)
+        if key in self.running or await self._already_claimed(requester, offer.job_id):
+            # One run per (requester, job id): a repeated offer would get a run for nothing, or
+            # collide with the running one's directory and claim.
+            await self._decline(fs, f"job {offer.job_id} ran here already", 0)
+            return
         async with self._offers:
             checked = await self._admission(requester, spec)
         if isinstance(checked, str):
@@ -157,17 +168,19 @@ class Worker:
         # (No checkpoint between our turn and registering the job: nobody else can take it.)
         why = await self.queue.wait_turn(public, checked, needs, QUEUE_WAIT)
         why = why or self._may_start()  # the owner may have come back while we waited
+        if why is None and key in self.running:
+            why = f"job {offer.job_id} is running here already"
         if why is not None:
             await self._decline(fs, why, 5.0)
             return
         backend = self._backend_for(spec)
-        self.running[offer.job_id] = GuestJob(offer.job_id, requester, needs, time.time())
+        self.running[key] = GuestJob(offer.job_id, requester, needs, time.time())
         try:
             await fs.send(jobproto.Accept(lease_seconds=offer.lease_seconds, backend=backend.name))
             log.info("running job %s for %s on %s", offer.job_id, requester, backend.name)
             await self._run(fs, backend, offer, spec, requester)
         finally:
-            self.running.pop(offer.job_id, None)
+            self.running.pop(key, None)
             self.queue.released()
 
     async def _decline(self, fs: FramedStream, reason: str, retry_after: float) -> None:
@@ -176,6 +189,11 @@ class Worker:
             jobproto.Decline(reason=reason[: jobproto.MAX_REASON], retry_after=retry_after)
         )
         await fs.close()
+
+    async def _already_claimed(self, requester: str, job_id: str) -> bool:
+        public = identity.public_bytes_from_peer_id(requester)
+        exchange = await self.ledger.call(self.ledger.ledger.exchange, public, job_id)
+        return exchange is not None
 
     def _backend_for(self, spec: JobSpec) -> Backend:
         if spec.image is None and "native" in self.backends:
@@ -350,6 +368,11 @@ class Worker:
         except LedgerError as exc:
             log.error("job %s: cannot sign the claim: %s", offer.job_id, exc)
             return
+        if proposal.block.transaction.result_hash != digest:
+            # propose() is idempotent per (requester, job): an earlier claim for this job id
+            # stands, and it is not for this result.
+            log.error("job %s: claimed before for another result; not releasing", offer.job_id)
+            return
         finished = jobproto.Finished(
             exit_code=result.exit_code,
             reason=result.reason.value,
@@ -381,7 +404,8 @@ class Worker:
         sources: Sequence[Path | bytes],
         settle_timeout: float,
     ) -> None:
-        """Offer the result, take the answer, and release the files once we are paid."""
+        """Offer the result, take the answer, and release the files once we are paid for
+        exactly this proposal (an agreement to another of ours must not buy these files)."""
         await fs.send(finished, SEND_TIMEOUT)
         settle = await fs.receive_a(jobproto.Settle, settle_timeout)
         try:
@@ -392,11 +416,14 @@ class Worker:
             log.warning("job %s: %s refused to pay: %s", job_id, requester, answer.reason)
             return
         assert isinstance(answer, Agree)
+        ours = propose_from(finished.proposal).block
         try:
             async with self.ledger.chain_lock(answer.block.public_key):
-                await self.ledger.call(self.ledger.ledger.accept_agreement, answer)
+                exchange = await self.ledger.call(self.ledger.ledger.accept_agreement, answer)
         except RemoteFault as exc:
             raise wire.RemoteProtocolError(f"agreement: {exc}") from None
+        if exchange.proposal.hash != ours.hash:
+            raise wire.RemoteProtocolError("the agreement is for another of our proposals")
         log.info("job %s settled: %.3f CPU-seconds", job_id, finished.cpu_seconds)
 
         async def send_chunk(index: int, offset: int, data: bytes) -> None:

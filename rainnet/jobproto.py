@@ -30,7 +30,7 @@ JOB = "/rain/job/1.0.0"
 RESULT = "/rain/result/1.0.0"
 CHUNK = 256 * 1024
 JOB_MAX_FRAME = CHUNK + 4096
-MAX_SPEC_BYTES = 2 * 1024 * 1024 - 4096
+MAX_SPEC_BYTES = CHUNK  # an Offer must fit one frame (JOB_MAX_FRAME)
 MAX_FILES = 256
 MAX_REASON = 1024
 

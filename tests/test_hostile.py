@@ -20,12 +20,13 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.security.secio import transport as secio
 
-from rainnet import protocols, wire
+from node.ledger_link import LEDGER
+from rainnet import jobproto, protocols, wire
 from rainnet.host import build_host
 from rainnet.identity import Identity
 from tests.nodes import LOOPBACK, Cluster, NodeProcess
 
-RAIN_PROTOCOLS = [protocols.HELLO, protocols.HEARTBEAT]
+RAIN_PROTOCOLS = [protocols.HELLO, protocols.HEARTBEAT, LEDGER, jobproto.JOB, jobproto.RESULT]
 
 
 class TrioPortal:
@@ -138,14 +139,14 @@ msgpack_values = st.recursive(
 )
 typed_maps = st.fixed_dictionaries(
     {
-        "t": st.sampled_from(["hello", "ping", "pong", "hello-reply", "signed-record", "x"]),
+        "t": st.sampled_from([*wire._REGISTRY, "x"]),
         "v": st.integers(0, 2),
     },
+    # Any field name any message has, with values of any shape.
     optional={
-        "nonce": msgpack_values,
-        "record_seq": msgpack_values,
-        "record": msgpack_values,
-        "hints": msgpack_values,
+        name: msgpack_values
+        for cls in wire._REGISTRY.values()
+        for name in cls.__dataclass_fields__  # type: ignore[attr-defined]
     },
 )
 payloads = st.one_of(
@@ -218,4 +219,29 @@ def test_node_still_answers_a_proper_peer_after_abuse(
 
     assert trio.run(hello) == target.peer_id
     assert ID.from_base58(target.peer_id)
+    target.rain("status")
+
+
+def test_a_job_id_that_is_a_path_is_declined(target: NodeProcess, client: TrioPortal) -> None:
+    """The job id names directories on the worker: `..` and friends are refused up front."""
+    from rainnet.streams import FramedStream
+    from sandbox import JobSpec
+
+    spec = msgpack.packb(JobSpec.create(["true"]).to_wire(), use_bin_type=True)
+
+    async def offer(job_id: str) -> wire.Message:
+        info = info_from_p2p_addr(multiaddr.Multiaddr(target.addr))
+        with trio.fail_after(30):
+            await client.host.connect(info)
+            stream = await client.host.new_stream(info.peer_id, [jobproto.JOB])
+            fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
+            await fs.send(jobproto.Offer(job_id, 1, spec, (), 15.0))
+            reply = await fs.receive(25)
+            await fs.reset()
+            return reply
+
+    for job_id in ("..", "../../etc", "/tmp/x", "a/b"):
+        reply = client.run(offer, job_id)
+        assert isinstance(reply, jobproto.Decline), reply
+        assert "job_id" in reply.reason
     target.rain("status")
