@@ -1,15 +1,17 @@
 """Results a worker holds for a requester that went away: `HOME/held/<job id>/`.
 
-When the requester vanishes after its job ran (crash, lost network), the worker keeps the result
-files and its signed Finished message (with the ledger proposal inside) for `HOLD_SECONDS`, and
-settles when the requester is back: it offers the same Finished again, and the exchange goes on
-as if nothing had happened. Each held job is a directory written whole before it is renamed into
-place, so a crash while keeping leaves nothing half-kept. Blocking file I/O: call it from a thread.
+A worker keeps every result it offers, with its signed Finished message (the ledger proposal
+inside), until the files are released or refused: if the requester vanishes after its job ran, or
+the worker dies after being paid, the worker offers the same Finished again when the requester is
+back (for up to `HOLD_SECONDS`), and the exchange goes on as if nothing had happened. Each held job
+is a directory written whole before it is renamed into place, so a crash while keeping leaves
+nothing half-kept. Blocking file I/O: call it from a thread.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -49,8 +51,11 @@ class HeldResults:
             target = staging / str(index)
             if isinstance(source, bytes):
                 target.write_bytes(source)
-            else:
-                shutil.copyfile(source, target)
+                continue
+            try:
+                os.replace(source, target)  # the job's result directory goes away anyway
+            except OSError:
+                shutil.copyfile(source, target)  # another file system
         (staging / FINISHED).write_bytes(wire.encode_payload(finished))
         expires = time.time() + self.hold_seconds
         (staging / META).write_text(json.dumps({"requester": requester, "expires": expires}))

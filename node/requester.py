@@ -51,6 +51,7 @@ MAX_EXTRA_REPLICAS = 2  # runs beyond --replicas to break a disagreement
 MAX_OFFERS_IN_FLIGHT = 32  # offers awaiting an answer, all workers together
 OFFERS_PER_WORKER = 4  # ...and to any one worker
 VOTE_SLACK = 120.0  # beyond the job's wall-time limit, how long a replica waits for the others
+RESULT_WAIT = 3600.0  # paid for a result whose transfer broke: how long to wait for it again
 RESUME_GRACE = 20.0  # after a restart, how long a job that was running waits for its worker
 MAX_KEPT_OUTPUT = 1 << 20
 MAX_RESULT_BYTES = 1 << 30
@@ -216,6 +217,11 @@ class AttemptLost(Exception):
 
 class Unreachable(Exception):
     """The worker could not be reached at all (nothing was offered, nothing lost)."""
+
+
+class PaidAwaitingResult(StreamGone):
+    """We countersigned the result, then its files did not arrive: the worker holds them and
+    offers them again (jobproto.RESULT); running the job elsewhere would only be unpaid work."""
 
 
 class Declined(Exception):
@@ -407,6 +413,16 @@ class Requester:
                 self._unreachable[worker] = trio.current_time() + UNREACHABLE_PAUSE
                 used.discard(worker)
                 job.state, job.worker = "queued", None
+            except PaidAwaitingResult as exc:
+                log.warning(
+                    "job %s: paid %s, result not received (%s); waiting", job.job_id, worker, exc
+                )
+                with trio.move_on_after(RESULT_WAIT):
+                    await job.finished.wait()
+                await self._end(
+                    job, "failed", error="paid, but the worker never delivered the result"
+                )
+                return
             except AttemptLost as exc:
                 lost += 1
                 log.warning("job %s lost on %s: %s; trying another worker", job.job_id, worker, exc)
@@ -494,6 +510,8 @@ class Requester:
         fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
         try:
             await self._converse(job, worker, fs, vote, slot)
+        except PaidAwaitingResult:
+            raise
         except (StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as exc:
             raise AttemptLost(str(exc) or type(exc).__name__) from None
         finally:
@@ -608,9 +626,12 @@ class Requester:
             return
         out_dir = self.jobs_dir / job.job_id
         incoming = transfer.Incoming(finished.outputs, out_dir / ".partial")
-        paths = await transfer.receive(
-            fs, incoming, jobproto.OutputChunk, jobproto.OutputDone, LEASE
-        )
+        try:
+            paths = await transfer.receive(
+                fs, incoming, jobproto.OutputChunk, jobproto.OutputDone, LEASE
+            )
+        except (StreamGone, wire.RemoteProtocolError) as exc:
+            raise PaidAwaitingResult(str(exc)) from None
         await trio.to_thread.run_sync(_store_files, out_dir, finished.outputs, paths)
         job.stdout[:] = await trio.to_thread.run_sync(_head, out_dir / "stdout")
         job.stderr[:] = await trio.to_thread.run_sync(_head, out_dir / "stderr")

@@ -384,16 +384,18 @@ class Worker:
             proposal=encode_message(proposal),
         )
         # Replicas of the job wait for each other before the requester answers.
+        # Keep the result with our signed claim before offering it: if the requester vanishes,
+        # or this node dies after being paid, it is settled or released when both are back
+        # (deliver_held). It goes only once released, or refused.
+        await trio.to_thread.run_sync(self.held.keep, offer.job_id, requester, finished, sources)
+        _, paths = await trio.to_thread.run_sync(self.held.load, offer.job_id)
         timeout = SETTLE_TIMEOUT + spec.limits.wall_seconds
         try:
-            await self._exchange(fs, offer.job_id, requester, finished, sources, timeout)
+            await self._exchange(fs, offer.job_id, requester, finished, paths, timeout)
         except StreamGone as exc:
-            # The requester went away after its job ran: keep the result and our signed claim,
-            # and settle when it is back (deliver_held).
-            await trio.to_thread.run_sync(
-                self.held.keep, offer.job_id, requester, finished, sources
-            )
             log.info("job %s: requester gone (%s); holding its result", offer.job_id, exc)
+            return
+        await trio.to_thread.run_sync(self.held.drop, offer.job_id)
 
     async def _exchange(
         self,
