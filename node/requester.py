@@ -68,6 +68,7 @@ class JobRecord:
     replicas: int = 1  # run on this many distinct workers and compare results
     # Workers that accepted an attempt: only they may offer a held result for this job.
     accepted_by: set[str] = field(default_factory=set)
+    settling: bool = False  # a result is being settled or received: no second one at once
     submitted: float = field(default_factory=time.time)
     state: str = "queued"  # queued, offering, running, settling, done, failed, cancelled
     worker: str | None = None
@@ -462,6 +463,7 @@ class Requester:
             job is None
             or job.finished.is_set()
             or job.replicas > 1
+            or job.settling
             or worker not in job.accepted_by
         ):
             why = "no such job here" if job is None else "no result of yours is owed for this job"
@@ -568,6 +570,25 @@ class Requester:
                 raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
 
     async def _settle(
+        self,
+        job: JobRecord,
+        worker: str,
+        fs: FramedStream,
+        finished: jobproto.Finished,
+        vote: Vote | None,
+    ) -> None:
+        if vote is not None:  # replicas settle side by side, by design
+            await self._settle_one(job, worker, fs, finished, vote)
+            return
+        if job.settling:
+            raise wire.RemoteProtocolError("another result of this job is being settled")
+        job.settling = True
+        try:
+            await self._settle_one(job, worker, fs, finished, None)
+        finally:
+            job.settling = False
+
+    async def _settle_one(
         self,
         job: JobRecord,
         worker: str,

@@ -127,6 +127,7 @@ class Worker:
         self.queue = AdmissionQueue(self._fits)
         self.held = HeldResults(workdir.parent / "held")
         self._delivering: set[str] = set()
+        self._in_exchange: set[str] = set()  # held results offered on their job stream now
 
     # ----- the stream handler -----------------------------------------------------------------
 
@@ -390,11 +391,14 @@ class Worker:
         await trio.to_thread.run_sync(self.held.keep, offer.job_id, requester, finished, sources)
         _, paths = await trio.to_thread.run_sync(self.held.load, offer.job_id)
         timeout = SETTLE_TIMEOUT + spec.limits.wall_seconds
+        self._in_exchange.add(offer.job_id)  # deliver_held leaves it alone meanwhile
         try:
             await self._exchange(fs, offer.job_id, requester, finished, paths, timeout)
         except StreamGone as exc:
             log.info("job %s: requester gone (%s); holding its result", offer.job_id, exc)
             return
+        finally:
+            self._in_exchange.discard(offer.job_id)
         await trio.to_thread.run_sync(self.held.drop, offer.job_id)
 
     async def _exchange(
@@ -448,6 +452,8 @@ class Worker:
 
     async def _deliver_held(self, requester: str) -> None:
         for job_id in await trio.to_thread.run_sync(self.held.for_requester, requester):
+            if job_id in self._in_exchange:
+                continue  # being offered on its own job stream right now
             try:
                 finished, paths = await trio.to_thread.run_sync(self.held.load, job_id)
                 stream = await self._open_stream(requester, jobproto.RESULT)

@@ -33,7 +33,9 @@ pytest_plugins = ["tests.sandbox_fixtures"]
 
 
 def test_a_fork_bomb_stops_at_the_pids_limit(backend: Backend) -> None:
-    bomb = "bomb() { bomb | bomb & }; bomb; sleep 30"
+    # `exec sleep`: the shell becomes the sleep without a fork, which the exhausted pids limit
+    # may refuse (the job would then end early with an error instead of at its wall time).
+    bomb = "bomb() { bomb | bomb & }; bomb; exec sleep 30"
     spec = JobSpec.create(
         ["sh", "-c", bomb], image=image_for(backend), limits=Limits(pids=32, wall_seconds=2)
     )
