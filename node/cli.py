@@ -33,6 +33,26 @@ class CliError(Exception):
     """A failure to report to the user as one line (exit status 1), without a traceback."""
 
 
+def size_arg(text: str) -> int:
+    """argparse type for sizes (`512M`), so every command reads them alike."""
+    from node.units import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def duration_arg(text: str) -> float:
+    """argparse type for durations (`30s`, `10m`)."""
+    from node.units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with a known `command`, only that command's module is imported."""
     parser = argparse.ArgumentParser(prog="rain", description="rainnet: pooled idle computers.")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.cli import CliError
+from node.cli import CliError, duration_arg, size_arg
 from node.cli_node import ask
 from node.units import parse_duration, parse_size
 
@@ -26,8 +26,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("submit", help="run a command on an idle peer, paid in credit")
     p.add_argument("--file", type=Path, metavar="JOB.toml", help="job file; flags override it")
     p.add_argument("--cpus", type=float, help="CPUs (default 1)")
-    p.add_argument("--mem", type=_size, help="memory, like 512M or 2G (default 512M)")
-    p.add_argument("--time", type=_duration, help="wall time limit (default 10m)")
+    p.add_argument("--mem", type=size_arg, help="memory, like 512M or 2G (default 512M)")
+    p.add_argument("--time", type=duration_arg, help="wall time limit (default 10m)")
     p.add_argument("--gpus", type=int, help="GPUs (default 0)")
     p.add_argument(
         "--array",
@@ -76,20 +76,6 @@ def register(sub: Any) -> None:
     p = sub.add_parser("cancel", help="cancel a job (the worker stops it and is freed)")
     p.add_argument("job_id", metavar="JOB")
     p.set_defaults(func=cmd_cancel)
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # 10 minutes by default: a worker admits a job only if its worst case (CPUs x time) keeps the

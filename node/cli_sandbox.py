@@ -16,9 +16,9 @@ from typing import Any
 
 import trio
 
-from node.cli import CliError
+from node.cli import CliError, duration_arg, size_arg
 from node.home import resolve_home
-from node.units import format_size, parse_duration, parse_size
+from node.units import format_size, parse_size
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxError
 from sandbox.output import Stream
@@ -41,11 +41,11 @@ def register(sub: Any) -> None:
     run = cmds.add_parser("run", help="run a local job and print its result")
     run.add_argument("--backend", choices=("auto", "docker", "native"), default="auto")
     run.add_argument("--cpus", type=_cpus, default=1.0, help="CPU cores (default 1)")
-    run.add_argument("--mem", type=_size, default=parse_size("512M"), help="memory (512M)")
-    run.add_argument("--time", type=_duration, default=600.0, help="wall time (default 10m)")
-    run.add_argument("--cpu-time", type=_duration, help="CPU time limit (default none)")
+    run.add_argument("--mem", type=size_arg, default=parse_size("512M"), help="memory (512M)")
+    run.add_argument("--time", type=duration_arg, default=600.0, help="wall time (default 10m)")
+    run.add_argument("--cpu-time", type=duration_arg, help="CPU time limit (default none)")
     run.add_argument("--pids", type=int, default=256, help="processes (default 256)")
-    run.add_argument("--disk", type=_size, default=parse_size("1G"), help="largest file (1G)")
+    run.add_argument("--disk", type=size_arg, default=parse_size("1G"), help="largest file (1G)")
     run.add_argument("--image", help="a local Docker image to run in (docker backend)")
     run.add_argument("--net", action="store_true", help="give the job network access")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
@@ -63,20 +63,6 @@ def register(sub: Any) -> None:
 
 
 # -- argument types --------------------------------------------------------------------------
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cpus(text: str) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -114,11 +113,9 @@ def test_cancel_reaches_the_worker_and_frees_it(cluster: Cluster) -> None:
         20,
         "the job is cancelled",
     )
-    # The worker is free again: a new job runs at once.
-    started = time.monotonic()
+    # The worker is free again: a new job runs (its only worker would refuse it if not).
     res = requester.rain("submit", "--wait", "--", "echo", "next", timeout=60)
     assert res.stdout == "next\n"
-    assert time.monotonic() - started < 30
     assert _credit(worker)["earned"] > 0  # paid for the second job only
     assert _credit(worker)["exchanges"] == 1
 
