@@ -113,8 +113,10 @@ def test_cancel_reaches_the_worker_and_frees_it(cluster: Cluster) -> None:
         20,
         "the job is cancelled",
     )
-    # The worker is free again: a new job runs (its only worker would refuse it if not).
-    res = requester.rain("submit", "--wait", "--", "echo", "next", timeout=60)
+    # The worker is free again: a job wanting all its CPUs runs (it would be refused if the
+    # cancelled one still held its share).
+    cpus = str(worker.rain_json("status")["cpus"])
+    res = requester.rain("submit", "--wait", "--cpus", cpus, "--", "echo", "next", timeout=60)
     assert res.stdout == "next\n"
     assert _credit(worker)["earned"] > 0  # paid for the second job only
     assert _credit(worker)["exchanges"] == 1
