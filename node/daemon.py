@@ -7,8 +7,12 @@ socket, and a few loops, each owning one concern:
 - dialer: contacts candidates whose backoff has run out with a hello (signed records both ways);
 - watchers: one task per live peer keeps a heartbeat stream (ping/pong) and records each success;
 - expiry: drops peers whose last contact is older than `peer_timeout`;
-- publisher: keeps our signed record in the DHT and our provider record for workers.
-Decisions live in the sans-io `Membership`; this module only moves bytes and time.
+- publisher: keeps our signed record in the DHT and our provider record for workers;
+- the idle policy's watch (node.idle_signals), which sets our state and freezes guests;
+- the worker (node.worker) and requester (node.requester) ends of the job protocol, the
+  ledger's protocol (node.ledger_link) and circuit relay (rainnet.relay).
+Decisions live in sans-io modules (membership, scheduler, idle policy, voting, the ledger); this
+module wires them to the host and moves bytes and time.
 """
 
 from __future__ import annotations
@@ -399,7 +403,7 @@ class Node:
                 )
 
     async def _publish_loop(self) -> None:
-        """Keep our record and provider entry in the DHT: at the first peer, on change, hourly."""
+        """Publish our record and provider entry: at the first peer, on change, each minute."""
         while True:
             await trio.sleep(1.0)
             if not self.membership.live_peers():
