@@ -20,6 +20,8 @@ import trio
 from rainnet import jobproto, wire
 from rainnet.streams import FramedStream
 
+MIN_RATE = 256 * 1024  # bytes/s: the slowest transfer a job or a result is allowed
+
 
 class TransferError(wire.RemoteProtocolError):
     """The sender broke the announced manifest (order, size or hash): the sender's fault."""
@@ -80,17 +82,26 @@ async def receive(
     done_type: type[jobproto.InputDone] | type[jobproto.OutputDone],
     timeout: float,
 ) -> list[Path]:
-    """Receive chunks until the done message; the checked files' paths."""
-    try:
-        while True:
-            msg = await fs.receive(timeout)
-            if isinstance(msg, done_type):
-                return await trio.to_thread.run_sync(incoming.finish)
-            if not isinstance(msg, chunk_type):
-                raise TransferError(f"{msg.TYPE} in the middle of a file transfer")
-            await trio.to_thread.run_sync(incoming.add, msg.index, msg.offset, msg.data)
-    finally:
-        incoming.close()
+    """Receive chunks until the done message; the checked files' paths.
+
+    `timeout` bounds the wait for each message; the whole transfer is bounded too, by the
+    announced size at MIN_RATE, so a sender trickling a chunk just inside `timeout` cannot hold
+    a job's slot (or a result) for ever.
+    """
+    total = sum(e.size for e in incoming.entries)
+    with trio.move_on_after(timeout + total / MIN_RATE) as scope:
+        try:
+            while True:
+                msg = await fs.receive(timeout)
+                if isinstance(msg, done_type):
+                    return await trio.to_thread.run_sync(incoming.finish)
+                if not isinstance(msg, chunk_type):
+                    raise TransferError(f"{msg.TYPE} in the middle of a file transfer")
+                await trio.to_thread.run_sync(incoming.add, msg.index, msg.offset, msg.data)
+        finally:
+            incoming.close()
+    assert scope.cancelled_caught
+    raise TransferError(f"{total} bytes announced, not sent at {MIN_RATE >> 10} KiB/s or more")
 
 
 def file_entry(path: str, source: Path) -> jobproto.FileEntry:

@@ -160,8 +160,10 @@ class Worker:
             # collide with the running one's directory and claim.
             await self._decline(fs, f"job {offer.job_id} ran here already", 0)
             return
-        async with self._offers:
-            checked = await self._admission(requester, spec)
+        checked: int | str = "busy: too many offers are being checked here"
+        with trio.move_on_after(OFFER_TIMEOUT):  # never wait unbounded for a checking slot
+            async with self._offers:
+                checked = await self._admission(requester, spec)
         if isinstance(checked, str):
             await self._decline(fs, checked, 5.0)
             return
