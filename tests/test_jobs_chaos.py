@@ -26,16 +26,22 @@ def _history_jobs(node: NodeProcess) -> list[str]:
     return [r["job"] for r in rows]
 
 
-def test_a_restarted_requester_takes_its_jobs_back(cluster: Cluster) -> None:
+def _worker_and_requester(cluster: Cluster) -> tuple[NodeProcess, NodeProcess]:
+    """A worker, and a requester that joins through it (so after a restart on a new port, the
+    requester finds the worker again)."""
     worker = cluster.start(*WORKER)
     worker.wait_ready()
-    # The requester joins through the worker, so after a restart (on a new port) it finds it again.
     requester = cluster.start(
         "--listen", LOOPBACK, "--no-mdns", "--lend", "never", "--bootstrap", worker.addr, name="req"
     )
     requester.wait_ready()
     wait_until(lambda: all_see_each_other([requester, worker]), 30, "two nodes meet")
     wait_until(lambda: requester.peers()[0]["backends"] != [], 20, "the worker's sandbox shows")
+    return worker, requester
+
+
+def test_a_restarted_requester_takes_its_jobs_back(cluster: Cluster) -> None:
+    worker, requester = _worker_and_requester(cluster)
 
     job_id = requester.rain("submit", "--", "sh", "-c", "sleep 2; echo survived").stdout.strip()
     wait_until(lambda: _jobs(requester)[job_id]["state"] == "running", 30, "the job runs")
@@ -102,14 +108,7 @@ def test_chaos_every_job_completes_exactly_once(cluster: Cluster) -> None:
 def test_a_vanished_requester_is_paid_for_when_it_returns(cluster: Cluster) -> None:
     """The requester dies while its job runs; the worker finishes it, holds the result and its
     signed claim, and settles when the requester is back: done once, paid once."""
-    worker = cluster.start(*WORKER)
-    worker.wait_ready()
-    requester = cluster.start(
-        "--listen", LOOPBACK, "--no-mdns", "--lend", "never", "--bootstrap", worker.addr, name="req"
-    )
-    requester.wait_ready()
-    wait_until(lambda: all_see_each_other([requester, worker]), 30, "two nodes meet")
-    wait_until(lambda: requester.peers()[0]["backends"] != [], 20, "the worker's sandbox shows")
+    worker, requester = _worker_and_requester(cluster)
 
     job_id = requester.rain("submit", "--", "sh", "-c", "sleep 2; echo kept").stdout.strip()
     wait_until(lambda: _jobs(requester)[job_id]["state"] == "running", 30, "the job runs")
