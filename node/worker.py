@@ -1,16 +1,19 @@
 """The worker's end of the job protocol: take an offer, run the job in the sandbox, get paid.
 
 One trio task per job stream (`/rain/job/1.0.0`, see rainnet.jobproto). The order of a job:
-1. the offer is checked: spec valid, the idle policy lets guests in, capacity is free, a sandbox
-   backend can run it, and the requester's verified balance stays above the credit floor (we
-   fetch and verify the requester's chain from it first);
-2. accepted, the job runs in the sandbox; its output streams to the requester live, with
-   progress reports that double as the lease's heartbeat; a Cancel stops it;
+1. the offer is checked: a plain job id not run here before, a valid spec, the idle policy lets
+   guests in, a sandbox backend can run it, and the requester's verified balance stays above
+   the credit floor (we fetch and verify the requester's chain from it first); then it waits
+   briefly for capacity, where requesters with more verified credit go first;
+2. accepted, its inputs arrive in hash-checked chunks and the job runs in the sandbox; its
+   output streams to the requester live, with progress reports that double as the lease's
+   heartbeat; a Cancel stops it;
 3. at its end the worker signs a ledger proposal for the measured CPU-seconds against the hash
-   of the result manifest, and sends it with the manifest;
-4. only after the requester's countersigned agreement is stored does the worker release the
-   result files, in bounded chunks.
-If the requester goes away, the job is cancelled and nothing is claimed.
+   of the result manifest, keeps the result (node.held), and offers it with the manifest;
+4. only after the requester's agreement to that very proposal is stored does the worker
+   release the result files, in bounded chunks.
+If the requester goes away, the job runs on and its result is held: it is settled when the
+requester is back (deliver_held).
 """
 
 from __future__ import annotations
