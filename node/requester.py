@@ -8,7 +8,10 @@
 3. checks the worker's proposal (the manifest it announced hashes to the hash it signed; the
    amount is within the job's limits) and countersigns it in the ledger;
 4. receives the result files in bounded chunks and checks each against the signed manifest.
-Every step is bounded; every job ends done, failed or cancelled.
+A job is on disk (node.jobstore) from its submission, and driven again after a restart; a job
+with `replicas` > 1 runs on that many workers and is decided by node.voting; a worker that held
+a result while we were away offers it through `handle_result`. A job is paid at most once (the
+ledger's `max_payees`). Every step is bounded; every job ends done, failed or cancelled.
 """
 
 from __future__ import annotations
