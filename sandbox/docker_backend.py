@@ -33,7 +33,7 @@ import os
 import socket
 import tarfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, cast
 
 import trio
@@ -342,10 +342,6 @@ class DockerJob(Job):
         self._sock: trio.socket.SocketType | None = None
         self._oom_killed = False
         self._leaf_pids_hits = 0
-
-    @property
-    def cgroup_path(self) -> PurePosixPath:
-        return self._config.cgroup_base / self.id
 
     async def _launch(self) -> None:
         import docker.errors

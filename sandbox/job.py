@@ -22,7 +22,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, ClassVar
 
 import trio
@@ -103,6 +103,11 @@ class Job(abc.ABC):
         self._final_cpu_ns: int | None = None
         self._result: JobResult | None = None
         self._error: BaseException | None = None
+
+    @property
+    def cgroup_path(self) -> PurePosixPath:
+        """The job's cgroup, relative to each hierarchy's root (both backends put it here)."""
+        return self._config.cgroup_base / self.id
 
     # -- the node's API --------------------------------------------------------------------------
 

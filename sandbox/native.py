@@ -26,7 +26,7 @@ import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import cast
 
 import trio
@@ -293,10 +293,6 @@ class NativeJob(Job):
         self._cgroup: cgroups.JobCgroup | None = None
         self._proc: trio.Process | None = None
         self._peak_sampled = 0
-
-    @property
-    def cgroup_path(self) -> PurePosixPath:
-        return self._config.cgroup_base / self.id
 
     async def _launch(self) -> None:
         b = self.backend
