@@ -24,6 +24,12 @@ DEFAULT_UID_COUNT = 4096
 UID_SLOTS = 40_000
 
 
+def uid_base_for(place: Path) -> int:
+    """The first uid of the range that belongs to `place` (a node's home, a test's root)."""
+    digest = hashlib.sha256(str(place).encode()).digest()
+    return DEFAULT_UID_BASE + int.from_bytes(digest[:4], "big") % UID_SLOTS * DEFAULT_UID_COUNT
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     workdir: Path  # job directories live here while their jobs run
@@ -48,18 +54,16 @@ class SandboxConfig:
         Each home also gets a cgroup subtree and a uid range of its own, so several nodes on one
         machine (test clusters, a multi-user host) never sweep, count or share each other's jobs.
         """
-        digest = hashlib.sha256(str(home).encode()).digest()
-        tag = digest.hex()[:12]
+        tag = hashlib.sha256(str(home).encode()).hexdigest()[:12]
         workdir = home / "sandbox" / "jobs"
         if os.geteuid() == 0 and untraversable(workdir) is not None:
             workdir = Path("/var/lib/rainnet/sandbox") / tag
-        slot = int.from_bytes(digest[:4], "big") % UID_SLOTS
         return cls(
             workdir=workdir,
             policy=policy or WorkerPolicy(),
             docker_url=docker_url,
             cgroup_name=f"rainnet-{tag}",
-            uid_base=DEFAULT_UID_BASE + slot * DEFAULT_UID_COUNT,
+            uid_base=uid_base_for(home),
         )
 
     @property

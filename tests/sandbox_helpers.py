@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from sandbox import cgroups
-from sandbox.config import SandboxConfig
+from sandbox.config import SandboxConfig, uid_base_for
 from sandbox.job import Backend, Job
 from sandbox.policy import WorkerPolicy
 from sandbox.selftest import processes_of_uid
@@ -47,6 +47,9 @@ def run(fn: Callable[..., Any], *args: Any) -> Any:
 
 def make_config(root: Path, **kw: Any) -> SandboxConfig:
     policy = kw.pop("policy", WorkerPolicy())
+    # A uid range of its own, as every node home has: uids of another backend's jobs (or their
+    # zombies, on a machine whose PID 1 does not reap) must not look like this one's leftovers.
+    kw.setdefault("uid_base", uid_base_for(root))
     return SandboxConfig(workdir=root / "jobs", policy=policy, **kw)
 
 
