@@ -547,7 +547,7 @@ class Node:
             try:
                 if peer is not None and peer.addrs:
                     await rrelay.connect(self._host, peer_id, peer.addrs, timeout - 1)
-                return await self._host.new_stream(ID.from_base58(peer_id), [protocol])
+                return await rhost.open_stream(self._host, ID.from_base58(peer_id), protocol)
             except Exception as exc:
                 raise StreamGone(f"cannot open {protocol} to {peer_id}: {exc!r}") from None
         raise StreamGone(f"cannot open {protocol} to {peer_id} within {timeout:.0f} s")

@@ -13,6 +13,7 @@ This is the only module (with the node's runtime) that imports libp2p. Choices m
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.multiselect import MULTISELECT_PROTOCOL_ID
 from libp2p.rcmgr.manager import ResourceLimits, ResourceManager
 from libp2p.records.pubkey import PublicKeyValidator
 from libp2p.records.validator import NamespacedValidator, Validator
@@ -34,6 +36,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils.varint import encode_delim
 
 from rainnet import records
 from rainnet.identity import Identity
@@ -104,6 +107,11 @@ Yamux._write_frame = _atomic_write_frame
 
 
 def build_host(identity: Identity) -> Any:
+    # py-libp2p's yamux sends a WINDOW_UPDATE frame for every read by default ("release on
+    # read"); multistream-select reads varints a byte at a time, so every stream opened cost a
+    # dozen extra encrypted frames, and every message one more. Off, credit is returned when
+    # half the window is consumed, as go-yamux does. The library reads this at call time.
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     key_pair = libp2p_key_pair(identity)
     security = {
         NOISE_PROTOCOL_ID: NoiseTransport(
@@ -136,6 +144,67 @@ def build_host(identity: Identity) -> Any:
     if str(host.get_id()) != identity.peer_id:
         raise RuntimeError("libp2p derived a different peer id from our key")
     return host
+
+
+_MULTISTREAM = encode_delim(MULTISELECT_PROTOCOL_ID.encode())
+
+
+async def open_stream(host: Any, peer_id: ID, protocol: str) -> Any:
+    """A new stream to `peer_id` (connected already) for `protocol`, negotiated lazily.
+
+    py-libp2p's `new_stream` runs multistream-select as two round trips (the header, then the
+    protocol) before the first byte of ours may go out: about half of what opening a job
+    stream cost. Here the header and the protocol go out at once, our first message may follow
+    without waiting, and the listener's echo of both is checked when we first read (as
+    go-multistream's lazy client does). A listener that does not speak `protocol` answers "na":
+    the first read then fails, as opening would have.
+    """
+    stream = await host.get_network().new_stream(peer_id)
+    proposal = _MULTISTREAM + encode_delim(protocol.encode())
+    try:
+        await stream.write(proposal)
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await stream.reset()
+        raise
+    stream.set_protocol(protocol)
+    return _LazilyNegotiated(stream, proposal)
+
+
+class _LazilyNegotiated:
+    """A stream whose multistream-select answer (the echo of what we proposed) still waits in
+    front of the data; `read` checks and drops it first. Everything else is the stream's."""
+
+    def __init__(self, stream: Any, echo: bytes) -> None:
+        self._stream = stream
+        self._echo = echo
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def read(self, n: int | None = None) -> bytes:
+        while self._echo:
+            data: bytes = await self._stream.read(len(self._echo))
+            if not data:
+                return data  # closed before it answered
+            if not self._echo.startswith(data):
+                raise ProtocolNotSupported(f"the peer refused {self._stream.get_protocol()}")
+            self._echo = self._echo[len(data) :]
+        rest: bytes = await self._stream.read(n)
+        return rest
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+    async def reset(self) -> None:
+        await self._stream.reset()
+
+
+class ProtocolNotSupported(Exception):
+    """The remote answered our lazily proposed protocol with something else ("na")."""
 
 
 async def _membership_decides_dials() -> None:
