@@ -170,6 +170,25 @@ class ChainPage:
         last = self.blocks[-1].sequence if self.blocks else self.since
         return self.head > last
 
+    def after(self, sequence: int) -> ChainPage:
+        """The same page without its blocks up to `sequence` (which the reader holds already)
+        and without the counterparty halves that went with them."""
+        if sequence <= self.since:
+            return self
+        blocks = tuple(b for b in self.blocks if b.sequence > sequence)
+        kept = {b.sequence for b in blocks}
+        # An agreement block of this chain links to a proposal on another; a proposal block is
+        # answered by an agreement on another that links back to it.
+        proposals = {(b.link_public_key, b.link_sequence) for b in blocks if not b.is_proposal}
+
+        def goes_with_a_kept_block(half: HalfBlock) -> bool:
+            if half.is_proposal:
+                return half.position in proposals
+            return half.link_public_key == self.public_key and half.link_sequence in kept
+
+        linked = tuple(h for h in self.linked if goes_with_a_kept_block(h))
+        return ChainPage(self.public_key, sequence, blocks, linked, self.head)
+
     def to_wire(self) -> Wire:
         return {
             "pk": self.public_key,

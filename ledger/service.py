@@ -396,10 +396,15 @@ class Ledger:
 
     # --- admission ----------------------------------------------------------------------------
 
+    def verified_state(self, public_key: bytes) -> ChainState | None:
+        """How far we hold `public_key`'s chain verified, and its balance there (None: never
+        fetched)."""
+        with self._store.read() as txn:
+            return txn.chain_state(public_key)
+
     def verified_balance(self, public_key: bytes) -> Balance | None:
         """Balance of the verified prefix we hold of `public_key`'s chain (None: never fetched)."""
-        with self._store.read() as txn:
-            state = txn.chain_state(public_key)
+        state = self.verified_state(public_key)
         return None if state is None else state.balance
 
     def admit(self, requester: bytes, limits: JobLimits) -> Balance:
@@ -462,6 +467,30 @@ class Ledger:
                 if late is not None:
                     linked.append(late)
         return ChainPage(pk, request.since, tuple(blocks), tuple(linked), head)
+
+    def catch_up(
+        self, public_key: bytes, offered: ChainPage | None, limit: int = MAX_PAGE_BLOCKS
+    ) -> ChainRequest | None:
+        """Bring our verified copy of `public_key`'s chain up to the head of `offered`, a page
+        its owner volunteered (with a job offer) without being asked; None if that sufficed,
+        else the ChainRequest to ask it for the rest.
+
+        The page is used only where it continues what we verified (overlap is dropped), and
+        only when no late agreements are owed to us (those need a request). Trusting the head
+        it names is no weaker than asking: either way the chain's owner says where it ends.
+        """
+        request = self.chain_request(public_key, limit)
+        if offered is None or request.pending:
+            return request
+        if offered.public_key != public_key:
+            raise MalformedMessage("the chain offered is not the requester's")
+        if offered.head <= request.since:
+            return None  # we verified that far already
+        if not offered.since <= request.since < offered.since + len(offered.blocks):
+            return request  # a gap between what we hold and the page
+        if self.ingest_page(offered.after(request.since)).more:
+            return self.chain_request(public_key, limit)
+        return None
 
     def ingest_page(self, page: ChainPage) -> SyncResult:
         """Verify a page of a peer's chain against what we hold, and store it.

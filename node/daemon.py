@@ -241,7 +241,7 @@ class Node:
         self.idle = PolicyWatch(
             Sampler(policy, guest_cpu=lambda: guest_cpu_seconds(sandbox_config)),
             IdlePolicy(policy),
-            guests_running=lambda: bool(self.worker and self.worker.running),
+            guests_running=lambda: bool(self.worker and self.worker.in_sandbox()),
             on_decision=self._on_policy,
         )
         if self.backends:
@@ -573,13 +573,15 @@ class Node:
         public = identity.public_bytes_from_peer_id(peer_id)
         fs = FramedStream(await self.open_stream(peer_id, LEDGER), (LedgerFrame,), LEDGER_MAX_FRAME)
         try:
-            result = await self.ledger.sync_chain(fs, public)
+            await self.ledger.sync_chain(fs, public)
         finally:
             await fs.close()
-        balance = result.balance
+        state = await self.ledger.call(self.ledger.ledger.verified_state, public)
+        assert state is not None  # just fetched and verified
+        balance = state.balance
         return {
             "peer_id": peer_id,
-            "verified_blocks": result.verified,
+            "verified_blocks": state.verified,
             "balance": balance.balance_milli / 1000,
             "earned": balance.earned_milli / 1000,
             "spent": balance.spent_milli / 1000,

@@ -37,7 +37,8 @@ class HeldResults:
         requester: str,
         finished: jobproto.Finished,
         sources: Sequence[Path | bytes],
-    ) -> None:
+    ) -> list[Path]:
+        """Hold the result of `job_id` (its files move here); the paths of the held files."""
         check_job_id(job_id)  # it names a directory here
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.drop(job_id)  # held twice (a retry): the newer copy replaces the older
@@ -60,6 +61,7 @@ class HeldResults:
         expires = time.time() + self.hold_seconds
         (staging / META).write_text(json.dumps({"requester": requester, "expires": expires}))
         staging.replace(self.directory / job_id)
+        return [self.directory / job_id / str(i) for i in range(len(sources))]
 
     def job_ids(self) -> list[str]:
         if not self.directory.is_dir():

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
 
 from ledger.errors import RemoteFault
 from ledger.messages import (
+    MAX_PAGE_BLOCKS,
     ChainPage,
     ChainRequest,
     ForkProofs,
@@ -31,27 +31,21 @@ from ledger.messages import (
     decode_message,
     encode_message,
 )
-from ledger.service import Ledger, SyncResult
+from ledger.service import Ledger
 from rainnet import wire
+from rainnet.ledgerproto import LEDGER, LEDGER_MAX_FRAME, LedgerFrame
 from rainnet.streams import FramedStream
+
+__all__ = ["LEDGER", "LEDGER_MAX_FRAME", "LedgerFrame", "LedgerLink", "frame", "unframe"]
 
 log = logging.getLogger("rainnet.ledger")
 
-LEDGER = "/rain/ledger/1.0.0"
-MAX_LEDGER_MESSAGE = 1 << 20
-LEDGER_MAX_FRAME = MAX_LEDGER_MESSAGE + 1024
 REQUEST_TIMEOUT = 20.0
 MAX_REQUESTS_PER_STREAM = 1024
 # A peer's whole chain is fetched in at most this many pages (256 blocks each: ~1M blocks).
 MAX_PAGES = 4096
 MAX_CHAIN_LOCKS = 4096
 T = TypeVar("T")
-
-
-@wire.message("ledger")
-@dataclass(frozen=True)
-class LedgerFrame(wire.Message):
-    body: bytes = field(metadata=wire.limit(MAX_LEDGER_MESSAGE))
 
 
 def frame(msg: LedgerMessage) -> LedgerFrame:
@@ -123,26 +117,37 @@ class LedgerLink:
 
     # ----- asking -----------------------------------------------------------------------------
 
-    async def sync_chain(self, fs: FramedStream, public_key: bytes) -> SyncResult:
-        """Fetch and verify the part of `public_key`'s chain we do not hold yet, page by page.
+    async def sync_chain(
+        self,
+        fs: FramedStream,
+        public_key: bytes,
+        offered: ChainPage | None = None,
+        page_blocks: int = MAX_PAGE_BLOCKS,
+    ) -> None:
+        """Fetch and verify the part of `public_key`'s chain we do not hold yet, page by page,
+        over `fs` (a ledger stream, or the job stream of an offer), after using the page the
+        peer `offered` unasked if it fits (see Ledger.catch_up).
 
         Raises RemoteFault (bad block, fork) through RemoteProtocolError: the peer is at fault.
         """
-        result: SyncResult | None = None
-        for _ in range(MAX_PAGES):
-            request = await self.call(self.ledger.chain_request, public_key)
-            await fs.send(frame(request), REQUEST_TIMEOUT)
-            page = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (ChainPage,))
-            assert isinstance(page, ChainPage)
-            if page.public_key != public_key:
-                raise wire.RemoteProtocolError("ledger: a page of another chain than asked")
-            try:
-                result = await self.call(self.ledger.ingest_page, page)
-            except RemoteFault as exc:
-                raise wire.RemoteProtocolError(f"ledger: {exc}") from None
-            if not result.more:
-                return result
-        raise wire.RemoteProtocolError(f"ledger: chain longer than {MAX_PAGES} pages")
+        try:
+            request = await self.call(self.ledger.catch_up, public_key, offered, page_blocks)
+            for _ in range(MAX_PAGES):
+                if request is None:
+                    break
+                await fs.send(frame(request), REQUEST_TIMEOUT)
+                page = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (ChainPage,))
+                assert isinstance(page, ChainPage)
+                if page.public_key != public_key:
+                    raise wire.RemoteProtocolError("ledger: a page of another chain than asked")
+                if (await self.call(self.ledger.ingest_page, page)).more:
+                    request = await self.call(self.ledger.chain_request, public_key, page_blocks)
+                else:
+                    request = None
+        except RemoteFault as exc:
+            raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+        if request is not None:
+            raise wire.RemoteProtocolError(f"ledger: chain longer than {MAX_PAGES} pages")
 
     async def gossip(self, fs: FramedStream) -> int:
         """Exchange heads and fork proofs with the peer on `fs`; the number of new fork proofs."""

@@ -1,8 +1,10 @@
 """The requester's end of the job protocol: find a worker, hand it the job, pay, fetch the result.
 
 `Requester.submit(spec)` returns a job id at once; a trio task per job then:
-1. ranks the workers it knows (signed node records from the membership view; see
-   node.scheduler) and offers the job to them one at a time until one accepts;
+1. ranks the workers it knows (signed node records from the membership view, and the CPUs
+   of our own jobs each already has; see node.scheduler) and offers the job to them one at a
+   time until one accepts; an offer carries the blocks of our chain the worker has not
+   verified yet, as far as we know (it tells us in each Accept), so it need not ask for them;
 2. follows the attempt: live output, progress reports (the lease: silence past `LEASE` means the
    worker is gone, and the job goes to another worker; nothing is paid for a lost attempt);
 3. checks the worker's proposal (the manifest it announced hashes to the hash it signed; the
@@ -31,9 +33,10 @@ import msgpack
 import trio
 
 from ledger.errors import RemoteFault
-from ledger.messages import Refuse, encode_message
+from ledger.messages import ChainRequest, Refuse, encode_message
 from node import results, scheduler, transfer, voting
 from node.jobstore import FINISHED_STATES, JobStore, StoredJob
+from node.ledger_link import LedgerFrame, frame, unframe
 from node.worker import job_limits, propose_from
 from rainnet import identity, jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
@@ -43,7 +46,9 @@ from sandbox.spec import check_relative_path
 log = logging.getLogger("rainnet.requester")
 
 LEASE = 15.0  # a worker silent this long has lost the job (it reports every 2 s)
-ACCEPT_TIMEOUT = 60.0  # the worker verifies our chain before it answers
+# The worker answers an offer within this: it may wait for a checking slot (30 s), verify our
+# chain (30 s) and wait for capacity (10 s) first.
+ACCEPT_TIMEOUT = 90.0
 MAX_LOST_ATTEMPTS = 6
 NO_WORKER_PATIENCE = 60.0  # no known worker could run the job at all: fail after this
 MAX_QUEUE = 7 * 86400.0  # busy workers only delay a job, but not forever
@@ -59,6 +64,8 @@ RESUME_GRACE = 20.0  # after a restart, how long a job that was running waits fo
 MAX_KEPT_OUTPUT = 1 << 20
 MAX_RESULT_BYTES = 1 << 30
 MAX_JOBS_KEPT = 10_000
+OFFERED_BLOCKS = 16  # at most this many blocks of our chain go with an offer
+MAX_CHAIN_ASKS = 4096  # pages of our chain a worker may ask for before answering an offer
 
 
 @dataclass
@@ -184,6 +191,23 @@ class _OfferSlot:
             self._held.pop().release()
 
 
+class _Load:
+    """One attempt's CPUs in the requester's per-worker commitments; released once."""
+
+    def __init__(self, committed: dict[str, float], worker: str, cpus: float) -> None:
+        self._committed, self._worker, self._cpus = committed, worker, cpus
+        committed[worker] = committed.get(worker, 0.0) + cpus
+
+    def release(self) -> None:
+        if self._cpus:
+            left = self._committed.get(self._worker, 0.0) - self._cpus
+            if left > 1e-9:
+                self._committed[self._worker] = left
+            else:
+                self._committed.pop(self._worker, None)
+            self._cpus = 0.0
+
+
 class Vote:
     """The replicas of one job report their result hashes here and wait for the decision
     (node.voting): ("fetch" | "pay" | "refuse", number of workers paid)."""
@@ -254,8 +278,12 @@ class Requester:
         self._unreachable: dict[str, float] = {}  # worker -> until when not to try it
         self._offering = trio.Semaphore(MAX_OFFERS_IN_FLIGHT)
         self._worker_offers: dict[str, trio.Semaphore] = {}
+        # CPUs of our jobs offered to or running on each worker: what ranking spreads jobs by.
+        self.committed: dict[str, float] = {}
         # Workers whose result was outvoted by replicas: never offered a job again (this run).
         self.untrusted: set[str] = set()
+        # How far each worker holds our chain verified (from its Accepts): what to send along.
+        self._chain_known: dict[str, int] = {}
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drive jobs until cancelled; first take back the unfinished ones from the store."""
@@ -388,7 +416,7 @@ class Requester:
             now = trio.current_time()
             shunned = {w for w, until in self._unreachable.items() if until > now}
             exclude = tried | shunned | self.untrusted | (used if vote else set())
-            ranked = scheduler.rank_workers(known, needs, exclude=exclude)
+            ranked = scheduler.rank_workers(known, needs, exclude=exclude, committed=self.committed)
             if not ranked:
                 if any(scheduler.can_run(c.record, needs) is None for c in known):
                     unable_since = trio.current_time()  # workers exist, just busy
@@ -486,11 +514,13 @@ class Requester:
         # The worker's own slot first: jobs queued for a busy worker must not hold global
         # slots that offers to idle workers need.
         slot = _OfferSlot(self._per_worker(worker), self._offering)
+        load = _Load(self.committed, worker, job.spec.limits.cpus)
         try:
             await slot.acquire()
-            await self._offer_and_run(job, worker, vote, slot)
+            await self._offer_and_run(job, worker, vote, slot, load)
         finally:
             slot.release()
+            load.release()
 
     def _per_worker(self, worker: str) -> trio.Semaphore:
         sem = self._worker_offers.get(worker)
@@ -503,7 +533,7 @@ class Requester:
         return sem
 
     async def _offer_and_run(
-        self, job: JobRecord, worker: str, vote: Vote | None, slot: _OfferSlot
+        self, job: JobRecord, worker: str, vote: Vote | None, slot: _OfferSlot, load: _Load
     ) -> None:
         job.attempts += 1
         job.state, job.worker = "offering", worker
@@ -514,7 +544,7 @@ class Requester:
             raise Unreachable(str(exc)) from None
         fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
         try:
-            await self._converse(job, worker, fs, vote, slot)
+            await self._converse(job, worker, fs, vote, slot, load)
         except PaidAwaitingResult:
             raise
         except (StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as exc:
@@ -529,7 +559,13 @@ class Requester:
                     await fs.reset()
 
     async def _converse(
-        self, job: JobRecord, worker: str, fs: FramedStream, vote: Vote | None, slot: _OfferSlot
+        self,
+        job: JobRecord,
+        worker: str,
+        fs: FramedStream,
+        vote: Vote | None,
+        slot: _OfferSlot,
+        load: _Load,
     ) -> None:
         spec_bytes = msgpack.packb(job.spec.to_wire(), use_bin_type=True)
         await fs.send(
@@ -539,15 +575,17 @@ class Requester:
                 spec=spec_bytes,
                 inputs=job.inputs,
                 lease_seconds=LEASE,
+                chain=await self._recent_chain(worker),
             )
         )
-        reply = await fs.receive(ACCEPT_TIMEOUT)
+        reply = await self._answer_to_offer(fs)
         slot.release()
         if isinstance(reply, jobproto.Decline):
             await fs.close()
             raise Declined(reply.reason)
         if not isinstance(reply, jobproto.Accept):
             raise wire.RemoteProtocolError(f"{reply.TYPE} instead of an answer to the offer")
+        self._chain_known[worker] = reply.chain_verified
         job.state, job.started = "running", time.time()
         job.accepted_by.add(worker)
         await self._save(job)  # after a restart: wait for this worker's held result first
@@ -555,8 +593,9 @@ class Requester:
         async def send_chunk(index: int, offset: int, data: bytes) -> None:
             await fs.send(jobproto.InputChunk(index=index, offset=offset, data=data))
 
-        await transfer.send(send_chunk, job.input_sources)
-        await fs.send(jobproto.InputDone())
+        if job.inputs:  # (without inputs the worker starts the job at once)
+            await transfer.send(send_chunk, job.input_sources)
+            await fs.send(jobproto.InputDone())
         while True:
             msg = await fs.receive(LEASE)
             if isinstance(msg, jobproto.Progress):
@@ -567,10 +606,39 @@ class Requester:
                     buf += msg.data[: MAX_KEPT_OUTPUT - len(buf)]
                     job.touch()
             elif isinstance(msg, jobproto.Finished):
+                load.release()  # the job has ended there: its CPUs are free for the next
                 await self._settle(job, worker, fs, msg, vote)
                 return
             else:
                 raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
+
+    async def _recent_chain(self, worker: str) -> bytes:
+        """The blocks of our chain this worker has not verified yet as far as we know (it told
+        us in its last Accept), as a ledger ChainPage to send with the offer; empty if we do not
+        know or they are too many (it then asks for what it lacks on the job stream)."""
+        since = self._chain_known.get(worker)
+        if since is None:
+            return b""
+        ledger = self.ledger.ledger
+        request = ChainRequest(ledger.public_key, since, OFFERED_BLOCKS)
+        page = await self.ledger.call(ledger.serve_chain, request)
+        return b"" if page.more else encode_message(page)
+
+    async def _answer_to_offer(self, fs: FramedStream) -> wire.Message:
+        """The worker's answer to our offer, after serving the pages of our chain it asks for
+        on the way (it verifies our credit before it answers)."""
+        ledger = self.ledger.ledger
+        with trio.fail_after(ACCEPT_TIMEOUT):
+            for _ in range(MAX_CHAIN_ASKS):
+                reply = await fs.receive(ACCEPT_TIMEOUT)
+                if not isinstance(reply, LedgerFrame):
+                    return reply
+                request = unframe(reply, (ChainRequest,))
+                assert isinstance(request, ChainRequest)
+                if request.public_key != ledger.public_key:
+                    raise wire.RemoteProtocolError("asked for another chain than ours")
+                await fs.send(frame(await self.ledger.call(ledger.serve_chain, request)))
+        raise wire.RemoteProtocolError(f"more than {MAX_CHAIN_ASKS} chain requests for one offer")
 
     async def _settle(
         self,
@@ -656,9 +724,9 @@ class Requester:
             )
         except (StreamGone, wire.RemoteProtocolError) as exc:
             raise PaidAwaitingResult(str(exc)) from None
-        await trio.to_thread.run_sync(_store_files, out_dir, finished.outputs, paths)
-        job.stdout[:] = await trio.to_thread.run_sync(_head, out_dir / "stdout")
-        job.stderr[:] = await trio.to_thread.run_sync(_head, out_dir / "stderr")
+        job.stdout[:], job.stderr[:] = await trio.to_thread.run_sync(
+            _store_files, out_dir, finished.outputs, paths
+        )
         job.outputs = [e.path for e in finished.outputs[2:]]
         job.exit_code, job.reason = finished.exit_code, finished.reason
         await self._end(job, "done")
@@ -686,8 +754,11 @@ def _safe_layout(entries: tuple[jobproto.FileEntry, ...]) -> bool:
     return not any(str(parent) in files for p in paths for parent in Path(p).parents)
 
 
-def _store_files(out_dir: Path, entries: tuple[jobproto.FileEntry, ...], paths: list[Path]) -> None:
-    """Move the checked files into place, with a manifest.json (`rain get` re-checks from it)."""
+def _store_files(
+    out_dir: Path, entries: tuple[jobproto.FileEntry, ...], paths: list[Path]
+) -> tuple[bytes, bytes]:
+    """Move the checked files into place, with a manifest.json (`rain get` re-checks from it);
+    the head of stdout and stderr, which `rain logs` shows from memory."""
     names = {results.STDOUT: "stdout", results.STDERR: "stderr"}
     manifest = []
     for entry, path in zip(entries, paths, strict=True):
@@ -701,6 +772,7 @@ def _store_files(out_dir: Path, entries: tuple[jobproto.FileEntry, ...], paths: 
         )
     (out_dir / "manifest.json").write_text(json.dumps({"files": manifest}, indent=1))
     (out_dir / ".partial").rmdir()
+    return _head(out_dir / "stdout"), _head(out_dir / "stderr")
 
 
 def _head(path: Path) -> bytes:

@@ -2,9 +2,9 @@
 takes an offer.
 
 Requester side: from the signed node records it knows (membership view, DHT lookups), keep the
-workers that can run the job at all (state, CPUs, memory, GPUs, sandbox backend), prefer idle
-ones with spare capacity and short round trips, and offer to a few of them in turn; never
-broadcast.
+workers that can run the job at all (state, CPUs, memory, GPUs, sandbox backend), prefer those
+with room beside the jobs we already gave them, idle ones, then short round trips, and offer to
+a few of them in turn; never broadcast.
 
 Worker side: accept only while the idle policy lets guests in, within the CPUs and memory left,
 and never for a requester past its credit floor (the ledger decides that; this module takes its
@@ -14,7 +14,7 @@ verdict). Waiting offers are ordered by the requester's verified balance.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from rainnet.records import NodeRecord
@@ -63,21 +63,35 @@ def rank_workers(
     needs: Needs,
     exclude: Iterable[str] = (),
     limit: int = 3,
+    committed: Mapping[str, float] | None = None,
 ) -> list[NodeRecord]:
-    """The workers to offer the job to, best first: idle before busy, then nearest."""
+    """The workers to offer the job to, best first: those with room for it beside the CPUs this
+    requester has already committed to them (`committed`: offered or running there), idle
+    before busy, then the least loaded by us, then the nearest.
+
+    A signed record is refreshed only every few seconds, so on its own it would send a burst of
+    jobs all to the nearest worker while the others stood idle; our own commitments are the
+    part of a worker's load we know at once."""
     excluded = set(exclude)
+    ours = committed or {}
     fit = [
         c
         for c in candidates
         if c.record.peer_id not in excluded and can_run(c.record, needs) is None
     ]
-    fit.sort(
-        key=lambda c: (
+
+    def preference(c: Candidate) -> tuple[bool, bool, float, float, str]:
+        used = ours.get(c.record.peer_id, 0.0)
+        room = used + needs.cpus <= c.record.cpus + 1e-9
+        return (
+            not room,
             c.record.state != "idle",
+            used / max(c.record.cpus, 1),
             c.rtt if c.rtt is not None else math.inf,
             c.record.peer_id,
         )
-    )
+
+    fit.sort(key=preference)
     return [c.record for c in fit[:limit]]
 
 

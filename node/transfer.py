@@ -125,15 +125,28 @@ async def send(
             for offset in range(0, len(source), jobproto.CHUNK):
                 await send_chunk(index, offset, source[offset : offset + jobproto.CHUNK])
             continue
-        f = await trio.to_thread.run_sync(_open_for_reading, source)
+        # (Most results are small: the first read takes the whole file, in one thread hop.)
+        data, f = await trio.to_thread.run_sync(_first_chunk, source)
         try:
             offset = 0
-            while data := await trio.to_thread.run_sync(f.read, jobproto.CHUNK):
+            while data:
                 await send_chunk(index, offset, data)
                 offset += len(data)
+                data = await trio.to_thread.run_sync(f.read, jobproto.CHUNK) if f else b""
         finally:
-            f.close()
+            if f is not None:
+                f.close()
 
 
-def _open_for_reading(path: Path) -> BinaryIO:
-    return open(path, "rb")  # closed by the caller
+def _first_chunk(path: Path) -> tuple[bytes, BinaryIO | None]:
+    """The first chunk of a file, and the file still open if there is more (else None)."""
+    f = open(path, "rb")  # noqa: SIM115 - returned open, closed by the caller
+    try:
+        data = f.read(jobproto.CHUNK)
+    except BaseException:
+        f.close()
+        raise
+    if len(data) < jobproto.CHUNK:
+        f.close()
+        return data, None
+    return data, f

@@ -3,11 +3,12 @@
 One trio task per job stream (`/rain/job/1.0.0`, see rainnet.jobproto). The order of a job:
 1. the offer is checked: a plain job id not run here before, a valid spec, the idle policy lets
    guests in, a sandbox backend can run it, and the requester's verified balance stays above
-   the credit floor (we fetch and verify the requester's chain from it first); then it waits
+   the credit floor (its chain is verified first: the offer brings the blocks we lack as far as
+   the requester knows, and anything else we ask for on the job stream); then it waits
    briefly for capacity, where requesters with more verified credit go first;
 2. accepted, its inputs arrive in hash-checked chunks and the job runs in the sandbox; its
    output streams to the requester live, with progress reports that double as the lease's
-   heartbeat; a Cancel stops it;
+   heartbeat; a Cancel stops it; once the sandbox is gone its CPUs take the next job;
 3. at its end the worker signs a ledger proposal for the measured CPU-seconds against the hash
    of the result manifest, keeps the result (node.held), and offers it with the manifest;
 4. only after the requester's agreement to that very proposal is stored does the worker
@@ -32,10 +33,10 @@ import trio
 from ledger.admission import Candidate, by_priority
 from ledger.block import JobLimits
 from ledger.errors import LedgerError, RemoteFault
-from ledger.messages import Agree, Propose, Refuse, decode_message, encode_message
+from ledger.messages import Agree, ChainPage, Propose, Refuse, decode_message, encode_message
 from node import results, scheduler, transfer
 from node.held import HeldResults
-from node.ledger_link import LEDGER, LEDGER_MAX_FRAME, LedgerFrame, LedgerLink
+from node.ledger_link import LedgerLink
 from rainnet import identity, jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
 from sandbox import Backend, Job, JobResult, JobSpec, SandboxError, SpecError
@@ -58,12 +59,24 @@ INPUT_TIMEOUT = 30.0  # between two input chunks
 MAX_INPUT_TOTAL = 4 << 30  # bytes of inputs per job this worker takes
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """An offer passed the checks: the requester's verified balance, and how far we hold its
+    chain verified (told to it in the Accept, so its next offer brings only what is newer)."""
+
+    balance_milli: int
+    chain_verified: int
+
+
 @dataclass
 class GuestJob:
     job_id: str
     requester: str
     needs: scheduler.Needs
     started: float
+    # Until its sandbox is gone; then, while it settles and its result travels, its CPUs and
+    # memory already serve the next job.
+    in_sandbox: bool = True
 
 
 class AdmissionQueue:
@@ -163,16 +176,16 @@ class Worker:
             # collide with the running one's directory and claim.
             await self._decline(fs, f"job {offer.job_id} ran here already", 0)
             return
-        checked: int | str = "busy: too many offers are being checked here"
+        checked: Admitted | str = "busy: too many offers are being checked here"
         with trio.move_on_after(OFFER_TIMEOUT):  # never wait unbounded for a checking slot
             async with self._offers:
-                checked = await self._admission(requester, spec)
+                checked = await self._admission(fs, offer, spec)
         if isinstance(checked, str):
             await self._decline(fs, checked, 5.0)
             return
         public = identity.public_bytes_from_peer_id(requester)
         # (No checkpoint between our turn and registering the job: nobody else can take it.)
-        why = await self.queue.wait_turn(public, checked, needs, QUEUE_WAIT)
+        why = await self.queue.wait_turn(public, checked.balance_milli, needs, QUEUE_WAIT)
         why = why or self._may_start()  # the owner may have come back while we waited
         if why is None and key in self.running:
             why = f"job {offer.job_id} is running here already"
@@ -182,7 +195,13 @@ class Worker:
         backend = self._backend_for(spec)
         self.running[key] = GuestJob(offer.job_id, requester, needs, time.time())
         try:
-            await fs.send(jobproto.Accept(lease_seconds=offer.lease_seconds, backend=backend.name))
+            await fs.send(
+                jobproto.Accept(
+                    lease_seconds=offer.lease_seconds,
+                    backend=backend.name,
+                    chain_verified=checked.chain_verified,
+                )
+            )
             log.info("running job %s for %s on %s", offer.job_id, requester, backend.name)
             await self._run(fs, backend, offer, spec, requester)
         finally:
@@ -206,14 +225,25 @@ class Worker:
             return self.backends["native"]
         return next(iter(self.backends.values()))
 
+    def in_sandbox(self) -> bool:
+        """Whether a guest job is running in a sandbox here now."""
+        return any(j.in_sandbox for j in self.running.values())
+
     def _fits(self, needs: scheduler.Needs) -> str | None:
-        running = [scheduler.Running(j.needs.cpus, j.needs.memory) for j in self.running.values()]
+        running = [
+            scheduler.Running(j.needs.cpus, j.needs.memory)
+            for j in self.running.values()
+            if j.in_sandbox
+        ]
         return scheduler.admit(True, self.capacity, running, needs, tuple(self.backends))
 
-    async def _admission(self, requester: str, spec: JobSpec) -> int | str:
-        """The requester's verified balance (milli-credits) if this worker may run its job,
-        else why not: the idle policy, the sandbox, or credit (the requester's chain is fetched
-        from the requester and verified, then the floor is applied)."""
+    async def _admission(
+        self, fs: FramedStream, offer: jobproto.Offer, spec: JobSpec
+    ) -> Admitted | str:
+        """Whether this worker may run the job: the requester's verified balance if so, else
+        why not (the idle policy, the sandbox, or credit: the requester's chain is brought up to
+        date from the blocks sent with the offer, or else asked for on the job stream, and
+        verified; then the floor is applied)."""
         why = self._may_start()
         if why is not None:
             return why
@@ -221,25 +251,28 @@ class Worker:
             self._backend_for(spec).check_spec(spec)
         except SandboxError as exc:
             return str(exc)
+        public = identity.public_bytes_from_peer_id(fs.remote_peer)
         try:
-            public = identity.public_bytes_from_peer_id(requester)
+            offered = _offered_chain(offer.chain)
             # Sync and admit under the requester's chain lock: concurrent offers from one
             # requester take turns (the later ones fetch only what is new), and no agreement of
             # its lands between the sync and the floor check.
             async with self.ledger.chain_lock(public):
                 with trio.fail_after(CHAIN_SYNC_TIMEOUT):
-                    stream = await self._open_stream(requester, LEDGER)
-                    chain = FramedStream(stream, (LedgerFrame,), LEDGER_MAX_FRAME)
-                    try:
-                        await self.ledger.sync_chain(chain, public)
-                    finally:
-                        await chain.close()
-                balance = await self.ledger.call(self.ledger.ledger.admit, public, job_limits(spec))
+                    await self.ledger.sync_chain(fs, public, offered, jobproto.JOB_PAGE_BLOCKS)
+                ledger = self.ledger.ledger
+                limits = job_limits(spec)
+
+                def admit() -> Admitted:
+                    balance = ledger.admit(public, limits)
+                    state = ledger.verified_state(public)
+                    return Admitted(balance.balance_milli, state.verified if state else 0)
+
+                return await self.ledger.call(admit)
         except RemoteFault as exc:
             return str(exc)
         except (trio.TooSlowError, StreamGone, wire.RemoteProtocolError, ValueError) as exc:
             return f"could not verify your credit: {exc}"
-        return balance.balance_milli
 
     # ----- running ----------------------------------------------------------------------------
 
@@ -254,9 +287,11 @@ class Worker:
         result_dir = self.workdir / offer.job_id / "result"
         incoming = transfer.Incoming(offer.inputs, self.workdir / offer.job_id / "inputs")
         try:
-            paths = await transfer.receive(
-                fs, incoming, jobproto.InputChunk, jobproto.InputDone, INPUT_TIMEOUT
-            )
+            paths = []
+            if offer.inputs:  # (a job without inputs starts at once: no InputDone to wait for)
+                paths = await transfer.receive(
+                    fs, incoming, jobproto.InputChunk, jobproto.InputDone, INPUT_TIMEOUT
+                )
             staged = [(e.path, p) for e, p in zip(offer.inputs, paths, strict=True)]
             await self._execute(fs, backend, offer, spec, requester, staged, result_dir)
         finally:
@@ -279,6 +314,10 @@ class Worker:
                 # out before this job could hear it, and is not repeated.
                 await job.suspend()
             result = await self._follow_job(fs, offer, spec, job)
+        guest = self.running.get((requester, offer.job_id))
+        if guest is not None:
+            guest.in_sandbox = False
+            self.queue.released()
         if result.reason.value == "cancelled":
             # By the requester, or given up by the idle policy (the owner stayed too long): no
             # claim. End the stream now so the requester runs the job elsewhere at once, not
@@ -393,8 +432,9 @@ class Worker:
         # Keep the result with our signed claim before offering it: if the requester vanishes,
         # or this node dies after being paid, it is settled or released when both are back
         # (deliver_held). It goes only once released, or refused.
-        await trio.to_thread.run_sync(self.held.keep, offer.job_id, requester, finished, sources)
-        _, paths = await trio.to_thread.run_sync(self.held.load, offer.job_id)
+        paths = await trio.to_thread.run_sync(
+            self.held.keep, offer.job_id, requester, finished, sources
+        )
         timeout = SETTLE_TIMEOUT + spec.limits.wall_seconds
         self._in_exchange.add(offer.job_id)  # deliver_held leaves it alone meanwhile
         try:
@@ -502,6 +542,15 @@ def _unpack(data: bytes) -> object:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:
         raise SpecError("spec", f"not msgpack: {exc}") from None
+
+
+def _offered_chain(data: bytes) -> ChainPage | None:
+    """The page of its chain a requester sent with its offer (None if it sent none)."""
+    if not data:
+        return None
+    msg = decode_message(data, (ChainPage,))  # RemoteFault if malformed
+    assert isinstance(msg, ChainPage)
+    return msg
 
 
 def propose_from(data: bytes) -> Propose:

@@ -4,9 +4,12 @@ Conversation (each arrow one framed message; the stream itself is the lease: if 
 attempt is over for the requester, who may run the job elsewhere):
 
     requester                                   worker
-    Offer(job, spec, inputs manifest) ------->
+    Offer(job, spec, inputs manifest, recent blocks of its chain) ------->
+                                      <-------  LedgerFrame(ChainRequest)   (only if the blocks
+    LedgerFrame(ChainPage) ------------------>   offered do not bring its copy up to date)
                                       <-------  Accept(lease)  |  Decline(reason, retry_after)
-    InputChunk ... InputDone ---------------->  (hash-checked against the manifest)
+    InputChunk ... InputDone ---------------->  (hash-checked against the manifest; none at
+                                                 all for a job without inputs)
                                       <-------  Progress(cpu, state) / Output(stdout|stderr) ...
                                       <-------  Finished(verdict, cpu, result hash, Propose)
     Agree | Refuse -------------------------->  (ledger: the requester countersigns the result)
@@ -23,14 +26,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rainnet import wire
+from rainnet.ledgerproto import LedgerFrame
 
 JOB = "/rain/job/1.0.0"
 # A worker holding a result for a requester that went away offers it here when the requester is
 # back: Finished -> Settle -> OutputChunk... OutputDone, as at the end of a job stream.
 RESULT = "/rain/result/1.0.0"
 CHUNK = 256 * 1024
-JOB_MAX_FRAME = CHUNK + 4096
-MAX_SPEC_BYTES = CHUNK  # an Offer must fit one frame (JOB_MAX_FRAME)
+MAX_SPEC_BYTES = CHUNK
+MAX_OFFERED_CHAIN = 64 * 1024  # recent blocks of the requester's chain sent with an offer
+JOB_MAX_FRAME = MAX_SPEC_BYTES + MAX_OFFERED_CHAIN + 4096  # an Offer must fit one frame
+# A ChainPage asked for on a job stream holds at most this many blocks (and their counterparty
+# halves, ~360 bytes each), so it fits one frame.
+JOB_PAGE_BLOCKS = 128
 MAX_FILES = 256
 MAX_REASON = 1024
 
@@ -58,6 +66,9 @@ class Offer(wire.Message):
     spec: bytes = field(metadata=wire.limit(MAX_SPEC_BYTES))  # msgpack of JobSpec.to_wire()
     inputs: tuple[FileEntry, ...] = field(metadata=wire.limit(MAX_FILES))
     lease_seconds: float
+    # A ledger ChainPage (ledger.messages bytes) of the requester's own chain since what it
+    # believes this worker verified last, so the worker rarely has to ask; or empty.
+    chain: bytes = field(metadata=wire.limit(MAX_OFFERED_CHAIN))
 
 
 @wire.message("job-accept")
@@ -65,6 +76,7 @@ class Offer(wire.Message):
 class Accept(wire.Message):
     lease_seconds: float
     backend: str = field(metadata=wire.limit(32))
+    chain_verified: int  # how far the worker now holds the requester's chain verified
 
 
 @wire.message("job-decline")
@@ -146,8 +158,16 @@ class Cancel(wire.Message):
     reason: str = field(metadata=wire.limit(MAX_REASON))
 
 
-TO_WORKER: tuple[type[wire.Message], ...] = (Offer, InputChunk, InputDone, Settle, Cancel)
+TO_WORKER: tuple[type[wire.Message], ...] = (
+    Offer,
+    LedgerFrame,
+    InputChunk,
+    InputDone,
+    Settle,
+    Cancel,
+)
 TO_REQUESTER: tuple[type[wire.Message], ...] = (
+    LedgerFrame,
     Accept,
     Decline,
     Progress,

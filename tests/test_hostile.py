@@ -235,7 +235,7 @@ def test_a_job_id_that_is_a_path_is_declined(target: NodeProcess, client: TrioPo
             await client.host.connect(info)
             stream = await client.host.new_stream(info.peer_id, [jobproto.JOB])
             fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
-            await fs.send(jobproto.Offer(job_id, 1, spec, (), 15.0))
+            await fs.send(jobproto.Offer(job_id, 1, spec, (), 15.0, b""))
             reply = await fs.receive(25)
             await fs.reset()
             return reply

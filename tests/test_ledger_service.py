@@ -22,6 +22,7 @@ from ledger.errors import (
     InvalidBlock,
     LedgerCorrupt,
     LedgerMisuse,
+    MalformedMessage,
     OffenderRefused,
     RemoteFault,
     ResultMismatch,
@@ -484,3 +485,47 @@ def test_a_job_is_paid_to_at_most_max_payees_workers(tmp_path: Path) -> None:
         with pytest.raises(ExchangeRefused, match="already paid to 1 other"):
             requester.agree(claims[1], LIMITS, max_payees=1)
         requester.agree(claims[1], LIMITS, max_payees=2)  # replicas: both are paid
+
+
+def test_a_volunteered_page_brings_a_chain_up_to_date_without_asking(
+    ledgers: tuple[Ledger, ...],
+) -> None:
+    """What a requester sends with a job offer (the blocks since what the worker verified last)
+    is used where it continues the worker's copy, overlap trimmed; otherwise the worker asks."""
+    a, b, c = ledgers  # a works for b (the requester); c too
+    settle(a, b, "first")
+    assert a.catch_up(b.public_key, None) == ChainRequest(b.public_key, 0)  # no page: ask
+    sync(a, b, b.public_key)
+    assert a.catch_up(b.public_key, b.serve_chain(ChainRequest(b.public_key, 1, 16))) is None
+    for i in range(3):
+        settle(c, b, f"c{i}")  # b's chain grows through work a did not see: blocks 2..4
+    # Sent from #1 (what b believes a verified): a takes all three.
+    assert a.catch_up(b.public_key, b.serve_chain(ChainRequest(b.public_key, 1, 16))) is None
+    assert a.verified_balance(b.public_key) == b.balance()
+    settle(c, b, "c3")
+    # An overlapping page (from #2, a holds #4 already) is trimmed to the new block #5; the
+    # counterparty halves of the dropped blocks go with them.
+    overlap = b.serve_chain(ChainRequest(b.public_key, 2, 16))
+    assert len(overlap.after(4).blocks) == 1 and len(overlap.after(4).linked) == 1
+    assert a.catch_up(b.public_key, overlap) is None
+    assert a.verified_state(b.public_key).verified == 5  # type: ignore[union-attr]
+    assert a.verified_balance(b.public_key) == b.balance()
+    settle(c, b, "c4")
+    settle(c, b, "c5")
+    # A page that starts after a gap is of no use: ask from what we hold.
+    gap = b.serve_chain(ChainRequest(b.public_key, 6, 16))
+    assert a.catch_up(b.public_key, gap) == ChainRequest(b.public_key, 5)
+    # Nothing newer than what we hold: nothing to do.
+    assert a.catch_up(b.public_key, b.serve_chain(ChainRequest(b.public_key, 1, 3))) == (
+        ChainRequest(b.public_key, 5)
+    )  # (the page says b's head is #7: the rest must be asked for)
+    with pytest.raises(MalformedMessage):
+        a.catch_up(b.public_key, c.serve_chain(ChainRequest(c.public_key, 0, 16)))
+    # A page that breaks a rule is refused whole, as when asked for.
+    page = b.serve_chain(ChainRequest(b.public_key, 5, 16))
+    bad_tx = dataclasses.replace(page.blocks[0].transaction, cpu_ms=1)
+    forged = dataclasses.replace(page, blocks=(resign(page.blocks[0], B, transaction=bad_tx),))
+    with pytest.raises(InvalidBlock):
+        a.catch_up(b.public_key, forged)
+    assert a.catch_up(b.public_key, page) is None
+    assert a.verified_balance(b.public_key) == b.balance()
