@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import multiaddr
 import pytest
 import trio
+from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from rainnet.host import ProtocolNotSupported, build_host, open_stream
@@ -60,6 +62,55 @@ def test_our_first_message_goes_out_with_the_protocol_and_the_echo_is_checked() 
                 with pytest.raises(ProtocolNotSupported):
                     await refused.read(64)
                 await refused.reset()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def sink(stream: Any) -> None:
+    """Reads everything, then says how much."""
+    total = 0
+    with trio.fail_after(30):
+        with contextlib.suppress(StreamEOF):  # py-libp2p's end of stream
+            while data := await stream.read(65536):
+                total += len(data)
+    await stream.write(str(total).encode())
+    await stream.close()
+
+
+def test_credit_goes_back_by_half_windows_and_large_transfers_flow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    updates: list[int] = []
+    original = YamuxStream.send_window_update
+
+    async def counted(self: Any, increment: int, skip_lock: bool = False) -> None:
+        updates.append(increment)
+        await original(self, increment, skip_lock)
+
+    monkeypatch.setattr(YamuxStream, "send_window_update", counted)
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                listener, dialer = await connected_pair(nursery)
+                listener.set_stream_handler("/rain/test/sink/1.0.0", guarded_handler("sink", sink))
+                for _ in range(5):  # small exchanges: no window update frames at all
+                    stream = await open_stream(dialer, listener.get_id(), ECHO)
+                    await stream.write(b"x" * 300)
+                    assert len(await stream.read(64 * 1024)) == 300
+                    await stream.close()
+                assert updates == []
+                size = 24 << 20  # ~100 windows of 256 KiB: flows only if credit comes back
+                stream = await open_stream(dialer, listener.get_id(), "/rain/test/sink/1.0.0")
+                for _ in range(size // (1 << 20)):
+                    await stream.write(b"y" * (1 << 20))
+                await stream.close()
+                assert await stream.read(64) == str(size).encode()
+                assert len(updates) >= size // (256 << 10)
+                assert all(u >= 128 << 10 for u in updates)
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
