@@ -125,29 +125,35 @@ class LedgerLink:
         page_blocks: int = MAX_PAGE_BLOCKS,
     ) -> None:
         """Fetch and verify the part of `public_key`'s chain we do not hold yet, page by page,
-        over `fs` (a ledger stream, or the job stream of an offer), after using the page the
-        peer `offered` unasked if it fits (see Ledger.catch_up).
+        over `fs`, after using the page the peer `offered` unasked if it fits (see
+        Ledger.catch_up).
 
         Raises RemoteFault (bad block, fork) through RemoteProtocolError: the peer is at fault.
         """
         try:
             request = await self.call(self.ledger.catch_up, public_key, offered, page_blocks)
+        except RemoteFault as exc:
+            raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+        if request is not None:
+            await self.fetch_pages(fs, request, page_blocks)
+
+    async def fetch_pages(self, fs: FramedStream, request: ChainRequest, page_blocks: int) -> None:
+        """Ask the peer on `fs` (a ledger stream, or the job stream of an offer) for its chain
+        from `request` on, page by page, verifying each, until we hold all of it."""
+        public_key = request.public_key
+        try:
             for _ in range(MAX_PAGES):
-                if request is None:
-                    break
                 await fs.send(frame(request), REQUEST_TIMEOUT)
                 page = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (ChainPage,))
                 assert isinstance(page, ChainPage)
                 if page.public_key != public_key:
                     raise wire.RemoteProtocolError("ledger: a page of another chain than asked")
-                if (await self.call(self.ledger.ingest_page, page)).more:
-                    request = await self.call(self.ledger.chain_request, public_key, page_blocks)
-                else:
-                    request = None
+                if not (await self.call(self.ledger.ingest_page, page)).more:
+                    return
+                request = await self.call(self.ledger.chain_request, public_key, page_blocks)
         except RemoteFault as exc:
             raise wire.RemoteProtocolError(f"ledger: {exc}") from None
-        if request is not None:
-            raise wire.RemoteProtocolError(f"ledger: chain longer than {MAX_PAGES} pages")
+        raise wire.RemoteProtocolError(f"ledger: chain longer than {MAX_PAGES} pages")
 
     async def gossip(self, fs: FramedStream) -> int:
         """Exchange heads and fork proofs with the peer on `fs`; the number of new fork proofs."""

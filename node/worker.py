@@ -33,7 +33,15 @@ import trio
 from ledger.admission import Candidate, by_priority
 from ledger.block import JobLimits
 from ledger.errors import LedgerError, RemoteFault
-from ledger.messages import Agree, ChainPage, Propose, Refuse, decode_message, encode_message
+from ledger.messages import (
+    Agree,
+    ChainPage,
+    ChainRequest,
+    Propose,
+    Refuse,
+    decode_message,
+    encode_message,
+)
 from node import results, scheduler, transfer
 from node.held import HeldResults
 from node.ledger_link import LedgerLink
@@ -171,10 +179,8 @@ class Worker:
         # Checks first (policy, sandbox, credit), bounded in number at once; then the wait for
         # capacity, where requesters with more verified credit go first.
         key = (requester, offer.job_id)
-        if key in self.running or await self._already_claimed(requester, offer.job_id):
-            # One run per (requester, job id): a repeated offer would get a run for nothing, or
-            # collide with the running one's directory and claim.
-            await self._decline(fs, f"job {offer.job_id} ran here already", 0)
+        if key in self.running:  # (and _admission checks the ledger for an earlier claim)
+            await self._decline(fs, f"job {offer.job_id} is running here already", 0)
             return
         checked: Admitted | str = "busy: too many offers are being checked here"
         with trio.move_on_after(OFFER_TIMEOUT):  # never wait unbounded for a checking slot
@@ -215,11 +221,6 @@ class Worker:
         )
         await fs.close()
 
-    async def _already_claimed(self, requester: str, job_id: str) -> bool:
-        public = identity.public_bytes_from_peer_id(requester)
-        exchange = await self.ledger.call(self.ledger.ledger.exchange, public, job_id)
-        return exchange is not None
-
     def _backend_for(self, spec: JobSpec) -> Backend:
         if spec.image is None and "native" in self.backends:
             return self.backends["native"]
@@ -252,6 +253,24 @@ class Worker:
         except SandboxError as exc:
             return str(exc)
         public = identity.public_bytes_from_peer_id(fs.remote_peer)
+        ledger = self.ledger.ledger
+        limits = job_limits(spec)
+
+        def admit() -> Admitted:
+            balance = ledger.admit(public, limits)
+            state = ledger.verified_state(public)
+            return Admitted(balance.balance_milli, state.verified if state else 0)
+
+        def first_look(offered: ChainPage | None) -> Admitted | ChainRequest | str:
+            # One thread hop in the usual case: not claimed before, brought up to date by the
+            # blocks sent with the offer, admitted.
+            if ledger.exchange(public, offer.job_id) is not None:
+                # One run per (requester, job id): a repeated offer would get a run for
+                # nothing, or collide with the earlier run's directory and claim.
+                return f"job {offer.job_id} ran here already"
+            request = ledger.catch_up(public, offered, jobproto.JOB_PAGE_BLOCKS)
+            return admit() if request is None else request
+
         try:
             offered = _offered_chain(offer.chain)
             # Sync and admit under the requester's chain lock: concurrent offers from one
@@ -259,15 +278,10 @@ class Worker:
             # its lands between the sync and the floor check.
             async with self.ledger.chain_lock(public):
                 with trio.fail_after(CHAIN_SYNC_TIMEOUT):
-                    await self.ledger.sync_chain(fs, public, offered, jobproto.JOB_PAGE_BLOCKS)
-                ledger = self.ledger.ledger
-                limits = job_limits(spec)
-
-                def admit() -> Admitted:
-                    balance = ledger.admit(public, limits)
-                    state = ledger.verified_state(public)
-                    return Admitted(balance.balance_milli, state.verified if state else 0)
-
+                    outcome = await self.ledger.call(first_look, offered)
+                    if not isinstance(outcome, ChainRequest):
+                        return outcome
+                    await self.ledger.fetch_pages(fs, outcome, jobproto.JOB_PAGE_BLOCKS)
                 return await self.ledger.call(admit)
         except RemoteFault as exc:
             return str(exc)
