@@ -1,4 +1,5 @@
-"""The requester's jobs on disk (`HOME/jobs.sqlite3`), so submissions survive a restart.
+"""The requester's jobs on disk (`HOME/jobs.sqlite3`), so submissions survive a restart; and the
+workers it no longer trusts (outvoted by the replicas of a job), so that survives too.
 
 A job is written when the user's submission is accepted and when it ends, each one short write
 transaction (SQLite WAL): after the node's process dies at any instant, it finds every job it
@@ -43,7 +44,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     error       TEXT,
     outputs     TEXT NOT NULL    -- JSON list of output paths
 ) STRICT;
+CREATE TABLE IF NOT EXISTS untrusted (  -- workers outvoted by replicas: offered nothing again
+    peer_id     TEXT PRIMARY KEY,
+    job_id      TEXT NOT NULL,   -- the job whose result it got wrong
+    since       REAL NOT NULL
+) STRICT;
 """
+MAX_UNTRUSTED = 10_000  # the oldest are forgotten beyond this
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,22 @@ class JobStore:
             )
             for r in rows
         ]
+
+    def distrust(self, peer_id: str, job_id: str, now: float) -> None:
+        """Remember that `peer_id` returned a result for `job_id` its replicas outvoted."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO untrusted VALUES (?, ?, ?)", (peer_id, job_id, now)
+            )
+            self._conn.execute(
+                "DELETE FROM untrusted WHERE peer_id NOT IN "
+                "(SELECT peer_id FROM untrusted ORDER BY since DESC LIMIT ?)",
+                (MAX_UNTRUSTED,),
+            )
+
+    def untrusted(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._conn.execute("SELECT peer_id FROM untrusted")}
 
     def forget(self, job_id: str) -> None:
         with self._lock:

@@ -280,7 +280,8 @@ class Requester:
         self._worker_offers: dict[str, trio.Semaphore] = {}
         # CPUs of our jobs offered to or running on each worker: what ranking spreads jobs by.
         self.committed: dict[str, float] = {}
-        # Workers whose result was outvoted by replicas: never offered a job again (this run).
+        # Workers whose result was outvoted by replicas: never offered a job again (kept in
+        # the job store across restarts).
         self.untrusted: set[str] = set()
         # How far each worker holds our chain verified (from its Accepts): what to send along.
         self._chain_known: dict[str, int] = {}
@@ -288,6 +289,7 @@ class Requester:
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drive jobs until cancelled; first take back the unfinished ones from the store."""
         stored = await trio.to_thread.run_sync(self.store.load)
+        self.untrusted |= await trio.to_thread.run_sync(self.store.untrusted)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for st in stored:
@@ -691,6 +693,7 @@ class Requester:
                 role, payees = await vote.cast(worker, finished.result_hash)
             if role == "refuse":
                 self.untrusted.add(worker)
+                await trio.to_thread.run_sync(self.store.distrust, worker, job.job_id, time.time())
                 log.warning("job %s: %s was outvoted by the other replicas", job.job_id, worker)
                 problem = "outvoted: your result differs from the other replicas' majority"
                 await fs.send(jobproto.Settle(answer=encode_message(Refuse(job.job_id, problem))))

@@ -192,6 +192,17 @@ def test_a_worker_returning_a_wrong_result_is_outvoted_and_unpaid(cluster: Clust
     # Remembered: the cheat is offered nothing more.
     requester.rain("submit", "--wait", "--", "true", timeout=60)
     assert cheat.rain_json("credit")["exchanges"] == 0
+    # Also after the requester restarts (on a new port: it joins through the honest worker).
+    # Four jobs at once would spread over all three workers if it trusted the cheat again.
+    requester.stop()
+    requester.args += ["--bootstrap", honest.addr]
+    requester.start()
+    requester.wait_ready()
+    everyone = [requester, honest, cheat, tiebreak]
+    wait_until(lambda: all_see_each_other(everyone), 30, "all meet again")
+    wait_until(lambda: all(p["backends"] for p in requester.peers()), 20, "sandboxes show")
+    requester.rain("submit", "--array", "1-4", "--wait", "--", "true", timeout=120)
+    assert cheat.rain_json("credit")["exchanges"] == 0
 
 
 def test_array_jobs_from_a_job_file(cluster: Cluster, tmp_path: Path) -> None:
