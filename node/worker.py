@@ -413,42 +413,46 @@ class Worker:
             sources.append(result_dir / out.path)
         verdict = results.Verdict(result.exit_code, result.reason.value)
         digest = results.result_hash(verdict, entries)
-        try:
-            proposal = await self.ledger.call(
-                lambda: self.ledger.ledger.propose(
-                    requester=identity.public_bytes_from_peer_id(requester),
-                    job_id=offer.job_id,
-                    cpu_ms=claimable_ms(result.cpu_seconds, spec),
-                    gpu_ms=0,
-                    limits=job_limits(spec),
-                    result_hash=digest,
-                )
+        ledger = self.ledger.ledger
+
+        def claim_and_hold() -> tuple[jobproto.Finished, list[Path]] | str:
+            # One thread hop: sign our claim, and keep the result with it before offering it:
+            # if the requester vanishes, or this node dies after being paid, it is settled or
+            # released when both are back (deliver_held). It goes only once released, or
+            # refused. (Or why not: propose() is idempotent per (requester, job), and an
+            # earlier claim for this job id, for another result, stands.)
+            proposal = ledger.propose(
+                requester=identity.public_bytes_from_peer_id(requester),
+                job_id=offer.job_id,
+                cpu_ms=claimable_ms(result.cpu_seconds, spec),
+                gpu_ms=0,
+                limits=job_limits(spec),
+                result_hash=digest,
             )
+            if proposal.block.transaction.result_hash != digest:
+                return "claimed before for another result; not releasing"
+            finished = jobproto.Finished(
+                exit_code=result.exit_code,
+                reason=result.reason.value,
+                cpu_seconds=result.cpu_seconds,
+                wall_seconds=result.wall_seconds,
+                peak_memory=result.peak_memory,
+                result_hash=digest,
+                outputs=tuple(entries),
+                proposal=encode_message(proposal),
+            )
+            return finished, self.held.keep(offer.job_id, requester, finished, sources)
+
+        try:
+            held = await self.ledger.call(claim_and_hold)
         except LedgerError as exc:
             log.error("job %s: cannot sign the claim: %s", offer.job_id, exc)
             return
-        if proposal.block.transaction.result_hash != digest:
-            # propose() is idempotent per (requester, job): an earlier claim for this job id
-            # stands, and it is not for this result.
-            log.error("job %s: claimed before for another result; not releasing", offer.job_id)
+        if isinstance(held, str):
+            log.error("job %s: %s", offer.job_id, held)
             return
-        finished = jobproto.Finished(
-            exit_code=result.exit_code,
-            reason=result.reason.value,
-            cpu_seconds=result.cpu_seconds,
-            wall_seconds=result.wall_seconds,
-            peak_memory=result.peak_memory,
-            result_hash=digest,
-            outputs=tuple(entries),
-            proposal=encode_message(proposal),
-        )
+        finished, paths = held
         # Replicas of the job wait for each other before the requester answers.
-        # Keep the result with our signed claim before offering it: if the requester vanishes,
-        # or this node dies after being paid, it is settled or released when both are back
-        # (deliver_held). It goes only once released, or refused.
-        paths = await trio.to_thread.run_sync(
-            self.held.keep, offer.job_id, requester, finished, sources
-        )
         timeout = SETTLE_TIMEOUT + spec.limits.wall_seconds
         self._in_exchange.add(offer.job_id)  # deliver_held leaves it alone meanwhile
         try:
