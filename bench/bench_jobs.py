@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -52,22 +53,39 @@ def network(workers: int, tmp: Path) -> tuple[Cluster, NodeProcess]:
     return cluster, requester
 
 
-def _local_true(home: Path, repeats: int, gap: float) -> list[float]:
-    """Start-to-exit of `true` in the local native sandbox, in-process (no CLI), `gap` seconds
-    apart."""
+async def _round_trips(
+    requester: NodeProcess, local_home: Path, repeats: int
+) -> tuple[list[float], ...]:
+    """Interleaved (this machine's speed drifts over minutes): `rain submit --wait -- true`,
+    `rain jobs`, and `true` alone in the local native sandbox, in-process; then `true` in the
+    local sandbox back to back."""
+    backend = await open_backend(SandboxConfig.for_home(local_home), "native")
+    spec = JobSpec.create(["true"], limits=Limits(wall_seconds=60))
+    cli = [sys.executable, "-m", "node.cli", "--home", str(requester.home)]
 
-    async def main() -> list[float]:
-        backend = await open_backend(SandboxConfig.for_home(home), "native")
-        spec = JobSpec.create(["true"], limits=Limits(wall_seconds=60))
-        times = []
-        for _ in range(repeats):
-            await trio.sleep(gap)
-            began = trio.current_time()
-            await backend.run(spec)
-            times.append(trio.current_time() - began)
-        return times
+    async def timed(job: Callable[[], Awaitable[object]]) -> float:
+        began = trio.current_time()
+        await job()
+        return trio.current_time() - began
 
-    return trio.run(main)
+    def rain(*args: str) -> Callable[[], Awaitable[object]]:
+        async def run() -> None:
+            await trio.run_process([*cli, *args], capture_stdout=True, capture_stderr=True)
+
+        return run
+
+    remote, own, alone, back_to_back = [], [], [], []
+    for _ in range(repeats):
+        remote.append(await timed(rain("submit", "--wait", "--", "true")))
+        own.append(await timed(rain("jobs")))
+        # One job at a time, as a user runs one: moving a process into cgroup v1 hierarchies
+        # waits for an RCU grace period unless another move just happened, so back-to-back
+        # starts are cheaper (~3 ms against ~11 ms here) than any single job's.
+        await trio.sleep(0.2)
+        alone.append(await timed(lambda: backend.run(spec)))
+    for _ in range(repeats):
+        back_to_back.append(await timed(lambda: backend.run(spec)))
+    return remote, own, alone, back_to_back
 
 
 def bench_round_trip(repeats: int) -> None:
@@ -75,19 +93,10 @@ def bench_round_trip(repeats: int) -> None:
         cluster, requester = network(1, Path(tmp))
         try:
             _rain(requester, "submit", "--wait", "--", "true")  # warm-up: first chain sync
-            remote, cli = [], []
-            for _ in range(repeats):  # interleaved: this machine's speed drifts
-                remote.append(_rain(requester, "submit", "--wait", "--", "true"))
-                cli.append(_rain(requester, "jobs"))
+            runs = trio.run(_round_trips, requester, Path(tmp) / "local", repeats)
         finally:
             cluster.stop_all()
-        # One job at a time, as a user runs one: moving a process into cgroup v1 hierarchies
-        # waits for an RCU grace period unless another move just happened, so back-to-back
-        # starts are cheaper (~3 ms against ~11 ms here) than any single job's.
-        alone = _local_true(Path(tmp) / "local", repeats, 0.2)
-        back_to_back = _local_true(Path(tmp) / "local", repeats, 0.0)
-    r, c = statistics.median(remote), statistics.median(cli)
-    loc, tight = statistics.median(alone), statistics.median(back_to_back)
+    r, c, loc, tight = (statistics.median(x) for x in runs)
     print(
         f"round trip of `true` (median of {repeats}): rain submit --wait {r * 1000:.0f} ms; "
         f"baseline = the CLI's own start and one control request (rain jobs) {c * 1000:.0f} ms + "
