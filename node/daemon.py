@@ -709,6 +709,7 @@ class Node:
             "mdns": self.config.mdns,
             "uptime": time.time() - self.started_at,
             "pid": os.getpid(),
+            "streams": rhost.open_streams(self._host),
         }
 
     def peers(self) -> list[dict[str, Any]]:

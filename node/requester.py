@@ -505,7 +505,10 @@ class Requester:
             return
         log.info("job %s: %s offers the result it held for us", job_id, worker)
         job.worker = worker
-        await self._settle(job, worker, fs, finished, None)
+        try:
+            await self._settle(job, worker, fs, finished, None)
+        finally:
+            await fs.close()
 
     # ----- one attempt ------------------------------------------------------------------------
 
@@ -552,8 +555,12 @@ class Requester:
         except (StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as exc:
             raise AttemptLost(str(exc) or type(exc).__name__) from None
         finally:
-            if not job.finished.is_set():
-                with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True):
+                if job.finished.is_set():
+                    # Closed, not left half-open: py-libp2p keeps a stream (and its slot in the
+                    # resource manager, 8192 in all) until both ends close it.
+                    await fs.close()
+                else:
                     if job.cancel.is_set():
                         with trio.move_on_after(2):
                             with contextlib.suppress(StreamGone):

@@ -259,6 +259,12 @@ def allow_redial(host: Any, peer_id: str) -> None:
     host.get_network().unblock_peer(ID.from_base58(peer_id))
 
 
+def open_streams(host: Any) -> int:
+    """How many streams the host holds open now (as its resource manager counts them)."""
+    manager = getattr(host.get_network(), "_resource_manager", None)
+    return int(manager.get_stats()["streams"]) if manager is not None else -1
+
+
 def build_resource_manager() -> Any:
     """py-libp2p's resource manager with fixed limits. Its defaults add a circuit breaker
     (after 5 failed acquisitions it refuses every new connection and stream for 60 s) and
