@@ -486,8 +486,13 @@ class Node:
                             stream, (protocols.HelloReply,), protocols.HELLO_MAX_FRAME
                         )
                         hello = protocols.Hello(self.signed_record(), self._hints(peer_id))
-                        await fs.send(hello)
-                        reply = await fs.receive_a(protocols.HelloReply)
+                        try:
+                            await fs.send(hello)
+                            reply = await fs.receive_a(protocols.HelloReply)
+                        except BaseException:
+                            with trio.CancelScope(shield=True):
+                                await fs.reset()  # released, not left half-open
+                            raise
                         await fs.close()
                         rec = records.open_record(reply.record, time.time(), expect_peer=peer_id)
                         self._accept(peer_id, rec, reply.hints)

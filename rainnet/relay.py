@@ -616,9 +616,12 @@ class Relay:
 
     def install(self) -> None:
         """Register the relay's stream handlers: hop if serving, stop always."""
+        # Both hand their stream on (a circuit, a relayed connection): never closed here.
         if self.serve:
-            self.host.set_stream_handler(HOP_PROTOCOL, guarded_handler("relay-hop", self._hop))
-        self.host.set_stream_handler(STOP_PROTOCOL, guarded_handler("relay-stop", self._stop))
+            hop = guarded_handler("relay-hop", self._hop, close_when_done=False)
+            self.host.set_stream_handler(HOP_PROTOCOL, hop)
+        stop = guarded_handler("relay-stop", self._stop, close_when_done=False)
+        self.host.set_stream_handler(STOP_PROTOCOL, stop)
 
     async def _hop(self, stream: Any) -> None:
         # The library's handler catches its own errors; guarded_handler is the backstop.

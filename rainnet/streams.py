@@ -29,6 +29,11 @@ class StreamGone(Exception):
     """The stream closed, was reset, or its connection died (nobody's fault in particular)."""
 
 
+class ProtocolNotSupported(StreamGone):
+    """The remote answered the protocol we proposed with something else (multistream "na"):
+    it does not serve it (any more), e.g. a node that no longer lends."""
+
+
 class FramedStream:
     def __init__(
         self,
@@ -63,7 +68,7 @@ class FramedStream:
             while not self._pending:
                 try:
                     data = await self.stream.read(READ_CHUNK)
-                except trio.Cancelled:
+                except (trio.Cancelled, ProtocolNotSupported):
                     raise
                 except Exception as exc:
                     raise StreamGone(f"read ended: {type(exc).__name__}") from None
@@ -92,13 +97,19 @@ class FramedStream:
 
 
 def guarded_handler(
-    name: str, handler: Callable[[Any], Awaitable[None]]
+    name: str, handler: Callable[[Any], Awaitable[None]], *, close_when_done: bool = True
 ) -> Callable[[Any], Awaitable[None]]:
-    """A stream handler that logs and resets on any failure instead of raising into py-libp2p."""
+    """A stream handler that logs and resets on any failure instead of raising into py-libp2p,
+    and closes the stream when the handler returns (py-libp2p keeps a stream, and its slot in
+    the resource manager, until both ends have closed it) unless `close_when_done` is False:
+    for a handler that hands the stream on (a relayed connection runs over it)."""
 
     async def guarded(stream: Any) -> None:
         try:
             await handler(stream)
+            if close_when_done:
+                with trio.move_on_after(2), contextlib.suppress(Exception):
+                    await stream.close()
         except wire.RemoteProtocolError as exc:
             log.warning("%s: closing stream from %s: %s", name, _peer_of(stream), exc)
             await _reset(stream)
