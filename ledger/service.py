@@ -475,15 +475,21 @@ class Ledger:
         its owner volunteered (with a job offer) without being asked; None if that sufficed,
         else the ChainRequest to ask it for the rest.
 
-        The page is used only where it continues what we verified (overlap is dropped), and
-        only when no late agreements are owed to us (those need a request). Trusting the head
-        it names is no weaker than asking: either way the chain's owner says where it ends.
+        The page is used only where it continues what we verified (overlap is dropped). We ask
+        anyway when we never verified this chain, when agreements to its own proposals are
+        still missing from our tally (`pending`: only a request fetches those), and when we hold
+        a block of it beyond the page (an agreement it sent us after making the page): admit()
+        refuses a chain verified short of a block we hold. Trusting the head the page names is
+        otherwise no weaker than asking: either way the chain's owner says where it ends.
         """
         request = self.chain_request(public_key, limit)
         if offered is None or request.pending:
             return request
         if offered.public_key != public_key:
             raise MalformedMessage("the chain offered is not the requester's")
+        with self._store.read() as txn:
+            if txn.chain_state(public_key) is None or txn.max_sequence(public_key) > offered.head:
+                return request
         if offered.head <= request.since:
             return None  # we verified that far already
         if not offered.since <= request.since < offered.since + len(offered.blocks):

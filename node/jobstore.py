@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS untrusted (  -- workers outvoted by replicas: offered
 ) STRICT;
 """
 MAX_UNTRUSTED = 10_000  # the oldest are forgotten beyond this
+UNTRUSTED_FOR = 30 * 86400.0  # seconds a worker outvoted stays untrusted
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,14 @@ class JobStore:
                 (MAX_UNTRUSTED,),
             )
 
-    def untrusted(self) -> set[str]:
+    def untrusted(self, now: float) -> set[str]:
+        """The workers outvoted within UNTRUSTED_FOR of `now` (a nondeterministic job can
+        outvote an honest worker too: the mark does not last for ever)."""
         with self._lock:
-            return {r[0] for r in self._conn.execute("SELECT peer_id FROM untrusted")}
+            rows = self._conn.execute(
+                "SELECT peer_id FROM untrusted WHERE since > ?", (now - UNTRUSTED_FOR,)
+            )
+            return {r[0] for r in rows}
 
     def forget(self, job_id: str) -> None:
         with self._lock:

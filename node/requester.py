@@ -39,15 +39,15 @@ from node.jobstore import FINISHED_STATES, JobStore, StoredJob
 from node.ledger_link import LedgerFrame, frame, unframe
 from node.worker import job_limits, propose_from
 from rainnet import identity, jobproto, wire
-from rainnet.streams import FramedStream, StreamGone
+from rainnet.streams import FramedStream, ProtocolNotSupported, StreamGone
 from sandbox import JobSpec, SpecError
 from sandbox.spec import check_relative_path
 
 log = logging.getLogger("rainnet.requester")
 
 LEASE = 15.0  # a worker silent this long has lost the job (it reports every 2 s)
-# The worker answers an offer within this: it may wait for a checking slot (30 s), verify our
-# chain (30 s) and wait for capacity (10 s) first.
+# The worker answers an offer within this: its checks (a checking slot and our chain's
+# verification, 30 s in all) and its wait for capacity (10 s) come first.
 ACCEPT_TIMEOUT = 90.0
 MAX_LOST_ATTEMPTS = 6
 NO_WORKER_PATIENCE = 60.0  # no known worker could run the job at all: fail after this
@@ -280,8 +280,8 @@ class Requester:
         self._worker_offers: dict[str, trio.Semaphore] = {}
         # CPUs of our jobs offered to or running on each worker: what ranking spreads jobs by.
         self.committed: dict[str, float] = {}
-        # Workers whose result was outvoted by replicas: never offered a job again (kept in
-        # the job store across restarts).
+        # Workers whose result was outvoted by replicas: offered no job again (kept in the job
+        # store across restarts, for jobstore.UNTRUSTED_FOR).
         self.untrusted: set[str] = set()
         # How far each worker holds our chain verified (from its Accepts): what to send along.
         self._chain_known: dict[str, int] = {}
@@ -289,7 +289,7 @@ class Requester:
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drive jobs until cancelled; first take back the unfinished ones from the store."""
         stored = await trio.to_thread.run_sync(self.store.load)
-        self.untrusted |= await trio.to_thread.run_sync(self.store.untrusted)
+        self.untrusted |= await trio.to_thread.run_sync(self.store.untrusted, time.time())
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for st in stored:
@@ -552,6 +552,9 @@ class Requester:
             await self._converse(job, worker, fs, vote, slot, load)
         except PaidAwaitingResult:
             raise
+        except ProtocolNotSupported as exc:  # it does not take jobs (any more): nothing lost
+            job.attempts -= 1
+            raise Unreachable(str(exc)) from None
         except (StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as exc:
             raise AttemptLost(str(exc) or type(exc).__name__) from None
         finally:

@@ -1,6 +1,6 @@
 """The worker's end of the job protocol: take an offer, run the job in the sandbox, get paid.
 
-One trio task per job stream (`/rain/job/1.0.0`, see rainnet.jobproto). The order of a job:
+One trio task per job stream (`/rain/job/1.1.0`, see rainnet.jobproto). The order of a job:
 1. the offer is checked: a plain job id not run here before, a valid spec, the idle policy lets
    guests in, a sandbox backend can run it, and the requester's verified balance stays above
    the credit floor (its chain is verified first: the offer brings the blocks we lack as far as
@@ -65,6 +65,10 @@ QUEUE_WAIT = 10.0  # an offer waits this long for capacity before it is declined
 MAX_WAITING = 64
 INPUT_TIMEOUT = 30.0  # between two input chunks
 MAX_INPUT_TOTAL = 4 << 30  # bytes of inputs per job this worker takes
+# Jobs whose sandbox has ended free their CPUs for the next job while they settle and send
+# their result; these bound how many may be at that stage at once, and per requester.
+MAX_SETTLING = 32
+MAX_SETTLING_PER_REQUESTER = 8
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,10 @@ class Worker:
         if key in self.running:  # (and _admission checks the ledger for an earlier claim)
             await self._decline(fs, f"job {offer.job_id} is running here already", 0)
             return
+        unsettled = sum(r == requester and not j.in_sandbox for (r, _), j in self.running.items())
+        if unsettled >= MAX_SETTLING_PER_REQUESTER:
+            await self._decline(fs, f"settle your {unsettled} results here first", 5.0)
+            return
         checked: Admitted | str = "busy: too many offers are being checked here"
         with trio.move_on_after(OFFER_TIMEOUT):  # never wait unbounded for a checking slot
             async with self._offers:
@@ -231,6 +239,10 @@ class Worker:
         return any(j.in_sandbox for j in self.running.values())
 
     def _fits(self, needs: scheduler.Needs) -> str | None:
+        settling = sum(not j.in_sandbox for j in self.running.values())
+        if settling >= MAX_SETTLING:
+            # Their CPUs are free, but each holds a stream and a result: bounded too.
+            return f"busy: {settling} results wait to be settled here"
         running = [
             scheduler.Running(j.needs.cpus, j.needs.memory)
             for j in self.running.values()
@@ -332,6 +344,8 @@ class Worker:
         if guest is not None:
             guest.in_sandbox = False
             self.queue.released()
+        if staged:  # not needed any more; the job may wait long for its settlement
+            await trio.to_thread.run_sync(_remove_tree, self.workdir / offer.job_id / "inputs")
         if result.reason.value == "cancelled":
             # By the requester, or given up by the idle policy (the owner stayed too long): no
             # claim. End the stream now so the requester runs the job elsewhere at once, not
@@ -413,45 +427,42 @@ class Worker:
             sources.append(result_dir / out.path)
         verdict = results.Verdict(result.exit_code, result.reason.value)
         digest = results.result_hash(verdict, entries)
-        ledger = self.ledger.ledger
-
-        def claim_and_hold() -> tuple[jobproto.Finished, list[Path]] | str:
-            # One thread hop: sign our claim, and keep the result with it before offering it:
-            # if the requester vanishes, or this node dies after being paid, it is settled or
-            # released when both are back (deliver_held). It goes only once released, or
-            # refused. (Or why not: propose() is idempotent per (requester, job), and an
-            # earlier claim for this job id, for another result, stands.)
-            proposal = ledger.propose(
-                requester=identity.public_bytes_from_peer_id(requester),
-                job_id=offer.job_id,
-                cpu_ms=claimable_ms(result.cpu_seconds, spec),
-                gpu_ms=0,
-                limits=job_limits(spec),
-                result_hash=digest,
-            )
-            if proposal.block.transaction.result_hash != digest:
-                return "claimed before for another result; not releasing"
-            finished = jobproto.Finished(
-                exit_code=result.exit_code,
-                reason=result.reason.value,
-                cpu_seconds=result.cpu_seconds,
-                wall_seconds=result.wall_seconds,
-                peak_memory=result.peak_memory,
-                result_hash=digest,
-                outputs=tuple(entries),
-                proposal=encode_message(proposal),
-            )
-            return finished, self.held.keep(offer.job_id, requester, finished, sources)
-
         try:
-            held = await self.ledger.call(claim_and_hold)
+            proposal = await self.ledger.call(
+                lambda: self.ledger.ledger.propose(
+                    requester=identity.public_bytes_from_peer_id(requester),
+                    job_id=offer.job_id,
+                    cpu_ms=claimable_ms(result.cpu_seconds, spec),
+                    gpu_ms=0,
+                    limits=job_limits(spec),
+                    result_hash=digest,
+                )
+            )
         except LedgerError as exc:
             log.error("job %s: cannot sign the claim: %s", offer.job_id, exc)
             return
-        if isinstance(held, str):
-            log.error("job %s: %s", offer.job_id, held)
+        if proposal.block.transaction.result_hash != digest:
+            # propose() is idempotent per (requester, job): an earlier claim for this job id
+            # stands, and it is not for this result.
+            log.error("job %s: claimed before for another result; not releasing", offer.job_id)
             return
-        finished, paths = held
+        finished = jobproto.Finished(
+            exit_code=result.exit_code,
+            reason=result.reason.value,
+            cpu_seconds=result.cpu_seconds,
+            wall_seconds=result.wall_seconds,
+            peak_memory=result.peak_memory,
+            result_hash=digest,
+            outputs=tuple(entries),
+            proposal=encode_message(proposal),
+        )
+        # Keep the result with our signed claim before offering it: if the requester vanishes,
+        # or this node dies after being paid, it is settled or released when both are back
+        # (deliver_held). It goes only once released, or refused. (Not in the ledger's
+        # thread: moving files must not hold up admissions and agreements.)
+        paths = await trio.to_thread.run_sync(
+            self.held.keep, offer.job_id, requester, finished, sources
+        )
         # Replicas of the job wait for each other before the requester answers.
         timeout = SETTLE_TIMEOUT + spec.limits.wall_seconds
         self._in_exchange.add(offer.job_id)  # deliver_held leaves it alone meanwhile
@@ -521,7 +532,13 @@ class Worker:
                 finished, paths = await trio.to_thread.run_sync(self.held.load, job_id)
                 stream = await self._open_stream(requester, jobproto.RESULT)
                 fs = FramedStream(stream, (jobproto.Settle,), jobproto.JOB_MAX_FRAME)
-                await self._exchange(fs, job_id, requester, finished, paths, SETTLE_TIMEOUT)
+                try:
+                    await self._exchange(fs, job_id, requester, finished, paths, SETTLE_TIMEOUT)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await fs.reset()  # released, not left half-open
+                    raise
+                await fs.close()  # (again, if _exchange did: harmless)
             except (StreamGone, wire.RemoteProtocolError) as exc:
                 log.info("held result of job %s not delivered yet: %s", job_id, exc)
                 return

@@ -12,6 +12,7 @@ This is the only module (with the node's runtime) that imports libp2p. Choices m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -34,11 +35,12 @@ from libp2p.records.validator import NamespacedValidator, Validator
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
-from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, Yamux, YamuxStream
+from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE, Yamux, YamuxStream
 from libp2p.utils.varint import encode_delim
 
 from rainnet import records
 from rainnet.identity import Identity
+from rainnet.streams import ProtocolNotSupported
 
 log = logging.getLogger("rainnet.host")
 
@@ -104,25 +106,27 @@ async def _atomic_write_frame(self: Any, data: bytes) -> None:
 
 Yamux._write_frame = _atomic_write_frame
 
-WINDOW_RELEASE = DEFAULT_WINDOW_SIZE // 2
-
 
 async def _release_by_half_windows(self: Any, *, bytes_read: int = 0) -> None:
     """YamuxStream._auto_tune_and_send_window_update, as go-yamux does it: the credit consumed
-    by reads goes back to the sender once it reaches half the window, in one WINDOW_UPDATE.
+    by reads goes back to the sender once it reaches half the window, in one WINDOW_UPDATE,
+    and each such update also doubles the window (up to 16 MiB), so a long transfer soon
+    runs on a large one.
 
-    py-libp2p's version also "auto-tunes": within a few round trips of a stream's start it
-    doubles the window up to 16 MiB, one update frame per doubling, and it returns credit on
-    almost every read. Counted here: 150 update frames for 10 streams of 5 small round trips
-    each, every one encrypted and written; our job streams are short and many. (A window of
-    256 KiB still moves ~100 MiB/s on a LAN.)
+    py-libp2p's version also returns credit on almost every read and grows the window on
+    short streams too: 150 update frames for 10 streams of 5 small round trips each, every
+    one encrypted and written; our job streams are short and many. A stream that moves less
+    than 128 KiB now sends none.
     """
     async with self.window_lock:
         self._pending_recv_release += bytes_read
         increment: int = self._pending_recv_release
-        if increment < WINDOW_RELEASE:
+        if increment < self.target_recv_window // 2:
             return
         self._pending_recv_release = 0
+        grow = min(self.target_recv_window, MAX_WINDOW_SIZE - self.target_recv_window)
+        self.target_recv_window += grow
+        increment += grow
         self.recv_window += increment
     await self.send_window_update(increment, skip_lock=True)
 
@@ -183,7 +187,8 @@ async def open_stream(host: Any, peer_id: ID, protocol: str) -> Any:
     try:
         await stream.write(proposal)
     except BaseException:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
+        # (The write's error is the one to report, not the reset's.)
+        with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(Exception):
             await stream.reset()
         raise
     stream.set_protocol(protocol)
@@ -220,10 +225,6 @@ class _LazilyNegotiated:
 
     async def reset(self) -> None:
         await self._stream.reset()
-
-
-class ProtocolNotSupported(Exception):
-    """The remote answered our lazily proposed protocol with something else ("na")."""
 
 
 async def _membership_decides_dials() -> None:

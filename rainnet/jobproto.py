@@ -1,4 +1,4 @@
-"""The job protocol (`/rain/job/1.0.0`): one stream per job attempt, requester to worker.
+"""The job protocol (`/rain/job/1.1.0`): one stream per job attempt, requester to worker.
 
 Conversation (each arrow one framed message; the stream itself is the lease: if it breaks, the
 attempt is over for the requester, who may run the job elsewhere):
@@ -6,7 +6,8 @@ attempt is over for the requester, who may run the job elsewhere):
     requester                                   worker
     Offer(job, spec, inputs manifest, recent blocks of its chain) ------->
                                       <-------  LedgerFrame(ChainRequest)   (only if the blocks
-    LedgerFrame(ChainPage) ------------------>   offered do not bring its copy up to date)
+    LedgerFrame(ChainPage) ------------------>   offered do not bring its copy up to date;
+                                                 again while pages remain)
                                       <-------  Accept(lease)  |  Decline(reason, retry_after)
     InputChunk ... InputDone ---------------->  (hash-checked against the manifest; none at
                                                  all for a job without inputs)
@@ -28,12 +29,13 @@ from dataclasses import dataclass, field
 from rainnet import wire
 from rainnet.ledgerproto import LedgerFrame
 
-JOB = "/rain/job/1.0.0"
+JOB = "/rain/job/1.1.0"  # 1.1: offers carry chain blocks; no InputDone without inputs
 # A worker holding a result for a requester that went away offers it here when the requester is
 # back: Finished -> Settle -> OutputChunk... OutputDone, as at the end of a job stream.
 RESULT = "/rain/result/1.0.0"
 CHUNK = 256 * 1024
 MAX_SPEC_BYTES = CHUNK
+MAX_CHAIN_SEQUENCE = 1 << 48  # as ledger.block.MAX_SEQUENCE
 MAX_OFFERED_CHAIN = 64 * 1024  # recent blocks of the requester's chain sent with an offer
 JOB_MAX_FRAME = MAX_SPEC_BYTES + MAX_OFFERED_CHAIN + 4096  # an Offer must fit one frame
 # A ChainPage asked for on a job stream holds at most this many blocks (and their counterparty
@@ -77,6 +79,10 @@ class Accept(wire.Message):
     lease_seconds: float
     backend: str = field(metadata=wire.limit(32))
     chain_verified: int  # how far the worker now holds the requester's chain verified
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.chain_verified <= MAX_CHAIN_SEQUENCE:
+            raise ValueError(f"chain_verified {self.chain_verified} is not a chain position")
 
 
 @wire.message("job-decline")

@@ -11,9 +11,9 @@ import trio
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from rainnet.host import ProtocolNotSupported, build_host, open_stream
+from rainnet.host import build_host, open_stream
 from rainnet.identity import Identity
-from rainnet.streams import guarded_handler
+from rainnet.streams import ProtocolNotSupported, guarded_handler
 
 LOOPBACK = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
 ECHO = "/rain/test/echo/1.0.0"
@@ -109,7 +109,8 @@ def test_credit_goes_back_by_half_windows_and_large_transfers_flow(
                     await stream.write(b"y" * (1 << 20))
                 await stream.close()
                 assert await stream.read(64) == str(size).encode()
-                assert len(updates) >= size // (256 << 10)
+                # Half a window at a time, the window doubling each time: few updates.
+                assert 1 <= len(updates) <= 16, updates
                 assert all(u >= 128 << 10 for u in updates)
                 nursery.cancel_scope.cancel()
 
