@@ -12,7 +12,6 @@ This is the only module (with the node's runtime) that imports libp2p. Choices m
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -177,36 +176,32 @@ async def open_stream(host: Any, peer_id: ID, protocol: str) -> Any:
 
     py-libp2p's `new_stream` runs multistream-select as two round trips (the header, then the
     protocol) before the first byte of ours may go out: about half of what opening a job
-    stream cost. Here the header and the protocol go out at once, our first message may follow
-    without waiting, and the listener's echo of both is checked when we first read (as
+    stream cost. Here the header and the protocol go out in front of our first message, in
+    the same frame, and the listener's echo of both is checked when we first read (as
     go-multistream's lazy client does). A listener that does not speak `protocol` answers "na":
     the first read then fails, as opening would have.
     """
     stream = await host.get_network().new_stream(peer_id)
-    proposal = _MULTISTREAM + encode_delim(protocol.encode())
-    try:
-        await stream.write(proposal)
-    except BaseException:
-        # (The write's error is the one to report, not the reset's.)
-        with trio.CancelScope(shield=True), trio.move_on_after(2), contextlib.suppress(Exception):
-            await stream.reset()
-        raise
     stream.set_protocol(protocol)
-    return _LazilyNegotiated(stream, proposal)
+    return _LazilyNegotiated(stream, _MULTISTREAM + encode_delim(protocol.encode()))
 
 
 class _LazilyNegotiated:
-    """A stream whose multistream-select answer (the echo of what we proposed) still waits in
-    front of the data; `read` checks and drops it first. Everything else is the stream's."""
+    """A stream whose multistream-select proposal goes out with the first write (or before the
+    first read), and whose answer (the echo of that proposal) still waits in front of the data:
+    `read` checks and drops it first. Everything else is the stream's."""
 
-    def __init__(self, stream: Any, echo: bytes) -> None:
+    def __init__(self, stream: Any, proposal: bytes) -> None:
         self._stream = stream
-        self._echo = echo
+        self._unsent = proposal
+        self._echo = proposal
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
     async def read(self, n: int | None = None) -> bytes:
+        if self._unsent:
+            await self.write(b"")
         while self._echo:
             data: bytes = await self._stream.read(len(self._echo))
             if not data:
@@ -218,6 +213,7 @@ class _LazilyNegotiated:
         return rest
 
     async def write(self, data: bytes) -> None:
+        data, self._unsent = self._unsent + data, b""
         await self._stream.write(data)
 
     async def close(self) -> None:
