@@ -25,9 +25,7 @@ from pathlib import Path
 import trio
 
 from sandbox import JobSpec, Limits, SandboxConfig, open_backend
-from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
-
-WORKER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
+from tests.nodes import Cluster, NodeProcess, requester_and_workers
 
 
 def _rain(node: NodeProcess, *args: str, timeout: float = 120) -> float:
@@ -43,13 +41,7 @@ def _rain(node: NodeProcess, *args: str, timeout: float = 120) -> float:
 
 def network(workers: int, tmp: Path) -> tuple[Cluster, NodeProcess]:
     cluster = Cluster(tmp)
-    requester = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never", name="req")
-    requester.wait_ready()
-    nodes = [cluster.start(*WORKER, "--bootstrap", requester.addr) for _ in range(workers)]
-    for node in nodes:
-        node.wait_ready()
-    wait_until(lambda: all_see_each_other([requester, *nodes]), 60, "network")
-    wait_until(lambda: all(p["backends"] for p in requester.peers()), 30, "sandboxes")
+    requester, _ = requester_and_workers(cluster, workers, timeout=60)
     return cluster, requester
 
 

@@ -64,16 +64,23 @@ class Membership:
     peers: dict[str, Peer] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
 
-    def learn(self, peer_id: str, addrs: tuple[str, ...], source: Source, now: float) -> bool:
-        """A discovery source named `peer_id` at `addrs`. True if it should be contacted now."""
+    def _entry(self, peer_id: str, source: Source, now: float) -> Peer | None:
+        """`peer_id`'s entry, made (first heard of from `source`) if new; None for ourselves, or
+        when the view is full and no entry may give way."""
         if peer_id == self.self_id:
-            return False
+            return None
         peer = self.peers.get(peer_id)
         if peer is None:
             if len(self.peers) >= self.max_peers and not self._evict_one():
-                return False
-            peer = Peer(peer_id=peer_id, source=source, first_seen=now)
-            self.peers[peer_id] = peer
+                return None
+            peer = self.peers[peer_id] = Peer(peer_id=peer_id, source=source, first_seen=now)
+        return peer
+
+    def learn(self, peer_id: str, addrs: tuple[str, ...], source: Source, now: float) -> bool:
+        """A discovery source named `peer_id` at `addrs`. True if it should be contacted now."""
+        peer = self._entry(peer_id, source, now)
+        if peer is None:
+            return False
         if addrs:
             merged = tuple(dict.fromkeys(addrs + peer.addrs))
             peer.addrs = merged[:MAX_ADDRS_PER_PEER]
@@ -89,14 +96,9 @@ class Membership:
         self, peer_id: str, now: float, record: NodeRecord | None = None, rtt: float | None = None
     ) -> bool:
         """A hello or heartbeat with `peer_id` succeeded. True if the peer (re)joined the view."""
-        if peer_id == self.self_id:
-            return False
-        peer = self.peers.get(peer_id)
+        peer = self._entry(peer_id, Source.INBOUND, now)
         if peer is None:
-            if len(self.peers) >= self.max_peers and not self._evict_one():
-                return False
-            peer = Peer(peer_id=peer_id, source=Source.INBOUND, first_seen=now)
-            self.peers[peer_id] = peer
+            return False
         joined = not peer.live
         peer.live = True
         peer.last_seen = now

@@ -268,6 +268,27 @@ async def _open_hop(host: Any, relay: PeerInfo) -> Any:
     return await host.new_stream(relay.peer_id, [HOP_PROTOCOL])
 
 
+async def _hop_request(
+    host: Any, relay: PeerInfo, request: HopMessage, exchange: str
+) -> tuple[Any, HopMessage]:
+    """Open a hop stream to `relay`, send `request` and read the answer (no timeout: callers
+    bound it); RelayError naming `exchange` if any of it fails (the stream is then reset)."""
+    try:
+        stream = await _open_hop(host, relay)
+    except RelayError:
+        raise
+    except Exception as exc:
+        raise RelayError(f"cannot reach relay {relay.peer_id}: {exc!r}") from None
+    try:
+        await write_delimited_msg(stream, request)
+        return stream, await read_delimited_msg(stream, HopMessage)
+    except BaseException as exc:
+        await _discard(stream)
+        if not isinstance(exc, Exception):
+            raise
+        raise RelayError(f"{exchange} failed: {exc!r}") from None
+
+
 # ----- client: reserve ---------------------------------------------------------------------------
 
 
@@ -275,21 +296,11 @@ async def reserve(host: Any, relay: PeerInfo, timeout: float = RESERVE_TIMEOUT) 
     """Reserve (or refresh) a slot on `relay`; RelayError if it cannot be reached or refuses."""
     relay_id = str(relay.peer_id)
     with trio.move_on_after(timeout):
-        try:
-            stream = await _open_hop(host, relay)
-        except RelayError:
-            raise
-        except Exception as exc:
-            raise RelayError(f"cannot reach relay {relay_id}: {exc!r}") from None
-        try:
-            # The spec's RESERVE carries nothing: the relay reserves for the authenticated peer.
-            await write_delimited_msg(stream, HopMessage(type=HopMessage.RESERVE))
-            resp = await read_delimited_msg(stream, HopMessage)
-        except BaseException as exc:
-            await _discard(stream)
-            if not isinstance(exc, Exception):
-                raise
-            raise RelayError(f"reservation exchange with {relay_id} failed: {exc!r}") from None
+        # The spec's RESERVE carries nothing: the relay reserves for the authenticated peer.
+        reserve = HopMessage(type=HopMessage.RESERVE)
+        stream, resp = await _hop_request(
+            host, relay, reserve, f"reservation exchange with {relay_id}"
+        )
         await _close(stream)
         if resp.type != HopMessage.STATUS:
             raise RelayError(f"relay {relay_id} answered RESERVE with message type {resp.type}")
@@ -343,21 +354,10 @@ async def dial_circuit(host: Any, addr: str, timeout: float = DIAL_TIMEOUT) -> N
     base = circuit.relay_addr.rpartition("/p2p/")[0]
     relay = PeerInfo(ID.from_base58(circuit.relay_id), [multiaddr.Multiaddr(base)] if base else [])
     with trio.move_on_after(timeout):
-        try:
-            stream = await _open_hop(host, relay)
-        except RelayError:
-            raise
-        except Exception as exc:
-            raise RelayError(f"cannot reach relay {circuit.relay_id}: {exc!r}") from None
-        try:
-            connect = HopMessage(type=HopMessage.CONNECT, peer=PbPeerId(id=target.to_bytes()))
-            await write_delimited_msg(stream, connect)
-            resp = await read_delimited_msg(stream, HopMessage)
-        except BaseException as exc:
-            await _discard(stream)
-            if not isinstance(exc, Exception):
-                raise
-            raise RelayError(f"CONNECT through {circuit.relay_id} failed: {exc!r}") from None
+        connect = HopMessage(type=HopMessage.CONNECT, peer=PbPeerId(id=target.to_bytes()))
+        stream, resp = await _hop_request(
+            host, relay, connect, f"CONNECT through {circuit.relay_id}"
+        )
         if resp.type != HopMessage.STATUS or resp.status != StatusCode.OK:
             await _discard(stream)
             raise RelayError(

@@ -20,6 +20,10 @@ from typing import Any
 
 PYTHON = sys.executable
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+# Nodes on loopback found through a bootstrap address (no mDNS): one that only asks for work,
+# one that lends whatever the owner does.
+REQUESTER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "never")
+WORKER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
 
 
 def _in_netns(name: str) -> list[str]:
@@ -180,3 +184,20 @@ def wait_until(
 def all_see_each_other(nodes: Sequence[NodeProcess]) -> bool:
     ids = {n.peer_id for n in nodes}
     return all(n.peer_ids() >= ids - {n.peer_id} for n in nodes)
+
+
+def requester_and_workers(
+    cluster: Cluster, workers: int, timeout: float = 30.0
+) -> tuple[NodeProcess, list[NodeProcess]]:
+    """A requester ("req") and `workers` workers that join through it, once all see each other
+    and the requester sees every worker's sandbox."""
+    requester = cluster.start(*REQUESTER, name="req")
+    requester.wait_ready()
+    nodes = [cluster.start(*WORKER, "--bootstrap", requester.addr) for _ in range(workers)]
+    for node in nodes:
+        node.wait_ready()
+    wait_until(lambda: all_see_each_other([requester, *nodes]), timeout, "the network forms")
+    wait_until(
+        lambda: all(p["backends"] for p in requester.peers()), timeout, "workers show a sandbox"
+    )
+    return requester, nodes

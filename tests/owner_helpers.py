@@ -16,10 +16,8 @@ from typing import Any
 
 from sandbox import cgroups
 from sandbox.config import SandboxConfig
-from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
+from tests.nodes import LOOPBACK, REQUESTER, Cluster, NodeProcess, all_see_each_other, wait_until
 
-REQUESTER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "never")
-WORKER_ALWAYS = ("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
 BURN_CPU = 4.0  # CPU-seconds the guest burns before it exits
 # The guest: a busy loop that stops at BURN_CPU seconds of its own CPU time, however long it was
 # frozen in between, so the CPU it is paid for is known in advance.

@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
-
-WORKER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
+from tests.nodes import (
+    REQUESTER,
+    WORKER,
+    Cluster,
+    NodeProcess,
+    all_see_each_other,
+    requester_and_workers,
+    wait_until,
+)
 
 
 def _credit(node: NodeProcess) -> dict[str, float]:
@@ -19,22 +25,9 @@ def _credit(node: NodeProcess) -> dict[str, float]:
     return data
 
 
-def _network(cluster: Cluster, workers: int) -> tuple[NodeProcess, list[NodeProcess]]:
-    requester = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never", name="req")
-    requester.wait_ready()
-    nodes = [cluster.start(*WORKER, "--bootstrap", requester.addr) for _ in range(workers)]
-    for node in nodes:
-        node.wait_ready()
-    wait_until(lambda: all_see_each_other([requester, *nodes]), 30, "the network forms")
-    wait_until(
-        lambda: all(p["backends"] for p in requester.peers()), 20, "workers show their sandbox"
-    )
-    return requester, nodes
-
-
 def test_200_jobs_run_on_peers_and_credit_matches_cpu_seconds(cluster: Cluster) -> None:
     """4 nodes: 200 small jobs from one run on the other three, each with its own output."""
-    requester, workers = _network(cluster, 3)
+    requester, workers = requester_and_workers(cluster, 3)
     n = 200
     ids = requester.rain(
         "submit",
@@ -78,7 +71,7 @@ def test_200_jobs_run_on_peers_and_credit_matches_cpu_seconds(cluster: Cluster) 
 
 
 def test_wait_streams_output_and_returns_the_exit_code(cluster: Cluster, tmp_path: Path) -> None:
-    requester, _ = _network(cluster, 1)
+    requester, _ = requester_and_workers(cluster, 1)
     data = tmp_path / "numbers.txt"
     data.write_text("3\n4\n")
     res = requester.rain(
@@ -105,7 +98,7 @@ def test_wait_streams_output_and_returns_the_exit_code(cluster: Cluster, tmp_pat
 
 
 def test_cancel_reaches_the_worker_and_frees_it(cluster: Cluster) -> None:
-    requester, (worker,) = _network(cluster, 1)
+    requester, (worker,) = requester_and_workers(cluster, 1)
     job_id = requester.rain("submit", "--", "sleep", "300").stdout.strip()
     wait_until(
         lambda: json.loads(requester.rain("jobs", "--json").stdout)[0]["state"] == "running",
@@ -128,7 +121,7 @@ def test_cancel_reaches_the_worker_and_frees_it(cluster: Cluster) -> None:
 
 
 def test_no_worker_gets_a_clear_message(cluster: Cluster) -> None:
-    lone = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never")
+    lone = cluster.start(*REQUESTER)
     lone.wait_ready()
     res = lone.rain("submit", "--wait", "--", "true", check=False, timeout=120)
     assert res.returncode == 1
@@ -136,7 +129,7 @@ def test_no_worker_gets_a_clear_message(cluster: Cluster) -> None:
 
 
 def test_files_of_100_mib_go_in_and_out_intact(cluster: Cluster, tmp_path: Path) -> None:
-    requester, _ = _network(cluster, 1)
+    requester, _ = requester_and_workers(cluster, 1)
     big = tmp_path / "big.bin"
     chunk = hashlib.sha256(b"seed").digest() * 32768  # 1 MiB, not all zeros
     with big.open("wb") as f:
@@ -165,7 +158,7 @@ def test_files_of_100_mib_go_in_and_out_intact(cluster: Cluster, tmp_path: Path)
 
 
 def test_a_worker_returning_a_wrong_result_is_outvoted_and_unpaid(cluster: Cluster) -> None:
-    requester = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never", name="req")
+    requester = cluster.start(*REQUESTER, name="req")
     requester.wait_ready()
     honest = cluster.start(*WORKER, "--bootstrap", requester.addr, name="honest")
     cheat = cluster.start(
@@ -211,7 +204,7 @@ def test_a_worker_returning_a_wrong_result_is_outvoted_and_unpaid(cluster: Clust
 
 
 def test_array_jobs_from_a_job_file(cluster: Cluster, tmp_path: Path) -> None:
-    requester, _ = _network(cluster, 2)
+    requester, _ = requester_and_workers(cluster, 2)
     job_file = tmp_path / "job.toml"
     job_file.write_text(
         'command = ["sh", "-c", "echo task $RAIN_ARRAY_TASK_ID of $GREETING"]\n'

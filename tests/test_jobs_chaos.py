@@ -7,9 +7,7 @@ import json
 import random
 import time
 
-from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
-
-WORKER = ("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
+from tests.nodes import REQUESTER, WORKER, Cluster, NodeProcess, all_see_each_other, wait_until
 
 
 def _jobs(node: NodeProcess) -> dict[str, dict[str, object]]:
@@ -31,9 +29,7 @@ def _worker_and_requester(cluster: Cluster) -> tuple[NodeProcess, NodeProcess]:
     requester finds the worker again)."""
     worker = cluster.start(*WORKER)
     worker.wait_ready()
-    requester = cluster.start(
-        "--listen", LOOPBACK, "--no-mdns", "--lend", "never", "--bootstrap", worker.addr, name="req"
-    )
+    requester = cluster.start(*REQUESTER, "--bootstrap", worker.addr, name="req")
     requester.wait_ready()
     wait_until(lambda: all_see_each_other([requester, worker]), 30, "two nodes meet")
     wait_until(lambda: requester.peers()[0]["backends"] != [], 20, "the worker's sandbox shows")
@@ -56,7 +52,7 @@ def test_a_restarted_requester_takes_its_jobs_back(cluster: Cluster) -> None:
 
 def test_chaos_every_job_completes_exactly_once(cluster: Cluster) -> None:
     rng = random.Random(7)
-    requester = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never", name="req")
+    requester = cluster.start(*REQUESTER, name="req")
     requester.wait_ready()
     workers = [cluster.start(*WORKER, "--bootstrap", requester.addr) for _ in range(5)]
     for w in workers:

@@ -27,11 +27,10 @@ from typing import Any
 import pytest
 
 from node.requester import NO_WORKER_PATIENCE
-from tests.nodes import PYTHON, Cluster, NodeProcess, all_see_each_other, wait_until
+from tests.nodes import PYTHON, WORKER, Cluster, NodeProcess, all_see_each_other, wait_until
 from tests.owner_helpers import (
     BURN_CPU,
     GUEST,
-    WORKER_ALWAYS,
     GuestCgroup,
     Worker,
     credit,
@@ -284,7 +283,7 @@ def test_a_job_suspended_too_long_is_given_up_and_rerun_elsewhere(nodes: Cluster
     assert jobs(requester)[0]["worker"] == first.node.peer_id
     wait_until(lambda: first.state() == "busy", 10, "the first worker reports itself busy")
     # Only now a second worker: the requester had no choice but the first.
-    second = nodes.start(*WORKER_ALWAYS, "--bootstrap", requester.addr, name="second")
+    second = nodes.start(*WORKER, "--bootstrap", requester.addr, name="second")
     second.wait_ready()
     wait_until(
         lambda: state_seen_by(requester, second.peer_id) == "idle",
