@@ -458,10 +458,9 @@ class Ledger:
             else:
                 state = txn.chain_state(pk)
                 head = 0 if state is None else state.verified
-            last = min(head, request.since + request.limit)
-            blocks = [block_from_row(r) for r in txn.chain_rows(pk, request.since + 1, last)]
-            linked = [block_from_row(r) for r in txn.agreement_rows(pk, request.since + 1, last)]
-            linked += [block_from_row(r) for r in txn.proposal_rows(pk, request.since + 1, last)]
+            blocks, linked = _page_rows(
+                txn, pk, request.since, min(head, request.since + request.limit)
+            )
             for seq in request.pending:
                 late = txn.agreement_for(pk, seq) if seq <= head else None
                 if late is not None:
@@ -476,27 +475,47 @@ class Ledger:
         else the ChainRequest to ask it for the rest.
 
         The page is used only where it continues what we verified (overlap is dropped). We ask
-        anyway when we never verified this chain, when agreements to its own proposals are
-        still missing from our tally (`pending`: only a request fetches those), and when we hold
-        a block of it beyond the page (an agreement it sent us after making the page): admit()
-        refuses a chain verified short of a block we hold. Trusting the head the page names is
-        otherwise no weaker than asking: either way the chain's owner says where it ends.
+        anyway when we never verified this chain, and when agreements to its own proposals are
+        still missing from our tally (`pending`: only a request fetches those). Blocks of it we
+        hold beyond the page (its agreements to our proposals, sent after it made the page: it
+        settled a job of ours while offering the next) are verified from our own copy; only a
+        gap before them makes us ask, since admit() refuses a chain verified short of a block we
+        hold. Trusting the head the page names is otherwise no weaker than asking: either way
+        the chain's owner says where it ends.
         """
         request = self.chain_request(public_key, limit)
         if offered is None or request.pending:
             return request
         if offered.public_key != public_key:
             raise MalformedMessage("the chain offered is not the requester's")
-        with self._store.read() as txn:
-            if txn.chain_state(public_key) is None or txn.max_sequence(public_key) > offered.head:
-                return request
-        if offered.head <= request.since:
-            return None  # we verified that far already
-        if not offered.since <= request.since < offered.since + len(offered.blocks):
-            return request  # a gap between what we hold and the page
-        if self.ingest_page(offered.after(request.since)).more:
+        if self.verified_state(public_key) is None:
+            return request
+        if offered.head > request.since:
+            if not offered.since <= request.since < offered.since + len(offered.blocks):
+                return request  # a gap between what we hold and the page
+            if self.ingest_page(offered.after(request.since)).more:
+                return self.chain_request(public_key, limit)
+        if not self._verify_held(public_key):
             return self.chain_request(public_key, limit)
         return None
+
+    def _verify_held(self, public_key: bytes) -> bool:
+        """Extend our verified copy of `public_key`'s chain over the blocks of it we hold just
+        beyond: True if it now reaches the last of them, False if a gap is left (they are
+        agreements with us; the blocks between went to others, and only the owner has them)."""
+        with self._store.read() as txn:
+            state = txn.chain_state(public_key)
+            if state is None:
+                return False
+            top = txn.max_sequence(public_key)
+            if top <= state.verified:
+                return True
+            blocks, linked = _page_rows(txn, public_key, state.verified, top)
+        if len(blocks) != top - state.verified:
+            return False
+        page = ChainPage(public_key, state.verified, tuple(blocks), tuple(linked), top)
+        self.ingest_page(page)  # InvalidBlock / ForkDetected as for any page
+        return True
 
     def ingest_page(self, page: ChainPage) -> SyncResult:
         """Verify a page of a peer's chain against what we hold, and store it.
@@ -692,6 +711,17 @@ class Ledger:
 
 
 T = TypeVar("T")
+
+
+def _page_rows(
+    txn: Txn, public_key: bytes, since: int, last: int
+) -> tuple[list[HalfBlock], list[HalfBlock]]:
+    """`public_key`'s blocks we hold after `since` up to `last`, and the counterparty halves
+    that go with them (agreements to its proposals, proposals its agreements are for)."""
+    blocks = [block_from_row(r) for r in txn.chain_rows(public_key, since + 1, last)]
+    linked = [block_from_row(r) for r in txn.agreement_rows(public_key, since + 1, last)]
+    linked += [block_from_row(r) for r in txn.proposal_rows(public_key, since + 1, last)]
+    return blocks, linked
 
 
 def _one(results: list[T | LedgerError]) -> T:

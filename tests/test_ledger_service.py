@@ -533,7 +533,20 @@ def test_a_volunteered_page_brings_a_chain_up_to_date_without_asking(
     assert a.catch_up(b.public_key, page) is None
     assert a.verified_balance(b.public_key) == b.balance()
     # b made its page, then paid a for another job (a holds that agreement, #8): the page
-    # stops short of a block a holds, and admit() would refuse the chain; so a asks.
+    # stops short of a block a holds (admit() would refuse the chain), but the block follows
+    # the page, so a verifies it from its own copy without asking.
     stale = b.serve_chain(ChainRequest(b.public_key, 7, 16))
     settle(a, b, "second")
-    assert a.catch_up(b.public_key, stale) == ChainRequest(b.public_key, 7)
+    assert a.catch_up(b.public_key, stale) is None
+    assert a.verified_state(b.public_key).verified == 8  # type: ignore[union-attr]
+    assert a.verified_balance(b.public_key) == b.balance()
+    a.admit(b.public_key, LIMITS)
+    # Again, but b paid c (#9) before paying a (#10): a cannot see #9, so it asks.
+    stale = b.serve_chain(ChainRequest(b.public_key, 8, 16))
+    settle(c, b, "c6")
+    settle(a, b, "third")
+    assert a.catch_up(b.public_key, stale) == ChainRequest(b.public_key, 8)
+    with pytest.raises(ExchangeRefused):
+        a.admit(b.public_key, LIMITS)
+    sync(a, b, b.public_key)
+    assert a.verified_balance(b.public_key) == b.balance()
