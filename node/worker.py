@@ -509,7 +509,11 @@ class Worker:
         async def send_chunk(index: int, offset: int, data: bytes) -> None:
             await fs.send(jobproto.OutputChunk(index=index, offset=offset, data=data), SEND_TIMEOUT)
 
-        await transfer.send(send_chunk, sources)
+        # (An empty file is not opened: most jobs leave stderr, or both, empty.)
+        nonempty = [
+            b"" if e.size == 0 else s for e, s in zip(finished.outputs, sources, strict=True)
+        ]
+        await transfer.send(send_chunk, nonempty)
         await fs.send(jobproto.OutputDone(), SEND_TIMEOUT)
         await fs.close()
 
