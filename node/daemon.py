@@ -38,13 +38,14 @@ from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
 from node.idle_policy import Decision, IdlePolicy
 from node.idle_signals import PolicyWatch, Sampler
 from node.jobstore import JOBS_FILE, JobStore
-from node.ledger_link import LEDGER, LEDGER_MAX_FRAME, LedgerFrame, LedgerLink
+from node.ledger_link import LedgerLink
 from node.policy_config import PolicyConfig
 from node.requester import Requester
 from node.worker import Worker
 from rainnet import __version__, identity, jobproto, protocols, records, wire
 from rainnet import host as rhost
 from rainnet import relay as rrelay
+from rainnet.ledgerproto import LEDGER, LEDGER_MAX_FRAME, LedgerFrame
 from rainnet.membership import Membership, Source
 from rainnet.streams import FramedStream, StreamGone, guarded_handler
 

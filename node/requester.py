@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import trio
@@ -36,9 +36,10 @@ from ledger.errors import RemoteFault
 from ledger.messages import ChainRequest, Refuse, encode_message
 from node import results, scheduler, transfer, voting
 from node.jobstore import FINISHED_STATES, JobStore, StoredJob
-from node.ledger_link import LedgerFrame, frame, unframe
+from node.ledger_link import frame, unframe
 from node.worker import job_limits, propose_from
 from rainnet import identity, jobproto, wire
+from rainnet.ledgerproto import LedgerFrame
 from rainnet.streams import FramedStream, ProtocolNotSupported, StreamGone
 from sandbox import JobSpec, SpecError
 from sandbox.spec import check_relative_path
@@ -64,6 +65,8 @@ RESUME_GRACE = 20.0  # after a restart, how long a job that was running waits fo
 MAX_KEPT_OUTPUT = 1 << 20
 MAX_RESULT_BYTES = 1 << 30
 MAX_JOBS_KEPT = 10_000
+T = TypeVar("T")
+MAX_WORKERS_REMEMBERED = 4096  # per-worker hints kept (see _remember)
 OFFERED_BLOCKS = 16  # at most this many blocks of our chain go with an offer
 MAX_CHAIN_ASKS = 4096  # pages of our chain a worker may ask for before answering an offer
 
@@ -206,6 +209,15 @@ class _Load:
             else:
                 self._committed.pop(self._worker, None)
             self._cpus = 0.0
+
+
+def _remember(table: dict[str, T], worker: str, hint: T) -> None:
+    """Note a hint about a worker, forgetting the oldest beyond MAX_WORKERS_REMEMBERED: many
+    peers must not grow it without bound, and a hint forgotten costs a round trip at most."""
+    table.pop(worker, None)
+    table[worker] = hint
+    while len(table) > MAX_WORKERS_REMEMBERED:
+        del table[next(iter(table))]
 
 
 class Vote:
@@ -416,7 +428,8 @@ class Requester:
         while lost < MAX_LOST_ATTEMPTS and trio.current_time() - queued_at < MAX_QUEUE:
             known = self._candidates()
             now = trio.current_time()
-            shunned = {w for w, until in self._unreachable.items() if until > now}
+            self._unreachable = {w: until for w, until in self._unreachable.items() if until > now}
+            shunned = set(self._unreachable)
             exclude = tried | shunned | self.untrusted | (used if vote else set())
             ranked = scheduler.rank_workers(known, needs, exclude=exclude, committed=self.committed)
             if not ranked:
@@ -444,7 +457,7 @@ class Requester:
             except Unreachable as exc:
                 # Probably gone (its heartbeats will tell): leave it alone for a while.
                 log.info("job %s: %s unreachable: %s", job.job_id, worker, exc)
-                self._unreachable[worker] = trio.current_time() + UNREACHABLE_PAUSE
+                _remember(self._unreachable, worker, trio.current_time() + UNREACHABLE_PAUSE)
                 used.discard(worker)
                 job.state, job.worker = "queued", None
             except PaidAwaitingResult as exc:
@@ -597,7 +610,7 @@ class Requester:
             raise Declined(reply.reason)
         if not isinstance(reply, jobproto.Accept):
             raise wire.RemoteProtocolError(f"{reply.TYPE} instead of an answer to the offer")
-        self._chain_known[worker] = reply.chain_verified
+        _remember(self._chain_known, worker, reply.chain_verified)
         job.state, job.started = "running", time.time()
         job.accepted_by.add(worker)
         await self._save(job)  # after a restart: wait for this worker's held result first
