@@ -49,7 +49,11 @@ def bench_join(mode: str, joins: int) -> list[float]:
                 newcomer = cluster.start("--listen", LOOPBACK, *extra, *boot)
                 newcomer.wait_ready()
                 pid = newcomer.peer_id
-                wait_until(lambda pid=pid: all(_sees(n, pid) for n in base), 60, "join", 0.05)
+
+                def joined(pid: str = pid) -> bool:
+                    return all(_sees(n, pid) for n in base)
+
+                wait_until(joined, 60, "join", 0.05)
                 times.append(time.monotonic() - started)
                 newcomer.stop()
             return times
@@ -151,7 +155,8 @@ def bench_status(repeats: int) -> tuple[float, float]:
             node.wait_ready()
             rain = [sys.executable, "-m", "node.cli", "--home", str(node.home), "status"]
             bare = [sys.executable, "-c", "pass"]
-            status_t, bare_t = [], []
+            status_t: list[float] = []
+            bare_t: list[float] = []
             for _ in range(repeats):
                 for cmd, out in ((rain, status_t), (bare, bare_t)):
                     start = time.monotonic()

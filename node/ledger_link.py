@@ -36,7 +36,7 @@ from rainnet import wire
 from rainnet.ledgerproto import LEDGER, LEDGER_MAX_FRAME, LedgerFrame
 from rainnet.streams import FramedStream
 
-__all__ = ["LEDGER", "LEDGER_MAX_FRAME", "LedgerFrame", "LedgerLink", "frame", "unframe"]
+__all__ = ["LedgerLink", "frame", "unframe"]
 
 log = logging.getLogger("rainnet.ledger")
 

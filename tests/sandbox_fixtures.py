@@ -9,12 +9,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from sandbox.job import Backend
 from tests.dockerd import Dockerd, missing_tools
 from tests.sandbox_helpers import make_config, require, require_root, run
+
+if TYPE_CHECKING:
+    from sandbox.docker_backend import DockerBackend
 
 
 @pytest.fixture(scope="session")
@@ -53,11 +57,11 @@ def native_backend(sandbox_root: Path) -> Backend:
 
 
 @pytest.fixture(scope="session")
-def docker_backend(sandbox_root: Path, dockerd: Dockerd) -> Backend:
+def docker_backend(sandbox_root: Path, dockerd: Dockerd) -> DockerBackend:
     from sandbox.docker_backend import DockerBackend
 
     config = make_config(sandbox_root / "docker", docker_url=dockerd.url)
-    backend: Backend = run(DockerBackend.open, config)
+    backend: DockerBackend = run(DockerBackend.open, config)
     return backend
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 from node import control
 from tests.nodes import LOOPBACK, Cluster, all_see_each_other, wait_until
@@ -105,11 +106,11 @@ def test_workers_are_found_through_dht_provider_records(cluster: Cluster) -> Non
     wait_until(lambda: all_see_each_other(nodes), 30, "4 nodes list each other")
     expected = {n.peer_id for n in nodes} - {first.peer_id}
 
-    def workers() -> dict[str, dict[str, object]]:
+    def workers() -> dict[str, dict[str, Any]]:
         found = control.request(first.home / "control.sock", "workers", timeout=30)["workers"]
         return {w["peer_id"]: w for w in found}
 
     wait_until(lambda: set(workers()) >= expected, 40, "DHT lists every other worker", 1.0)
     for peer_id, rec in workers().items():
         assert rec["state"] == "idle" and rec["cpus"] >= 1
-        assert any(str(a).endswith(peer_id) for a in rec["addrs"])  # type: ignore[attr-defined]
+        assert any(str(a).endswith(peer_id) for a in rec["addrs"])

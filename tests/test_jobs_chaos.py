@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import random
 import time
+from typing import Any
 
 from tests.nodes import REQUESTER, WORKER, Cluster, NodeProcess, all_see_each_other, wait_until
 
 
-def _jobs(node: NodeProcess) -> dict[str, dict[str, object]]:
+def _jobs(node: NodeProcess) -> dict[str, dict[str, Any]]:
     return {j["job_id"]: j for j in json.loads(node.rain("jobs", "--json").stdout)}
 
 
@@ -96,7 +97,7 @@ def test_chaos_every_job_completes_exactly_once(cluster: Cluster) -> None:
     spent = _credit(requester)["spent"]
     earned = sum(_credit(w)["earned"] for w in workers)
     assert abs(spent - earned) < 1e-9
-    assert abs(spent - sum(float(jobs[i]["cpu_seconds"]) for i in ids)) < 0.001 * n  # type: ignore[arg-type]
+    assert abs(spent - sum(float(jobs[i]["cpu_seconds"]) for i in ids)) < 0.001 * n
     for node in [requester, *workers]:
         assert node.rain("credit", "verify").returncode == 0
 

@@ -80,8 +80,8 @@ def test_kill_9_during_settlement_loses_nothing_and_records_nothing_twice(tmp_pa
         handed: dict[tuple[str, int], set[str]] = {}
         for line in lines:
             if line[0] in "PG":
-                kind, i, digest = line.split()
-                handed.setdefault((kind, int(i)), set()).add(digest)
+                kind, number, digest = line.split()
+                handed.setdefault((kind, int(number)), set()).add(digest)
         for (kind, i), digests in handed.items():
             assert len(digests) == 1, f"job-{i}: {kind} signed twice"
             worker, requester = (a, b) if i % 2 == 0 else (b, a)

@@ -71,7 +71,7 @@ def test_chains_fetched_over_the_network_and_forks_surface(
             return len(ledger.fork_proofs_against(ids["a"].public_raw))
 
     wait_until(
-        lambda: proofs(homes["b"], ids["b"]) and proofs(homes["d"], ids["d"]),
+        lambda: proofs(homes["b"], ids["b"]) > 0 and proofs(homes["d"], ids["d"]) > 0,
         20,
         "b and d hold a fork proof against a",
     )

@@ -94,15 +94,15 @@ def test_sum_of_balances_is_zero(steps: list[tuple[str, int, int, int, int]]) ->
                 elif kind == "inflate" and agreements:
                     # The worker edits the countersigned amount: refused, with or without
                     # re-signing (it cannot sign as the requester).
-                    g = agreements[a % len(agreements)].block
-                    tx = dataclasses.replace(g.transaction, cpu_ms=g.transaction.cpu_ms + 1)
-                    worker_id = next(p for p in people if p.public_raw == g.link_public_key)
+                    half = agreements[a % len(agreements)].block
+                    tx = dataclasses.replace(half.transaction, cpu_ms=half.transaction.cpu_ms + 1)
+                    worker_id = next(p for p in people if p.public_raw == half.link_public_key)
                     for forged in (
-                        dataclasses.replace(g, transaction=tx),
-                        resign(g, worker_id, transaction=tx),
+                        dataclasses.replace(half, transaction=tx),
+                        resign(half, worker_id, transaction=tx),
                     ):
                         try:
-                            by_key[g.link_public_key].accept_agreement(Agree(forged))
+                            by_key[half.link_public_key].accept_agreement(Agree(forged))
                         except LedgerError as exc:
                             assert exc.fault == "remote"
                         else:

@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,6 +24,7 @@ from ledger.messages import (
     ChainRequest,
     ForkProofs,
     Heads,
+    LedgerMessage,
     Propose,
     Refuse,
     decode_message,
@@ -59,7 +60,7 @@ def test_every_message_round_trips() -> None:
     p, a = w.chains[A.public_raw][0], w.chains[B.public_raw][0]
     proof = fork_between(p, resign(p, A, link_public_key=C.public_raw))
     assert proof is not None
-    messages = [
+    messages: list[LedgerMessage] = [
         Propose(p),
         Agree(a),
         Refuse("job-1", "no"),

@@ -4,16 +4,19 @@ job in an image of its own gets the same walls (read-only root, no capabilities,
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import pytest
 
 from sandbox.errors import ImageUnavailable
-from sandbox.job import Backend
 from sandbox.policy import WorkerPolicy
 from sandbox.result import Reason
 from sandbox.spec import JobSpec
 from tests.dockerd import BUSYBOX_IMAGE, Dockerd
 from tests.sandbox_helpers import leftovers, run
+
+if TYPE_CHECKING:
+    from sandbox.docker_backend import DockerBackend
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 
@@ -23,7 +26,7 @@ def image_names(dockerd: Dockerd) -> set[str]:
 
 
 def test_a_missing_image_is_an_error_never_an_implicit_pull(
-    docker_backend: Backend, dockerd: Dockerd
+    docker_backend: DockerBackend, dockerd: Dockerd
 ) -> None:
     before = image_names(dockerd)
     spec = JobSpec.create(["true"], image="rainnet-test/absent:1")
@@ -34,17 +37,17 @@ def test_a_missing_image_is_an_error_never_an_implicit_pull(
     # Where the owner allows pulls, it does try (and here, with no registry, fails plainly).
     pulling = type(docker_backend)(
         dataclasses.replace(docker_backend.config, policy=WorkerPolicy(allow_pull=True)),
-        api=docker_backend.api,  # type: ignore[attr-defined]
-        layout=docker_backend.layout,  # type: ignore[attr-defined]
-        host=docker_backend.host,  # type: ignore[attr-defined]
-        host_image=docker_backend.host_image,  # type: ignore[attr-defined]
+        api=docker_backend.api,
+        layout=docker_backend.layout,
+        host=docker_backend.host,
+        host_image=docker_backend.host_image,
     )
     with pytest.raises(ImageUnavailable, match="cannot pull"):
         run(pulling.run, spec)
     assert image_names(dockerd) == before
 
 
-def test_a_job_in_its_own_image_gets_every_wall(docker_backend: Backend) -> None:
+def test_a_job_in_its_own_image_gets_every_wall(docker_backend: DockerBackend) -> None:
     script = (
         "id -u; touch /bin/x 2>/dev/null && echo ROOT-WRITABLE;"
         " grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; ls /usr 2>&1 | head -1"

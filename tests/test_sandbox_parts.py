@@ -17,6 +17,7 @@ import trio
 from sandbox import cgroups, hostfs, jobdir, seccomp_filter
 from sandbox.cgroups import CgroupLayout, CgroupLimits, JobCgroup, Mkdir, MountEntry, Write
 from sandbox.docker_backend import FrameDecoder, container_config, host_image_tar
+from sandbox.errors import SandboxFailure
 from sandbox.native import BwrapFds, LaunchTools, bwrap_argv, clamp_rlimit, launcher_argv, rlimits
 from sandbox.output import OutputBuffer, Stream
 from sandbox.spec import InputFile, JobSpec, Limits, Network
@@ -147,7 +148,7 @@ def test_v2_counters_and_freezer_on_a_fake_tree(tmp_path: Path) -> None:
     assert (tmp_path / JOB / "cgroup.freeze").read_text() == "1"
     (tmp_path / JOB / "memory.peak").unlink()
     assert cg.memory_peak() is None  # kernels before 5.19: the job samples memory.current
-    with pytest.raises(cgroups.SandboxFailure, match="timed out"):
+    with pytest.raises(SandboxFailure, match="timed out"):
         cg.thaw(timeout=0.05)  # the fake kernel never reports thawed: bounded, not a hang
     assert cgroups.total_cpu_ns(cg.layout, PurePosixPath("rainnet/j1")) == 1_500_001_000
 
@@ -335,7 +336,7 @@ def test_job_directory_inputs(tmp_path: Path) -> None:
     assert (d.path / "a/b/run.sh").read_bytes() == b"#!/bin/sh\n"
     assert stat.S_IMODE((d.path / "a/b/run.sh").stat().st_mode) == 0o755
     assert stat.S_IMODE((d.path / "x").stat().st_mode) == 0o644
-    with pytest.raises(jobdir.SandboxFailure, match="already exists"):
+    with pytest.raises(SandboxFailure, match="already exists"):
         jobdir.prepare(tmp_path, "j1", (), uid, uid)
     os.chmod(d.path / "a", 0)  # a job may lock its own directories; removal still works
     jobdir.remove(d)
