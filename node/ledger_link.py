@@ -33,7 +33,7 @@ from ledger.messages import (
 )
 from ledger.service import Ledger
 from rainnet import wire
-from rainnet.ledgerproto import LEDGER, LEDGER_MAX_FRAME, LedgerFrame
+from rainnet.ledgerproto import LEDGER_MAX_FRAME, LedgerFrame
 from rainnet.streams import FramedStream
 
 __all__ = ["LedgerLink", "frame", "unframe"]
