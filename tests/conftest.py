@@ -1,4 +1,5 @@
-"""Shared fixtures: a cluster of real rain-node processes that is always torn down."""
+"""Shared fixtures: a cluster of real rain-node processes and a topology of network namespaces,
+both always torn down."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.netns import Topology, require_netns
 from tests.nodes import Cluster
 
 
@@ -17,3 +19,13 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop_all()
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    require_netns()
+    topo = Topology()
+    try:
+        yield topo
+    finally:
+        topo.destroy()

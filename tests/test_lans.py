@@ -4,24 +4,11 @@ router between them makes both LANs one network."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from rainnet.identity import load_or_create
-from tests.netns import Topology, require_netns
+from tests.netns import Topology
 from tests.nodes import Cluster, NodeProcess, all_see_each_other, wait_until
-
-
-@pytest.fixture
-def topology() -> Iterator[Topology]:
-    require_netns()
-    topo = Topology()
-    try:
-        yield topo
-    finally:
-        topo.destroy()
 
 
 def test_mdns_stays_in_its_lan_and_a_router_bootstrap_joins_the_lans(

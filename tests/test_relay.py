@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from rainnet.host import build_host
 from rainnet.identity import Identity, load_or_create
 from rainnet.relay import HopLimits, Relay, RelayError
 from rainnet.streams import FramedStream, guarded_handler
-from tests.netns import Topology, require_netns
+from tests.netns import Topology
 from tests.nodes import wait_until
 
 LOOPBACK = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
@@ -429,16 +429,6 @@ def test_circuit_is_cut_at_the_relays_caps_and_its_slot_freed(cap: str) -> None:
 
 
 # ----- network namespaces ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def topology() -> Iterator[Topology]:
-    require_netns()
-    topo = Topology()
-    try:
-        yield topo
-    finally:
-        topo.destroy()
 
 
 class Procs:
