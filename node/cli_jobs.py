@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ SUBMIT_DEFAULTS: dict[str, Any] = {
     "array": None,
 }
 MAX_ARRAY = 10_000
+BATCH = 1000  # array tasks per submit request, and jobs per `finished` request (job_control)
 
 
 def parse_array(text: str) -> list[int]:
@@ -162,11 +164,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "inputs": inputs,
         "outputs": [*(from_file.get("outputs") or []), *args.output],
     }
-    tasks = parse_array(str(fields["array"])) if fields["array"] is not None else [None]
-    job_ids = []
-    for task in tasks:
-        task_env = env if task is None else {**env, "RAIN_ARRAY_TASK_ID": str(task)}
-        job_ids.append(ask(args, "submit", **req, env=task_env)["job_id"])
+    if fields["array"] is None:
+        job_ids = [ask(args, "submit", **req, env=env)["job_id"]]
+    else:
+        tasks = parse_array(str(fields["array"]))
+        job_ids = []
+        for i in range(0, len(tasks), BATCH):  # (one request per BATCH tasks)
+            part = tasks[i : i + BATCH]
+            job_ids += ask(args, "submit", **req, env=env, array=part)["job_ids"]
     if not args.wait:
         if args.json:
             print(json.dumps({"job_ids": job_ids} if fields["array"] else {"job_id": job_ids[0]}))
@@ -175,8 +180,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     code = 0
     finals = []
-    for job_id in job_ids:
-        final = _follow(args, job_id, echo=not args.json)
+    for final in _follow_all(args, job_ids, echo=not args.json):
+        job_id = final["job_id"]
         finals.append(final)
         if final["state"] != "done":
             print(
@@ -188,6 +193,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(finals if fields["array"] else finals[0], indent=2))
     return code
+
+
+def _follow_all(
+    args: argparse.Namespace, job_ids: list[str], echo: bool
+) -> Iterator[dict[str, Any]]:
+    """The final states of the jobs, in order: the first one still running is followed live
+    (its output printed as it comes), and those that have ended by then are fetched at once."""
+    pending = list(job_ids)
+    while pending:
+        yield _follow(args, pending.pop(0), echo)
+        while pending:
+            ended = ask(args, "finished", job_ids=pending[:BATCH])["jobs"]
+            if not ended:
+                break
+            for st in ended:
+                if echo:
+                    sys.stdout.write(st["stdout"])
+                    sys.stderr.write(st["stderr"])
+                    sys.stdout.flush()
+                yield st
+            del pending[: len(ended)]
 
 
 def _follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]:

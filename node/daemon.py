@@ -18,6 +18,7 @@ module wires them to the host and moves bytes and time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -33,7 +34,7 @@ from libp2p.peer.id import ID
 from libp2p.tools.anyio_service import background_trio_service
 
 from ledger.service import Ledger
-from node import capabilities, control, job_control, scheduler
+from node import capabilities, control, job_control, scheduler, task_session
 from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
 from node.idle_policy import Decision, IdlePolicy
 from node.idle_signals import PolicyWatch, Sampler
@@ -182,6 +183,10 @@ class Node:
         )
         if self.worker is not None:
             self._host.set_stream_handler(jobproto.JOB, guarded_handler("job", self.worker.handle))
+            self._host.set_stream_handler(
+                jobproto.TASKS,
+                guarded_handler("tasks", functools.partial(task_session.serve, self.worker)),
+            )
         self._relay = rrelay.Relay(
             self._host,
             serve=self.config.relay,

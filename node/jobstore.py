@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code   INTEGER,
     reason      TEXT,
     error       TEXT,
-    outputs     TEXT NOT NULL    -- JSON list of output paths
+    outputs     TEXT NOT NULL,   -- JSON list of output paths
+    claim       TEXT             -- the ledger exchange that paid it (a task session's group)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS untrusted (  -- workers outvoted by replicas: offered nothing again
     peer_id     TEXT PRIMARY KEY,
@@ -72,6 +74,7 @@ class StoredJob:
     reason: str | None
     error: str | None
     outputs: list[str]
+    claim: str | None = None
 
 
 class JobStore:
@@ -82,30 +85,27 @@ class JobStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(jobs)")}
+            if "claim" not in columns:  # a store from before task sessions
+                self._conn.execute("ALTER TABLE jobs ADD COLUMN claim TEXT")
 
     def save(self, job: StoredJob) -> None:
-        row = (
-            job.job_id,
-            msgpack.packb(job.spec, use_bin_type=True),
-            msgpack.packb([list(i) for i in job.inputs], use_bin_type=True),
-            job.state,
-            job.worker,
-            job.attempts,
-            job.replicas,
-            job.submitted,
-            job.started,
-            job.ended,
-            job.cpu_seconds,
-            job.credit,
-            job.exit_code,
-            job.reason,
-            job.error,
-            json.dumps(job.outputs),
-        )
+        self.save_all([job])
+
+    def save_all(self, jobs: Sequence[StoredJob]) -> None:
+        """Store these jobs' states in one transaction (a settled group ends together)."""
+        rows = [_row(job) for job in jobs]
+        if not rows:
+            return
+        sql = f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * len(rows[0]))})"
         with self._lock:
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * len(row))})", row
-            )
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.executemany(sql, rows)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def load(self) -> list[StoredJob]:
         with self._lock:
@@ -128,6 +128,7 @@ class JobStore:
                 reason=r[13],
                 error=r[14],
                 outputs=json.loads(r[15]),
+                claim=r[16],
             )
             for r in rows
         ]
@@ -153,10 +154,32 @@ class JobStore:
             )
             return {r[0] for r in rows}
 
-    def forget(self, job_id: str) -> None:
+    def forget_all(self, job_ids: Sequence[str]) -> None:
         with self._lock:
-            self._conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            self._conn.executemany("DELETE FROM jobs WHERE job_id = ?", [(j,) for j in job_ids])
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _row(job: StoredJob) -> tuple[Any, ...]:
+    return (
+        job.job_id,
+        msgpack.packb(job.spec, use_bin_type=True),
+        msgpack.packb([list(i) for i in job.inputs], use_bin_type=True),
+        job.state,
+        job.worker,
+        job.attempts,
+        job.replicas,
+        job.submitted,
+        job.started,
+        job.ended,
+        job.cpu_seconds,
+        job.credit,
+        job.exit_code,
+        job.reason,
+        job.error,
+        json.dumps(job.outputs),
+        job.claim,
+    )

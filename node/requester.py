@@ -37,12 +37,12 @@ from ledger.messages import ChainRequest, Refuse, encode_message
 from node import results, scheduler, transfer, voting
 from node.jobstore import FINISHED_STATES, JobStore, StoredJob
 from node.ledger_link import frame, unframe
+from node.task_session import group_limits
 from node.worker import job_limits, propose_from
 from rainnet import identity, jobproto, wire
 from rainnet.ledgerproto import LedgerFrame
 from rainnet.streams import FramedStream, ProtocolNotSupported, StreamGone
-from sandbox import JobSpec, SpecError
-from sandbox.spec import check_relative_path
+from sandbox import JobSpec
 
 log = logging.getLogger("rainnet.requester")
 
@@ -69,6 +69,10 @@ T = TypeVar("T")
 MAX_WORKERS_REMEMBERED = 4096  # per-worker hints kept (see _remember)
 OFFERED_BLOCKS = 16  # at most this many blocks of our chain go with an offer
 MAX_CHAIN_ASKS = 4096  # pages of our chain a worker may ask for before answering an offer
+# Task sessions (jobproto.TASKS) carry jobs without files, one copy each, while at least this
+# many such jobs are being placed at once: a lone job keeps its own stream, live to the end.
+SESSION_BACKLOG = 2
+SESSION_LINGER = 0.5  # a session with no job waiting this long is closed
 
 
 @dataclass
@@ -96,6 +100,8 @@ class JobRecord:
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
     outputs: list[str] = field(default_factory=list)
+    # The ledger exchange that paid for it: its own id, or a task session's group claim.
+    claim: str | None = None
     cancel: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
     # Set (and replaced) whenever output arrives or the job ends: what `rain submit --wait`
@@ -127,6 +133,7 @@ class JobRecord:
             reason=self.reason,
             error=self.error,
             outputs=self.outputs,
+            claim=self.claim,
         )
 
     @classmethod
@@ -149,6 +156,7 @@ class JobRecord:
             reason=st.reason,
             error=st.error,
             outputs=st.outputs,
+            claim=st.claim,
         )
         if st.worker:
             job.accepted_by.add(st.worker)
@@ -174,6 +182,7 @@ class JobRecord:
             "error": self.error,
             "argv": list(self.spec.argv),
             "outputs": self.outputs,
+            "claim": self.claim,
         }
 
 
@@ -268,6 +277,40 @@ class Declined(Exception):
     """The worker would not take the job (its reason)."""
 
 
+Shape = tuple[str | None, float, int, int]  # image, CPUs, memory, GPUs: what a session runs
+
+
+def _shape(spec: JobSpec) -> Shape:
+    return (spec.image, spec.limits.cpus, spec.limits.memory, spec.limits.gpus)
+
+
+@dataclass
+class _Ride:
+    """One job's attempt through a task session: handed to its driver, then told how it ended
+    (`error` None: done, paid and its result stored)."""
+
+    job: JobRecord
+    load: _Load
+    ended: trio.Event = field(default_factory=trio.Event)
+    error: Exception | None = None
+
+    def end(self, error: Exception | None = None) -> None:
+        if not self.ended.is_set():
+            self.error = error
+            self.ended.set()
+
+
+class _TaskSession:
+    """Our end of one task session: a stream to `worker` running jobs of `shape`, one at a
+    time; jobs wait to be taken on an unbuffered channel (each holds an offer slot meanwhile)."""
+
+    def __init__(self, worker: str, shape: Shape, fs: FramedStream) -> None:
+        self.worker, self.shape, self.fs = worker, shape, fs
+        self.rides_in, self.rides = trio.open_memory_channel[_Ride](0)
+        self.waiting = 0  # jobs waiting to be taken
+        self.closing = False
+
+
 class Requester:
     def __init__(
         self,
@@ -297,6 +340,9 @@ class Requester:
         self.untrusted: set[str] = set()
         # How far each worker holds our chain verified (from its Accepts): what to send along.
         self._chain_known: dict[str, int] = {}
+        self._sessions: dict[tuple[str, Shape], list[_TaskSession]] = {}
+        self._session_locks: dict[str, trio.Lock] = {}  # one session opened at a time per worker
+        self._placing = 0  # jobs that could ride a session, now in _attempt: the backlog
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drive jobs until cancelled; first take back the unfinished ones from the store."""
@@ -322,34 +368,39 @@ class Requester:
 
     async def submit(
         self,
-        spec: JobSpec,
+        specs: list[JobSpec],
         inputs: tuple[tuple[jobproto.FileEntry, Path], ...] = (),
         replicas: int = 1,
-    ) -> JobRecord:
-        """Accept a job from the local user: on disk before this returns, then driven."""
+    ) -> list[JobRecord]:
+        """Accept jobs from the local user (the tasks of an array share their inputs): on disk,
+        in one transaction, before this returns; then driven."""
         if self._nursery is None:
             raise RuntimeError("the requester is not running")
-        if len(self.jobs) >= MAX_JOBS_KEPT:
-            oldest = min(
-                (j for j in self.jobs.values() if j.finished.is_set()),
-                default=None,
-                key=lambda j: j.submitted,
-            )
-            if oldest is None:
+        room = MAX_JOBS_KEPT - len(specs)
+        if len(self.jobs) > room:
+            done = sorted(
+                (j for j in self.jobs.values() if j.finished.is_set()), key=lambda j: j.submitted
+            )[: len(self.jobs) - room]
+            if len(self.jobs) - len(done) > room:
                 raise ValueError(f"{MAX_JOBS_KEPT} jobs in flight: wait for some to finish")
-            del self.jobs[oldest.job_id]
-            await trio.to_thread.run_sync(self.store.forget, oldest.job_id)
-        job = JobRecord(
-            job_id=secrets.token_hex(8),
-            spec=spec,
-            inputs=tuple(e for e, _ in inputs),
-            input_sources=tuple(p for _, p in inputs),
-            replicas=replicas,
-        )
-        await self._save(job)
-        self.jobs[job.job_id] = job
-        self._nursery.start_soon(self._drive, job)
-        return job
+            for old in done:
+                del self.jobs[old.job_id]
+            await trio.to_thread.run_sync(self.store.forget_all, [j.job_id for j in done])
+        jobs = [
+            JobRecord(
+                job_id=secrets.token_hex(8),
+                spec=spec,
+                inputs=tuple(e for e, _ in inputs),
+                input_sources=tuple(p for _, p in inputs),
+                replicas=replicas,
+            )
+            for spec in specs
+        ]
+        await trio.to_thread.run_sync(self.store.save_all, [j.stored() for j in jobs])
+        for job in jobs:
+            self.jobs[job.job_id] = job
+            self._nursery.start_soon(self._drive, job)
+        return jobs
 
     async def _drive(self, job: JobRecord, grace: float = 0.0) -> None:
         """Run the job to its end: one lane, or one per replica (each on a distinct worker),
@@ -503,6 +554,9 @@ class Requester:
         fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
         worker = fs.remote_peer
         finished = await fs.receive_a(jobproto.Finished, LEASE)
+        if finished.tasks:
+            await self._held_group(worker, fs, finished)
+            return
         job_id = propose_from(finished.proposal).block.transaction.job_id
         job = self.jobs.get(job_id)
         if (
@@ -523,6 +577,30 @@ class Requester:
         finally:
             await fs.close()
 
+    async def _held_group(self, worker: str, fs: FramedStream, finished: jobproto.Finished) -> None:
+        """A group of a task session held for us: paid only if every task in it is a job of
+        ours that this worker ran and that nobody was paid for since."""
+        jobs = {t.job_id: self.jobs.get(t.job_id) for t in finished.tasks}
+        mine = {
+            j: job
+            for j, job in jobs.items()
+            if job is not None
+            and not job.finished.is_set()
+            and job.replicas == 1
+            and worker in job.accepted_by
+        }
+        if len(mine) != len(jobs):
+            claim = propose_from(finished.proposal).block.transaction.job_id
+            why = "no result of yours is owed for some jobs of this group"
+            await fs.send(jobproto.Settle(answer=encode_message(Refuse(claim, why))))
+            await fs.close()
+            return
+        log.info("%s offers the results of %d jobs it held for us", worker, len(mine))
+        try:
+            await self._settle_group(worker, fs, finished, mine)
+        finally:
+            await fs.close()
+
     # ----- one attempt ------------------------------------------------------------------------
 
     async def _attempt(self, job: JobRecord, worker: str, vote: Vote | None = None) -> None:
@@ -533,10 +611,18 @@ class Requester:
         # slots that offers to idle workers need.
         slot = _OfferSlot(self._per_worker(worker), self._offering)
         load = _Load(self.committed, worker, job.spec.limits.cpus)
+        rideable = vote is None and _rideable(job)
+        self._placing += rideable
         try:
             await slot.acquire()
-            await self._offer_and_run(job, worker, vote, slot, load)
+            if rideable and (
+                self._placing >= SESSION_BACKLOG or self._sessions.get((worker, _shape(job.spec)))
+            ):
+                await self._ride(job, worker, slot, load)
+            else:
+                await self._offer_and_run(job, worker, vote, slot, load)
         finally:
+            self._placing -= rideable
             slot.release()
             load.release()
 
@@ -626,10 +712,7 @@ class Requester:
             if isinstance(msg, jobproto.Progress):
                 job.cpu_seconds = msg.cpu_seconds
             elif isinstance(msg, jobproto.Output):
-                buf = job.stdout if msg.stream == "stdout" else job.stderr
-                if len(buf) < MAX_KEPT_OUTPUT:
-                    buf += msg.data[: MAX_KEPT_OUTPUT - len(buf)]
-                    job.touch()
+                _keep_output(job, msg)
             elif isinstance(msg, jobproto.Finished):
                 load.release()  # the job has ended there: its CPUs are free for the next
                 await self._settle(job, worker, fs, msg, vote)
@@ -665,6 +748,272 @@ class Requester:
                 await fs.send(frame(await self.ledger.call(ledger.serve_chain, request)))
         raise wire.RemoteProtocolError(f"more than {MAX_CHAIN_ASKS} chain requests for one offer")
 
+    # ----- task sessions ----------------------------------------------------------------------
+
+    async def _ride(self, job: JobRecord, worker: str, slot: _OfferSlot, load: _Load) -> None:
+        """Run the job through a task session to `worker` (one of ours with room for it, or a
+        new one): it waits to be taken, holding its offer slot, then for its group's end."""
+        ride = _Ride(job, load)
+        for _ in range(2):  # the session chosen may close before it takes us: once more
+            session = await self._session_for(worker, job)
+            job.state, job.worker = "offering", worker
+            session.waiting += 1
+            try:
+                await session.rides_in.send(ride)
+                break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue
+            finally:
+                session.waiting -= 1
+        else:
+            raise Declined("its task sessions there ended")
+        slot.release()  # taken: the next job may wait for this session
+        await ride.ended.wait()
+        if ride.error is not None:
+            raise ride.error
+
+    async def _session_for(self, worker: str, job: JobRecord) -> _TaskSession:
+        """A session of ours to `worker` for jobs like this one with nobody waiting on it, or
+        the least waited-on once there are as many as the worker has slots for such jobs."""
+        key = (worker, _shape(job.spec))
+        lock = self._session_locks.get(worker)
+        if lock is None:
+            if len(self._session_locks) > 4 * MAX_OFFERS_IN_FLIGHT:
+                self._session_locks = {w: k for w, k in self._session_locks.items() if k.locked()}
+            lock = self._session_locks[worker] = trio.Lock()
+        async with lock:
+            live = [x for x in self._sessions.get(key, []) if not x.closing]
+            record = next(
+                (c.record for c in self._candidates() if c.record.peer_id == worker), None
+            )
+            slots = max(1, int(record.cpus // job.spec.limits.cpus)) if record else 1
+            if live:
+                best = min(live, key=lambda x: x.waiting)
+                if best.waiting == 0 or len(live) >= slots:
+                    return best
+            session = await self._open_session(worker, job)
+            self._sessions.setdefault(key, []).append(session)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_session, session)
+            return session
+
+    async def _open_session(self, worker: str, job: JobRecord) -> _TaskSession:
+        """Offer a session for jobs shaped like `job` (Declined, or Unreachable: nothing ran)."""
+        try:
+            stream = await self._open_stream(worker, jobproto.TASKS)
+        except StreamGone as exc:
+            raise Unreachable(str(exc)) from None
+        fs = FramedStream(stream, jobproto.TO_REQUESTER, jobproto.JOB_MAX_FRAME)
+        try:
+            await fs.send(
+                jobproto.Offer(
+                    job_id=secrets.token_hex(8),
+                    attempt=1,
+                    spec=msgpack.packb(job.spec.to_wire(), use_bin_type=True),
+                    inputs=(),
+                    lease_seconds=LEASE,
+                    chain=await self._recent_chain(worker),
+                )
+            )
+            reply = await self._answer_to_offer(fs)
+            if isinstance(reply, jobproto.Decline):
+                await fs.close()
+                raise Declined(reply.reason)
+            if not isinstance(reply, jobproto.Accept):
+                raise wire.RemoteProtocolError(f"{reply.TYPE} instead of an answer to the offer")
+        except (ProtocolNotSupported, StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as e:
+            with trio.CancelScope(shield=True):
+                await fs.reset()
+            raise Unreachable(f"task session: {e}") from None
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await fs.reset()
+            raise
+        _remember(self._chain_known, worker, reply.chain_verified)
+        return _TaskSession(worker, _shape(job.spec), fs)
+
+    async def _run_session(self, session: _TaskSession) -> None:
+        """Drive one session: hand it the waiting jobs one by one, and collect and settle its
+        claimed tasks when MAX_GROUP are claimed or no job waits; close it when idle, declined
+        or broken (the jobs in it then go elsewhere; nothing is paid for a lost attempt)."""
+        claimed: list[_Ride] = []
+        current: _Ride | None = None
+        try:
+            while True:
+                current = None
+                if len(claimed) < jobproto.MAX_GROUP and not session.closing:
+                    if claimed:
+                        with contextlib.suppress(trio.WouldBlock):
+                            current = session.rides.receive_nowait()
+                    else:
+                        with trio.move_on_after(SESSION_LINGER):
+                            current = await session.rides.receive()
+                if current is None:
+                    if not claimed:
+                        return
+                    await self._collect(session, claimed)
+                    claimed = []
+                    continue
+                if await self._session_task(session, current):
+                    claimed.append(current)
+                current = None
+        except PaidAwaitingResult as exc:
+            for ride in claimed:
+                ride.end(exc)
+        except (StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as exc:
+            log.warning("task session to %s lost: %s", session.worker, exc)
+            for ride in [*claimed, *([current] if current else [])]:
+                ride.end(AttemptLost(str(exc) or type(exc).__name__))
+        except Exception as exc:
+            # A bug or a local fault fails this session's jobs (their lanes say so), not the node.
+            log.exception("task session to %s failed", session.worker)
+            for ride in [*claimed, *([current] if current else [])]:
+                ride.end(exc)
+        finally:
+            session.closing = True
+            session.rides.close()
+            key = (session.worker, session.shape)
+            left = [x for x in self._sessions.get(key, []) if x is not session]
+            if left:
+                self._sessions[key] = left
+            else:
+                self._sessions.pop(key, None)
+            with trio.CancelScope(shield=True):
+                await session.fs.close()
+
+    async def _session_task(self, session: _TaskSession, ride: _Ride) -> bool:
+        """Run one job as the session's next task; whether it was claimed (it ends with its
+        group's settlement), else it has ended (declined or cancelled there)."""
+        job, fs = ride.job, session.fs
+        if job.cancel.is_set():
+            ride.end(Declined("cancelled"))
+            return False
+        spec_bytes = msgpack.packb(job.spec.to_wire(), use_bin_type=True)
+        await fs.send(jobproto.Task(job_id=job.job_id, spec=spec_bytes))
+        job.attempts += 1
+        job.state, job.started, job.worker = "running", time.time(), session.worker
+        job.accepted_by.add(session.worker)
+        # Its owner may cancel it while it runs: the Cancel goes out beside our reading.
+        watch = trio.CancelScope()
+
+        async def cancel_on_request() -> None:
+            with watch, contextlib.suppress(StreamGone):
+                await job.cancel.wait()
+                await fs.send(jobproto.Cancel(reason="cancelled by its owner"))
+
+        assert self._nursery is not None
+        self._nursery.start_soon(cancel_on_request)
+        try:
+            # After a restart: wait for this worker's held result first (while the task runs).
+            await self._save(job)
+            while True:
+                msg = await fs.receive(LEASE)
+                if isinstance(msg, jobproto.Progress):
+                    job.cpu_seconds = msg.cpu_seconds
+                elif isinstance(msg, jobproto.Output):
+                    _keep_output(job, msg)
+                elif isinstance(msg, jobproto.TaskDone) and msg.job_id == job.job_id:
+                    ride.load.release()  # its CPUs there are free for the next
+                    break
+                elif isinstance(msg, jobproto.Decline):
+                    session.closing = True  # no more tasks: collect what is claimed, then close
+                    job.state, job.worker = "queued", None
+                    ride.end(Declined(msg.reason))
+                    return False
+                else:
+                    raise wire.RemoteProtocolError(f"{msg.TYPE} while a task runs")
+        finally:
+            watch.cancel()
+        if not msg.claimed:
+            ride.end(AttemptLost("the worker gave the task up"))
+        else:
+            job.state = "settling"
+        return msg.claimed
+
+    async def _collect(self, session: _TaskSession, claimed: list[_Ride]) -> None:
+        await session.fs.send(jobproto.Collect())
+        finished = await session.fs.receive_a(jobproto.Finished, LEASE)
+        jobs = {r.job.job_id: r.job for r in claimed}
+        await self._settle_group(session.worker, session.fs, finished, jobs)
+        for ride in claimed:
+            ride.end()
+
+    async def _settle_group(
+        self,
+        worker: str,
+        fs: FramedStream,
+        finished: jobproto.Finished,
+        jobs: dict[str, JobRecord],
+    ) -> None:
+        """Check and pay a group of tasks (one claim), then receive and store their results.
+        `jobs` are the tasks we may pay for: run by this worker, never paid elsewhere."""
+        proposal = propose_from(finished.proposal)
+        block = proposal.block
+        allowed = {j: job_limits(job.spec).max_cpu_ms for j, job in jobs.items()}
+        problem = results.group_problem(
+            finished, block.transaction.result_hash, block.transaction.cpu_ms, allowed
+        )
+        if problem is None and block.public_key != identity.public_bytes_from_peer_id(worker):
+            problem = "the proposal is not signed by the worker"
+        elif problem is None and sum(f.size for f in finished.outputs) > MAX_RESULT_BYTES:
+            problem = "the result is larger than this node accepts"
+        elif problem is None and any(
+            job.settling or (job.finished.is_set() and job.state != "cancelled")
+            for job in jobs.values()
+        ):
+            problem = "a job of this group was settled already"  # (paid once, at most)
+        if problem is None:
+            limits = group_limits([job_limits(j.spec) for j in jobs.values()])
+            try:
+                answer = await self.ledger.call(
+                    lambda: self.ledger.ledger.agree(proposal, limits, max_payees=1)
+                )
+            except RemoteFault as exc:
+                problem = str(exc)
+        if problem is not None:
+            refusal = Refuse(block.transaction.job_id, problem)
+            await fs.send(jobproto.Settle(answer=encode_message(refusal)))
+            raise wire.RemoteProtocolError(f"refused to pay: {problem}")
+        for job in jobs.values():
+            job.settling = True
+        try:
+            await fs.send(jobproto.Settle(answer=encode_message(answer)))
+            for t in finished.tasks:
+                job = jobs[t.job_id]
+                job.credit = job.cpu_seconds = t.cpu_ms / 1000
+                job.claim = block.transaction.job_id
+            partial = self.jobs_dir / f".group-{block.transaction.job_id}"
+            incoming = transfer.Incoming(finished.outputs, partial)
+            try:
+                paths = await transfer.receive(
+                    fs, incoming, jobproto.OutputChunk, jobproto.OutputDone, LEASE
+                )
+            except (StreamGone, wire.RemoteProtocolError) as exc:
+                raise PaidAwaitingResult(str(exc)) from None
+            heads = await trio.to_thread.run_sync(
+                _store_group, self.jobs_dir, partial, finished.tasks, finished.outputs, paths
+            )
+            done = []
+            for t, (out, err) in zip(finished.tasks, heads, strict=True):
+                job = jobs[t.job_id]
+                if job.finished.is_set():
+                    continue  # cancelled while its group ran: paid, but not done
+                job.stdout[:], job.stderr[:] = out, err
+                job.outputs, job.exit_code, job.reason = [], t.exit_code, t.reason
+                job.state, job.ended = "done", time.time()
+                done.append(job)
+            with trio.CancelScope(shield=True):  # (the cancelled ones too: paid all the same)
+                stored = [j.stored() for j in jobs.values()]
+                await trio.to_thread.run_sync(self.store.save_all, stored)
+            for job in done:
+                job.finished.set()
+                job.touch()
+                job.cancel.set()  # releases the cancel watcher
+        finally:
+            for job in jobs.values():
+                job.settling = False
+        log.info("%d jobs settled in one group with %s", len(done), worker)
+
     async def _settle(
         self,
         job: JobRecord,
@@ -697,7 +1046,9 @@ class Requester:
         proposal = propose_from(finished.proposal)
         block = proposal.block
         problem = None
-        if results.result_hash(verdict, finished.outputs) != finished.result_hash:
+        if job.state == "done":  # (paid in a task session's group meanwhile)
+            problem = "this job was settled already"
+        elif results.result_hash(verdict, finished.outputs) != finished.result_hash:
             problem = "the announced result does not hash to the signed hash"
         elif block.transaction.result_hash != finished.result_hash:
             problem = "the proposal signs another result than the one announced"
@@ -707,7 +1058,7 @@ class Requester:
             problem = "the proposal is for another job"
         elif sum(f.size for f in finished.outputs) > MAX_RESULT_BYTES:
             problem = "the result is larger than this node accepts"
-        elif not _safe_layout(finished.outputs):
+        elif not results.safe_layout(finished.outputs):
             problem = "the result's files are not stdout, stderr and relative output paths"
         role, payees = "fetch", 1
         if problem is None and vote is not None:
@@ -739,6 +1090,7 @@ class Requester:
         # progress reports until now, so it is set from the sum, not added to.
         job.credit += block.transaction.cpu_ms / 1000
         job.cpu_seconds = job.credit
+        job.claim = job.job_id
         if role == "pay":  # a replica that agreed with the winner: paid, its copy not needed
             await fs.close()
             return
@@ -758,29 +1110,51 @@ class Requester:
         await self._end(job, "done")
 
 
+def _rideable(job: JobRecord) -> bool:
+    """Whether a task session can carry the job: one copy, no files in or out."""
+    return job.replicas == 1 and not (job.inputs or job.spec.inputs or job.spec.outputs)
+
+
+def _keep_output(job: JobRecord, msg: jobproto.Output) -> None:
+    """Live output of a running job, kept up to MAX_KEPT_OUTPUT per stream."""
+    buf = job.stdout if msg.stream == "stdout" else job.stderr
+    if len(buf) < MAX_KEPT_OUTPUT:
+        buf += msg.data[: MAX_KEPT_OUTPUT - len(buf)]
+        job.touch()
+
+
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
 
 
-def _safe_layout(entries: tuple[jobproto.FileEntry, ...]) -> bool:
-    """stdout, stderr, then output files at relative paths that stay inside the job's folder."""
-    if len(entries) < 2 or (entries[0].path, entries[1].path) != (results.STDOUT, results.STDERR):
-        return False
-    paths = [e.path for e in entries[2:]]
-    try:
-        for path in paths:
-            check_relative_path("output", path)
-    except SpecError:
-        return False
-    if len(set(paths)) != len(paths):
-        return False
-    # No file may also be a directory of another (`a` and `a/b`): they could not both be stored.
-    files = set(paths)
-    return not any(str(parent) in files for p in paths for parent in Path(p).parents)
-
-
 def _store_files(
+    out_dir: Path, entries: tuple[jobproto.FileEntry, ...], paths: list[Path]
+) -> tuple[bytes, bytes]:
+    """Move the checked files of a job received in `out_dir/.partial` into place."""
+    heads = _place_files(out_dir, entries, paths)
+    (out_dir / ".partial").rmdir()
+    return heads
+
+
+def _store_group(
+    jobs_dir: Path,
+    partial: Path,
+    tasks: tuple[jobproto.TaskResult, ...],
+    entries: tuple[jobproto.FileEntry, ...],
+    paths: list[Path],
+) -> list[tuple[bytes, bytes]]:
+    """Move the checked files of a group, received in `partial`, to their jobs' folders."""
+    heads, start = [], 0
+    for t in tasks:
+        end = start + t.files
+        heads.append(_place_files(jobs_dir / t.job_id, entries[start:end], paths[start:end]))
+        start = end
+    partial.rmdir()
+    return heads
+
+
+def _place_files(
     out_dir: Path, entries: tuple[jobproto.FileEntry, ...], paths: list[Path]
 ) -> tuple[bytes, bytes]:
     """Move the checked files into place, with a manifest.json (`rain get` re-checks from it);
@@ -797,7 +1171,6 @@ def _store_files(
             {"name": name or entry.path, "stored_as": stored, "sha256": entry.sha256.hex()}
         )
     (out_dir / "manifest.json").write_text(json.dumps({"files": manifest}, indent=1))
-    (out_dir / ".partial").rmdir()
     return _head(out_dir / "stdout"), _head(out_dir / "stderr")
 
 

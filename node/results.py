@@ -4,18 +4,22 @@ The worker signs (in its ledger proposal) the sha256 of a canonical manifest: th
 verdict, and for each released file (the job's stdout and stderr, then its output files) the path,
 size and sha256. The requester countersigns that hash before it receives anything; once the files
 arrive it rebuilds the manifest from what it got, and a mismatch is proof the worker cheated.
-Replicas of a job agree when their manifests' hashes are equal.
+Replicas of a job agree when their manifests' hashes are equal. Jobs settled as one group of a
+task session are signed through the group's hash over each task's job id, claim and result hash.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 
-from rainnet.jobproto import FileEntry
+from rainnet.jobproto import FileEntry, Finished, TaskResult
+from sandbox import SpecError
+from sandbox.spec import check_relative_path
 
 STDOUT = "/stdout"  # absolute: no output path of the job (always relative) can collide with it
 STDERR = "/stderr"
@@ -49,6 +53,12 @@ def result_hash(verdict: Verdict, files: Sequence[FileEntry]) -> bytes:
     return hashlib.sha256(manifest_bytes(verdict, files)).digest()
 
 
+def group_hash(tasks: Sequence[TaskResult]) -> bytes:
+    """What a group's proposal signs: each task's job id, claimed CPU-ms and result hash."""
+    body = [1, [[t.job_id, t.cpu_ms, t.result_hash] for t in tasks]]
+    return hashlib.sha256(msgpack.packb(body, use_bin_type=True)).digest()
+
+
 def check_files(expected: Sequence[FileEntry], received: Sequence[FileEntry]) -> None:
     """ResultMismatch unless the received files are exactly the announced ones."""
     if len(expected) != len(received):
@@ -56,3 +66,50 @@ def check_files(expected: Sequence[FileEntry], received: Sequence[FileEntry]) ->
     for want, got in zip(expected, received, strict=True):
         if (want.path, want.size, want.sha256) != (got.path, got.size, got.sha256):
             raise ResultMismatch(f"{want.path}: released bytes differ from the signed result")
+
+
+def safe_layout(entries: Sequence[FileEntry]) -> bool:
+    """stdout, stderr, then output files at relative paths that stay inside the job's folder."""
+    if len(entries) < 2 or (entries[0].path, entries[1].path) != (STDOUT, STDERR):
+        return False
+    paths = [e.path for e in entries[2:]]
+    try:
+        for path in paths:
+            check_relative_path("output", path)
+    except SpecError:
+        return False
+    if len(set(paths)) != len(paths):
+        return False
+    # No file may also be a directory of another (`a` and `a/b`): they could not both be stored.
+    files = set(paths)
+    return not any(str(parent) in files for p in paths for parent in Path(p).parents)
+
+
+def group_problem(
+    finished: Finished, signed_hash: bytes, claimed_ms: int, allowed_ms: Mapping[str, int]
+) -> str | None:
+    """Why a group's result (a task session's Finished) is not what its claim (`signed_hash`,
+    `claimed_ms`) should be, for the tasks in `allowed_ms` (each job's most CPU-ms); None if it
+    is. Each task's files must hash to its result, the tasks to the signed hash, and their
+    claims (each within its limits) add up to the claim."""
+    tasks = finished.tasks
+    ids = [t.job_id for t in tasks]
+    if not tasks or len(set(ids)) != len(ids) or set(ids) != set(allowed_ms):
+        return "the group's tasks are not the ones run"
+    if sum(t.files for t in tasks) != len(finished.outputs):
+        return "the group's files are not its tasks' files"
+    start = 0
+    for t in tasks:
+        files = finished.outputs[start : start + t.files]
+        start += t.files
+        if result_hash(Verdict(t.exit_code, t.reason), files) != t.result_hash:
+            return f"task {t.job_id}: its files do not hash to its result"
+        if not safe_layout(files):
+            return f"task {t.job_id}: its files are not stdout, stderr and relative paths"
+        if t.cpu_ms > allowed_ms[t.job_id]:
+            return f"task {t.job_id}: claims more CPU time than its limits allow"
+    if group_hash(tasks) != finished.result_hash or signed_hash != finished.result_hash:
+        return "the proposal signs another result than the one announced"
+    if sum(t.cpu_ms for t in tasks) != claimed_ms:
+        return "the claim is not the sum of its tasks' claims"
+    return None

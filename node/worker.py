@@ -19,6 +19,7 @@ requester is back (deliver_held).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -86,6 +87,7 @@ class GuestJob:
     requester: str
     needs: scheduler.Needs
     started: float
+    balance_milli: int = 0  # the requester's verified balance when it was admitted
     # Until its sandbox is gone; then, while it settles and its result travels, its CPUs and
     # memory already serve the next job.
     in_sandbox: bool = True
@@ -147,7 +149,7 @@ class Worker:
         self.backends = backends
         self.ledger = ledger
         self.capacity = capacity
-        self._may_start = may_start  # None if the idle policy lets guests in, else why not
+        self.may_start = may_start  # None if the idle policy lets guests in, else why not
         self._open_stream = open_stream
         self.workdir = workdir
         self.running: dict[tuple[str, str], GuestJob] = {}  # (requester, job id) -> job
@@ -161,19 +163,40 @@ class Worker:
 
     async def handle(self, stream: Any) -> None:
         fs = FramedStream(stream, jobproto.TO_WORKER, jobproto.JOB_MAX_FRAME)
+        taken = await self.take_offer(fs, session=False)
+        if taken is None:
+            return
+        offer, spec, backend = taken
+        try:
+            log.info("running job %s for %s on %s", offer.job_id, fs.remote_peer, backend.name)
+            await self._run(fs, backend, offer, spec, fs.remote_peer)
+        finally:
+            self.let_go(fs.remote_peer, offer.job_id)
+
+    def let_go(self, requester: str, job_id: str) -> None:
+        self.running.pop((requester, job_id), None)
+        self.queue.released()
+
+    async def take_offer(
+        self, fs: FramedStream, session: bool
+    ) -> tuple[jobproto.Offer, JobSpec, Backend] | None:
+        """Check an offer, wait for capacity, register the job (or session) and accept it;
+        None if it was declined. The caller lets the job go (`_let_go`) when it ends."""
         requester = fs.remote_peer
         offer = await fs.receive_a(jobproto.Offer, OFFER_TIMEOUT)
         try:
             # The id names directories here (and a cgroup, a container): a plain name only.
             check_job_id(offer.job_id)
-            spec = JobSpec.from_wire(_unpack(offer.spec))
+            spec = spec_from(offer.spec)
             for entry in offer.inputs:
                 check_relative_path("inputs", entry.path)
             if sum(e.size for e in offer.inputs) > MAX_INPUT_TOTAL:
                 raise SpecError("inputs", f"more than {MAX_INPUT_TOTAL >> 20} MiB of inputs")
+            if session and (offer.inputs or spec.inputs or spec.outputs):
+                raise SpecError("inputs", "a task session carries jobs without files")
         except SpecError as exc:
             await self._decline(fs, f"invalid job: {exc}", 0)
-            return
+            return None
         needs = scheduler.Needs(
             cpus=spec.limits.cpus,
             memory=spec.limits.memory,
@@ -185,29 +208,31 @@ class Worker:
         key = (requester, offer.job_id)
         if key in self.running:  # (and _admission checks the ledger for an earlier claim)
             await self._decline(fs, f"job {offer.job_id} is running here already", 0)
-            return
+            return None
         unsettled = sum(r == requester and not j.in_sandbox for (r, _), j in self.running.items())
         if unsettled >= MAX_SETTLING_PER_REQUESTER:
             await self._decline(fs, f"settle your {unsettled} results here first", 5.0)
-            return
+            return None
         checked: Admitted | str = "busy: too many offers are being checked here"
         with trio.move_on_after(OFFER_TIMEOUT):  # never wait unbounded for a checking slot
             async with self._offers:
                 checked = await self._admission(fs, offer, spec)
         if isinstance(checked, str):
             await self._decline(fs, checked, 5.0)
-            return
+            return None
         public = identity.public_bytes_from_peer_id(requester)
         # (No checkpoint between our turn and registering the job: nobody else can take it.)
         why = await self.queue.wait_turn(public, checked.balance_milli, needs, QUEUE_WAIT)
-        why = why or self._may_start()  # the owner may have come back while we waited
+        why = why or self.may_start()  # the owner may have come back while we waited
         if why is None and key in self.running:
             why = f"job {offer.job_id} is running here already"
         if why is not None:
             await self._decline(fs, why, 5.0)
-            return
+            return None
         backend = self._backend_for(spec)
-        self.running[key] = GuestJob(offer.job_id, requester, needs, time.time())
+        self.running[key] = GuestJob(
+            offer.job_id, requester, needs, time.time(), balance_milli=checked.balance_milli
+        )
         try:
             await fs.send(
                 jobproto.Accept(
@@ -216,11 +241,10 @@ class Worker:
                     chain_verified=checked.chain_verified,
                 )
             )
-            log.info("running job %s for %s on %s", offer.job_id, requester, backend.name)
-            await self._run(fs, backend, offer, spec, requester)
-        finally:
-            self.running.pop(key, None)
-            self.queue.released()
+        except BaseException:
+            self.let_go(requester, offer.job_id)
+            raise
+        return offer, spec, backend
 
     async def _decline(self, fs: FramedStream, reason: str, retry_after: float) -> None:
         log.info("declined a job from %s: %s", fs.remote_peer, reason)
@@ -257,7 +281,7 @@ class Worker:
         why not (the idle policy, the sandbox, or credit: the requester's chain is brought up to
         date from the blocks sent with the offer, or else asked for on the job stream, and
         verified; then the floor is applied)."""
-        why = self._may_start()
+        why = self.may_start()
         if why is not None:
             return why
         try:
@@ -321,7 +345,7 @@ class Worker:
             staged = [(e.path, p) for e, p in zip(offer.inputs, paths, strict=True)]
             await self._execute(fs, backend, offer, spec, requester, staged, result_dir)
         finally:
-            await trio.to_thread.run_sync(_remove_tree, self.workdir / offer.job_id)
+            await trio.to_thread.run_sync(remove_tree, self.workdir / offer.job_id)
 
     async def _execute(
         self,
@@ -333,29 +357,55 @@ class Worker:
         staged: list[tuple[str, Path]],
         result_dir: Path,
     ) -> None:
-        job_cm = backend.open_job(spec, result_dir=result_dir, staged_inputs=staged)
-        async with job_cm as job:
-            if self._may_start() is not None:
-                # The owner came back while the job was starting: the policy's suspend went
-                # out before this job could hear it, and is not repeated.
-                await job.suspend()
-            result = await self._follow_job(fs, offer, spec, job)
+        result = await self.sandboxed(fs, backend, offer.job_id, spec, result_dir, staged)
         guest = self.running.get((requester, offer.job_id))
         if guest is not None:
             guest.in_sandbox = False
             self.queue.released()
         if staged:  # not needed any more; the job may wait long for its settlement
-            await trio.to_thread.run_sync(_remove_tree, self.workdir / offer.job_id / "inputs")
+            await trio.to_thread.run_sync(remove_tree, self.workdir / offer.job_id / "inputs")
         if result.reason.value == "cancelled":
             # By the requester, or given up by the idle policy (the owner stayed too long): no
             # claim. End the stream now so the requester runs the job elsewhere at once, not
             # only when its lease runs out.
             await fs.close()
             return
-        await self._settle_and_release(fs, offer, spec, requester, result, result_dir)
+        entries, sources = result_files(result, result_dir)
+        verdict = results.Verdict(result.exit_code, result.reason.value)
+        finished = jobproto.Finished(
+            exit_code=result.exit_code,
+            reason=result.reason.value,
+            cpu_seconds=result.cpu_seconds,
+            wall_seconds=result.wall_seconds,
+            peak_memory=result.peak_memory,
+            result_hash=results.result_hash(verdict, entries),
+            outputs=tuple(entries),
+            proposal=b"",
+        )
+        claim = claimable_ms(result.cpu_seconds, spec)
+        await self.claim_and_release(
+            fs, requester, offer.job_id, claim, job_limits(spec), finished, sources
+        )
+
+    async def sandboxed(
+        self,
+        fs: FramedStream,
+        backend: Backend,
+        job_id: str,
+        spec: JobSpec,
+        result_dir: Path,
+        staged: list[tuple[str, Path]],
+    ) -> JobResult:
+        """Run one job in the sandbox, following it on `fs` (see _follow_job); its result."""
+        async with backend.open_job(spec, result_dir=result_dir, staged_inputs=staged) as job:
+            if self.may_start() is not None:
+                # The owner came back while the job was starting: the policy's suspend went
+                # out before this job could hear it, and is not repeated.
+                await job.suspend()
+            return await self._follow_job(fs, job_id, spec, job)
 
     async def _follow_job(
-        self, fs: FramedStream, offer: jobproto.Offer, spec: JobSpec, job: Job
+        self, fs: FramedStream, job_id: str, spec: JobSpec, job: Job
     ) -> JobResult:
         """Stream the running job's output and progress to the requester and obey its Cancel;
         if the requester goes away, the job runs on all the same. The job's result."""
@@ -382,7 +432,7 @@ class Worker:
             async def listen_for_cancel() -> None:
                 msg = await fs.receive(timeout=spec.limits.wall_seconds * 4 + 3600)
                 if isinstance(msg, jobproto.Cancel):
-                    log.info("job %s cancelled by its requester: %s", offer.job_id, msg.reason)
+                    log.info("job %s cancelled by its requester: %s", job_id, msg.reason)
                     await job.cancel()
                 else:
                     raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
@@ -393,10 +443,10 @@ class Worker:
                 try:
                     await fn()
                 except StreamGone as exc:
-                    log.info("job %s: requester unreachable (%s); running on", offer.job_id, exc)
+                    log.info("job %s: requester unreachable (%s); running on", job_id, exc)
                     n.cancel_scope.cancel()
                 except wire.RemoteProtocolError as exc:
-                    log.warning("job %s: %s; cancelling", offer.job_id, exc)
+                    log.warning("job %s: %s; cancelling", job_id, exc)
                     await job.cancel()
 
             async def end_with_the_job() -> None:
@@ -409,71 +459,60 @@ class Worker:
             n.start_soon(end_with_the_job)
         return await job.wait()
 
-    async def _settle_and_release(
+    async def claim_and_release(
         self,
-        fs: FramedStream,
-        offer: jobproto.Offer,
-        spec: JobSpec,
+        fs: FramedStream | None,
         requester: str,
-        result: JobResult,
-        result_dir: Path,
+        claim_id: str,
+        cpu_ms: int,
+        limits: JobLimits,
+        finished: jobproto.Finished,
+        sources: Sequence[Path | bytes],
     ) -> None:
-        entries = [results.entry(results.STDOUT, result.stdout)]
-        entries.append(results.entry(results.STDERR, result.stderr))
-        sources: list[Path | bytes] = [result.stdout, result.stderr]
-        for out in result.outputs:
-            sha = bytes.fromhex(out.sha256)
-            entries.append(jobproto.FileEntry(path=out.path, size=out.size, sha256=sha))
-            sources.append(result_dir / out.path)
-        verdict = results.Verdict(result.exit_code, result.reason.value)
-        digest = results.result_hash(verdict, entries)
+        """Sign the claim for a result (`finished`, its proposal still empty), hold the result,
+        and offer it on `fs`: released once paid, refused, or held for the requester's return
+        (at once if `fs` is None: the stream is gone)."""
         try:
             proposal = await self.ledger.call(
                 lambda: self.ledger.ledger.propose(
                     requester=identity.public_bytes_from_peer_id(requester),
-                    job_id=offer.job_id,
-                    cpu_ms=claimable_ms(result.cpu_seconds, spec),
+                    job_id=claim_id,
+                    cpu_ms=cpu_ms,
                     gpu_ms=0,
-                    limits=job_limits(spec),
-                    result_hash=digest,
+                    limits=limits,
+                    result_hash=finished.result_hash,
                 )
             )
         except LedgerError as exc:
-            log.error("job %s: cannot sign the claim: %s", offer.job_id, exc)
+            log.error("job %s: cannot sign the claim: %s", claim_id, exc)
             return
-        if proposal.block.transaction.result_hash != digest:
+        if proposal.block.transaction.result_hash != finished.result_hash:
             # propose() is idempotent per (requester, job): an earlier claim for this job id
             # stands, and it is not for this result.
-            log.error("job %s: claimed before for another result; not releasing", offer.job_id)
+            log.error("job %s: claimed before for another result; not releasing", claim_id)
             return
-        finished = jobproto.Finished(
-            exit_code=result.exit_code,
-            reason=result.reason.value,
-            cpu_seconds=result.cpu_seconds,
-            wall_seconds=result.wall_seconds,
-            peak_memory=result.peak_memory,
-            result_hash=digest,
-            outputs=tuple(entries),
-            proposal=encode_message(proposal),
-        )
+        finished = dataclasses.replace(finished, proposal=encode_message(proposal))
         # Keep the result with our signed claim before offering it: if the requester vanishes,
         # or this node dies after being paid, it is settled or released when both are back
         # (deliver_held). It goes only once released, or refused. (Not in the ledger's
         # thread: moving files must not hold up admissions and agreements.)
         paths = await trio.to_thread.run_sync(
-            self.held.keep, offer.job_id, requester, finished, sources
+            self.held.keep, claim_id, requester, finished, sources
         )
+        if fs is None:
+            log.info("job %s: requester gone; holding its result", claim_id)
+            return
         # Replicas of the job wait for each other before the requester answers.
-        timeout = SETTLE_TIMEOUT + spec.limits.wall_seconds
-        self._in_exchange.add(offer.job_id)  # deliver_held leaves it alone meanwhile
+        timeout = SETTLE_TIMEOUT + limits.wall_ms / 1000
+        self._in_exchange.add(claim_id)  # deliver_held leaves it alone meanwhile
         try:
-            await self._exchange(fs, offer.job_id, requester, finished, paths, timeout)
+            await self._exchange(fs, claim_id, requester, finished, paths, timeout)
         except StreamGone as exc:
-            log.info("job %s: requester gone (%s); holding its result", offer.job_id, exc)
+            log.info("job %s: requester gone (%s); holding its result", claim_id, exc)
             return
         finally:
-            self._in_exchange.discard(offer.job_id)
-        await trio.to_thread.run_sync(self.held.drop, offer.job_id)
+            self._in_exchange.discard(claim_id)
+        await trio.to_thread.run_sync(self.held.drop, claim_id)
 
     async def _exchange(
         self,
@@ -515,7 +554,7 @@ class Worker:
         ]
         await transfer.send(send_chunk, nonempty)
         await fs.send(jobproto.OutputDone(), SEND_TIMEOUT)
-        await fs.close()
+        # (Not closed here: a task session goes on; the handler closes a job's stream.)
 
     async def deliver_held(self, requester: str) -> None:
         """`requester` is back: settle the results we held for it, one at a time (and one
@@ -542,7 +581,7 @@ class Worker:
                     with trio.CancelScope(shield=True):
                         await fs.reset()  # released, not left half-open
                     raise
-                await fs.close()  # (again, if _exchange did: harmless)
+                await fs.close()
             except (StreamGone, wire.RemoteProtocolError) as exc:
                 log.info("held result of job %s not delivered yet: %s", job_id, exc)
                 return
@@ -562,6 +601,20 @@ def job_limits(spec: JobSpec) -> JobLimits:
     )
 
 
+def result_files(
+    result: JobResult, result_dir: Path
+) -> tuple[list[jobproto.FileEntry], list[Path | bytes]]:
+    """A result's released files (stdout, stderr, then its outputs): entries and sources."""
+    entries = [results.entry(results.STDOUT, result.stdout)]
+    entries.append(results.entry(results.STDERR, result.stderr))
+    sources: list[Path | bytes] = [result.stdout, result.stderr]
+    for out in result.outputs:
+        sha = bytes.fromhex(out.sha256)
+        entries.append(jobproto.FileEntry(path=out.path, size=out.size, sha256=sha))
+        sources.append(result_dir / out.path)
+    return entries, sources
+
+
 def claimable_ms(cpu_seconds: float, spec: JobSpec) -> int:
     """The measured CPU time in milliseconds, never above what the job's limits allowed (the
     CFS quota lets a job overshoot its share by a scheduler tick; the ledger refuses any excess)."""
@@ -570,10 +623,15 @@ def claimable_ms(cpu_seconds: float, spec: JobSpec) -> int:
     return max(0, min(round(cpu_seconds * 1000), ceiling))
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def spec_from(data: bytes) -> JobSpec:
+    """The JobSpec in an offer or a task (SpecError if it is not one)."""
+    return JobSpec.from_wire(_unpack(data))
 
 
 def _unpack(data: bytes) -> object:

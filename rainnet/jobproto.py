@@ -17,6 +17,24 @@ attempt is over for the requester, who may run the job elsewhere):
                                       <-------  OutputChunk ... OutputDone (released only now)
     Cancel (any time) ----------------------->
 
+A task session (`/rain/tasks/1.0.0`) carries many small jobs of one shape (the same CPUs, memory,
+GPUs and image; one run each, no input or output files) to one worker, one after another in one
+of its slots, and settles them in groups: per job it costs two messages instead of a stream, an
+offer, a claim and an agreement of its own.
+
+    requester                                   worker
+    Offer(a fresh session id, the jobs' shape as a spec, chain) -> chain pages, Accept | Decline
+    Task(job, spec) ------------------------->  (runs it: Progress / Output as above; Cancel)
+                                      <-------  TaskDone(job, claimed)  |  Decline (no more now)
+    ... at most MAX_GROUP claimed tasks, then (or when no job waits):
+    Collect --------------------------------->
+                                      <-------  Finished(tasks=..., one Propose for their sum)
+    Settle(Agree | Refuse) ------------------>
+                                      <-------  OutputChunk ... OutputDone (every task's files)
+    ... until the requester closes the stream.
+A group's Finished lists each task's result; its outputs are the tasks' files in order, and the
+hash it signs is the group's (node.results.group_hash). Held and delivered like any Finished.
+
 Ledger messages travel as their own msgpack bytes (`ledger.messages`), validated by the ledger.
 This module is pure: message shapes and their size caps. The decisions (whether to accept, whom
 to offer to) live in node.scheduler; the worker's and requester's edges in node.jobs.
@@ -33,6 +51,8 @@ JOB = "/rain/job/1.1.0"  # 1.1: offers carry chain blocks; no InputDone without 
 # A worker holding a result for a requester that went away offers it here when the requester is
 # back: Finished -> Settle -> OutputChunk... OutputDone, as at the end of a job stream.
 RESULT = "/rain/result/1.0.0"
+TASKS = "/rain/tasks/1.0.0"
+MAX_GROUP = 16  # claimed tasks of a session settled together, at most
 CHUNK = 256 * 1024
 MAX_SPEC_BYTES = CHUNK
 MAX_CHAIN_SEQUENCE = 1 << 48  # as ledger.block.MAX_SEQUENCE
@@ -123,6 +143,26 @@ class Output(wire.Message):
     data: bytes = field(metadata=wire.limit(CHUNK))
 
 
+@wire.message("task-result")
+@dataclass(frozen=True)
+class TaskResult(wire.Message):
+    """One task of a group's Finished: its verdict and measures, and the hash of its own result
+    manifest over its `files` entries (the next ones of the Finished's outputs)."""
+
+    job_id: str = field(metadata=wire.limit(64))
+    exit_code: int | None
+    reason: str = field(metadata=wire.limit(32))
+    cpu_ms: int  # what is claimed for it; the group's proposal claims their sum
+    wall_seconds: float
+    peak_memory: int
+    result_hash: bytes = field(metadata=wire.limit(32))
+    files: int
+
+    def __post_init__(self) -> None:
+        if self.cpu_ms < 0 or not 0 <= self.files <= MAX_FILES:
+            raise ValueError("a task result claims cpu_ms >= 0 over 0..MAX_FILES files")
+
+
 @wire.message("job-finished")
 @dataclass(frozen=True)
 class Finished(wire.Message):
@@ -134,6 +174,32 @@ class Finished(wire.Message):
     result_hash: bytes = field(metadata=wire.limit(32))
     outputs: tuple[FileEntry, ...] = field(metadata=wire.limit(MAX_FILES))
     proposal: bytes = field(metadata=wire.limit(16 * 1024))  # ledger Propose, msgpack
+    # Set for a group of a task session: its tasks, in the order of their files in `outputs`.
+    tasks: tuple[TaskResult, ...] = field(default=(), metadata=wire.limit(MAX_GROUP))
+
+
+@wire.message("task")
+@dataclass(frozen=True)
+class Task(wire.Message):
+    """Run this job next in the session (of the session's shape)."""
+
+    job_id: str = field(metadata=wire.limit(64))
+    spec: bytes = field(metadata=wire.limit(MAX_SPEC_BYTES))  # msgpack of JobSpec.to_wire()
+
+
+@wire.message("task-done")
+@dataclass(frozen=True)
+class TaskDone(wire.Message):
+    """The task ended: claimed (its result waits for Collect), or not (cancelled: no claim)."""
+
+    job_id: str = field(metadata=wire.limit(64))
+    claimed: bool
+
+
+@wire.message("task-collect")
+@dataclass(frozen=True)
+class Collect(wire.Message):
+    """Propose for the claimed tasks not settled yet."""
 
 
 @wire.message("job-settle")
@@ -171,6 +237,8 @@ TO_WORKER: tuple[type[wire.Message], ...] = (
     InputDone,
     Settle,
     Cancel,
+    Task,
+    Collect,
 )
 TO_REQUESTER: tuple[type[wire.Message], ...] = (
     LedgerFrame,
@@ -181,4 +249,5 @@ TO_REQUESTER: tuple[type[wire.Message], ...] = (
     Finished,
     OutputChunk,
     OutputDone,
+    TaskDone,
 )

@@ -12,26 +12,19 @@ import sys
 from typing import Any
 
 from node import main, worker
+from sandbox import JobResult
 
-_honest = worker.Worker._settle_and_release
+_honest = worker.Worker.sandboxed
 
 
-async def _forged(
-    self: worker.Worker,
-    fs: Any,
-    offer: Any,
-    spec: Any,
-    requester: str,
-    result: Any,
-    result_dir: Any,
-) -> None:
-    forged = dataclasses.replace(
+async def _forged(self: worker.Worker, *args: Any, **kwargs: Any) -> JobResult:
+    result = await _honest(self, *args, **kwargs)
+    return dataclasses.replace(
         result, stdout=b"forged by " + self.ledger.ledger.peer_id.encode() + b"\n"
     )
-    await _honest(self, fs, offer, spec, requester, forged, result_dir)
 
 
-worker.Worker._settle_and_release = _forged  # type: ignore[method-assign]
+worker.Worker.sandboxed = _forged  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main.main())

@@ -91,9 +91,12 @@ def test_chaos_every_job_completes_exactly_once(cluster: Cluster) -> None:
     for i, job_id in enumerate(ids):
         assert requester.rain("logs", job_id).stdout == f"{i}\n"
 
-    # Exactly once: one payment per job, and credit conserved between requester and workers.
-    paid = _history_jobs(requester)
-    assert sorted(paid) == sorted(ids)
+    # Exactly once: each job names the one exchange that paid it (its own, or its task
+    # session's group), each of those was paid once and nothing else was paid, and credit is
+    # conserved between requester and workers.
+    claims = [jobs[i]["claim"] for i in ids]
+    assert all(claims)
+    assert sorted(_history_jobs(requester)) == sorted(set(claims))
     spent = _credit(requester)["spent"]
     earned = sum(_credit(w)["earned"] for w in workers)
     assert abs(spent - earned) < 1e-9
@@ -118,3 +121,38 @@ def test_a_vanished_requester_is_paid_for_when_it_returns(cluster: Cluster) -> N
     assert _history_jobs(requester) == [job_id]
     assert _credit(worker)["exchanges"] == 1
     assert "held result of job" in worker.log()
+
+
+def test_a_vanished_requester_is_paid_for_a_task_sessions_group(cluster: Cluster) -> None:
+    """An array rides task sessions; the requester dies with tasks run and not yet settled: the
+    worker holds them as one group with its claim, and settles it when the requester is back.
+    Every job is done once, and paid once, through the exchange it names."""
+    worker, requester = _worker_and_requester(cluster)
+    ids = requester.rain(
+        "submit", "--array", "0-7", "--", "sh", "-c", "sleep 0.5; echo t$RAIN_ARRAY_TASK_ID"
+    ).stdout.split()
+    wait_until(
+        lambda: any(j["state"] == "settling" for j in _jobs(requester).values()),
+        30,
+        "a task is claimed and waits for its group's settlement",
+        interval=0.05,
+    )
+    requester.kill9()
+    wait_until(lambda: "holding its result" in worker.log(), 30, "the worker holds the group")
+    requester.start()
+    requester.wait_ready()
+    wait_until(
+        lambda: all(j["state"] == "done" for j in _jobs(requester).values()),
+        90,
+        "every job completes",
+    )
+    jobs = _jobs(requester)
+    for i, job_id in enumerate(ids):
+        assert requester.rain("logs", job_id).stdout == f"t{i}\n"
+    claims = {jobs[i]["claim"] for i in ids}
+    assert None not in claims
+    assert sorted(_history_jobs(requester)) == sorted(claims)
+    assert _credit(worker)["exchanges"] == len(claims)
+    assert "held result of job" in worker.log()
+    for node in (requester, worker):
+        assert node.rain("credit", "verify").returncode == 0

@@ -1,0 +1,210 @@
+"""The worker's end of a task session (rainnet.jobproto.TASKS): many small jobs of one requester
+and one shape, run one after another in the slot the session was admitted to, paid in groups.
+
+The session is admitted like one job of its shape (Worker.take_offer: the idle policy, the
+sandbox, the requester's verified credit, then capacity in the priority queue). Each Task must
+then be of the session's shape and without files, the owner must not be back, and the requester's
+verified balance at admission, less what this session was paid since and what its unsettled
+tasks may cost at most, must stay above the credit floor with this task counted at its limits.
+A Collect signs one claim for the claimed tasks (their CPU-seconds summed, their results hashed
+together: node.results.group_hash) and goes on as the end of a job stream does
+(Worker.claim_and_release: held, offered, released once paid).
+
+A session ends when the requester closes it or stays silent for SESSION_IDLE; after
+SESSION_SECONDS its next task is declined, so that the requester queues again behind requesters
+with more credit. Tasks claimed and not settled when it ends are held for the requester like any
+result, and offered when it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ledger.admission import floor_problem
+from ledger.block import MAX_WALL_MS, JobLimits
+from ledger.units import amount_milli
+from node import results
+from node.worker import claimable_ms, job_limits, remove_tree, result_files, spec_from
+from rainnet import jobproto, wire
+from rainnet.streams import FramedStream, StreamGone
+from sandbox import Backend, JobSpec, SpecError
+from sandbox.job import check_job_id
+
+if TYPE_CHECKING:
+    from node.worker import Worker
+
+log = logging.getLogger("rainnet.worker")
+
+SESSION_IDLE = 10.0  # the requester's next message, at most this long after the last
+SESSION_SECONDS = 60.0  # then the session's slot goes back to the priority queue
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A task run and claimed in this session, waiting for its group's settlement."""
+
+    result: jobproto.TaskResult
+    entries: list[jobproto.FileEntry]
+    sources: list[Path | bytes]
+    limits: JobLimits
+
+
+def group_limits(limits: list[JobLimits]) -> JobLimits:
+    """The limits a group's claim is bounded by: the tasks' wall times added (their CPUs and
+    GPUs are the session's shape). ValueError past what a claim may state."""
+    wall = sum(x.wall_ms for x in limits)
+    if wall > MAX_WALL_MS:
+        raise ValueError("a group's wall time may not pass a year")
+    return JobLimits(cpus_milli=limits[0].cpus_milli, gpus=limits[0].gpus, wall_ms=wall)
+
+
+async def serve(worker: Worker, stream: Any) -> None:
+    """The stream handler of jobproto.TASKS."""
+    fs = FramedStream(stream, jobproto.TO_WORKER, jobproto.JOB_MAX_FRAME)
+    taken = await worker.take_offer(fs, session=True)
+    if taken is None:
+        return
+    offer, shape, backend = taken
+    try:
+        await _Session(worker, fs, offer.job_id, shape, backend).run()
+    finally:
+        worker.let_go(fs.remote_peer, offer.job_id)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(remove_tree, worker.workdir / offer.job_id)
+
+
+class _Session:
+    def __init__(
+        self, worker: Worker, fs: FramedStream, session_id: str, shape: JobSpec, backend: Backend
+    ) -> None:
+        self.worker, self.fs, self.shape, self.backend = worker, fs, shape, backend
+        self.requester = fs.remote_peer
+        self.session_id = session_id
+        guest = worker.running[(self.requester, session_id)]
+        self.balance_milli = guest.balance_milli  # verified when the session was admitted
+        self.paid_milli = 0
+        self.group: list[_Claimed] = []
+        self.began = trio.current_time()
+        self.refusing: str | None = None
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    msg = await self.fs.receive(SESSION_IDLE)
+                except StreamGone:
+                    return  # closed by the requester (or it went silent): the session is over
+                if isinstance(msg, jobproto.Collect):
+                    await self._settle()
+                elif isinstance(msg, jobproto.Task):
+                    await self._task(msg)
+                else:
+                    raise wire.RemoteProtocolError(f"{msg.TYPE} in a task session")
+        finally:
+            if self.group:  # claimed, never settled: held for the requester's return
+                with trio.CancelScope(shield=True):
+                    await self._claim(None)
+
+    async def _task(self, task: jobproto.Task) -> None:
+        if len(self.group) >= jobproto.MAX_GROUP:
+            raise wire.RemoteProtocolError(f"more than {jobproto.MAX_GROUP} tasks unsettled")
+        try:
+            check_job_id(task.job_id)
+            spec = spec_from(task.spec)
+        except SpecError as exc:
+            raise wire.RemoteProtocolError(f"task {task.job_id[:64]!r}: {exc}") from None
+        if (spec.image, spec.limits.cpus, spec.limits.memory, spec.limits.gpus) != (
+            self.shape.image,
+            self.shape.limits.cpus,
+            self.shape.limits.memory,
+            self.shape.limits.gpus,
+        ) or (spec.inputs or spec.outputs):
+            raise wire.RemoteProtocolError(f"task {task.job_id}: not of the session's shape")
+        key = (self.requester, task.job_id)
+        if key in self.worker.running or any(c.result.job_id == task.job_id for c in self.group):
+            raise wire.RemoteProtocolError(f"task {task.job_id} is running here already")
+        why = self.refusing or self._refusal(job_limits(spec))
+        if why is not None:
+            # No more tasks in this session: the requester collects what is claimed, and
+            # offers the rest again (here, after the queue, or elsewhere).
+            self.refusing = why
+            await self.fs.send(jobproto.Decline(reason=why[: jobproto.MAX_REASON], retry_after=0))
+            return
+        # (The session's directory goes when it ends: a thread hop per task saved.)
+        job_dir = self.worker.workdir / self.session_id / task.job_id
+        result = await self.worker.sandboxed(
+            self.fs, self.backend, task.job_id, spec, job_dir / "result", []
+        )
+        if result.reason.value == "cancelled":
+            # By the requester, or given up by the idle policy: no claim.
+            await self.fs.send(jobproto.TaskDone(job_id=task.job_id, claimed=False))
+            return
+        entries, sources = result_files(result, job_dir / "result")  # (no outputs: in memory)
+        verdict = results.Verdict(result.exit_code, result.reason.value)
+        self.group.append(
+            _Claimed(
+                jobproto.TaskResult(
+                    job_id=task.job_id,
+                    exit_code=result.exit_code,
+                    reason=result.reason.value,
+                    cpu_ms=claimable_ms(result.cpu_seconds, spec),
+                    wall_seconds=result.wall_seconds,
+                    peak_memory=result.peak_memory,
+                    result_hash=results.result_hash(verdict, entries),
+                    files=len(entries),
+                ),
+                entries,
+                sources,
+                job_limits(spec),
+            )
+        )
+        await self.fs.send(jobproto.TaskDone(job_id=task.job_id, claimed=True))
+
+    def _refusal(self, limits: JobLimits) -> str | None:
+        """Why the next task may not start in this session (None if it may)."""
+        if trio.current_time() - self.began > SESSION_SECONDS:
+            return "this session has run its time: offer again"
+        why = self.worker.may_start()
+        if why is not None:
+            return why
+        # Unsettled tasks count at the most they may cost, settled ones at what was paid.
+        exposure = self.paid_milli + sum(c.limits.max_amount_milli for c in self.group)
+        return floor_problem(
+            self.balance_milli - exposure, limits, self.worker.ledger.ledger.floor_milli
+        )
+
+    async def _settle(self) -> None:
+        if not self.group:
+            raise wire.RemoteProtocolError("collect with no task claimed")
+        self.paid_milli += await self._claim(self.fs)
+
+    async def _claim(self, fs: FramedStream | None) -> int:
+        """Claim the group (and offer it on `fs`; hold it if None); what it claims, in
+        milli-credits (counted as paid: the requester may have refused, never paid more)."""
+        group, self.group = self.group, []
+        tasks = tuple(c.result for c in group)
+        cpu_ms = sum(t.cpu_ms for t in tasks)
+        finished = jobproto.Finished(
+            exit_code=None,
+            reason="group",
+            cpu_seconds=cpu_ms / 1000,
+            wall_seconds=sum(t.wall_seconds for t in tasks),
+            peak_memory=max(t.peak_memory for t in tasks),
+            result_hash=results.group_hash(tasks),
+            outputs=tuple(e for c in group for e in c.entries),
+            proposal=b"",
+            tasks=tasks,
+        )
+        limits = group_limits([c.limits for c in group])
+        sources = [s for c in group for s in c.sources]
+        claim_id = secrets.token_hex(8)
+        await self.worker.claim_and_release(
+            fs, self.requester, claim_id, cpu_ms, limits, finished, sources
+        )
+        return amount_milli(cpu_ms, 0)
