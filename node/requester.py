@@ -19,12 +19,13 @@ ledger's `max_payees`). Every step is bounded; every job ends done, failed or ca
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -186,6 +187,14 @@ class JobRecord:
         }
 
 
+@dataclass
+class _SaveBatch:
+    """Job states written to the store in one transaction (see Requester._save)."""
+
+    written: trio.Event = field(default_factory=trio.Event)
+    error: Exception | None = None
+
+
 class _OfferSlot:
     """One offer's place in the global and per-worker bounds; released once (idempotent)."""
 
@@ -343,6 +352,9 @@ class Requester:
         self._sessions: dict[tuple[str, Shape], list[_TaskSession]] = {}
         self._session_locks: dict[str, trio.Lock] = {}  # one session opened at a time per worker
         self._placing = 0  # jobs that could ride a session, now in _attempt: the backlog
+        self._unsaved: dict[str, JobRecord] = {}  # (see _save)
+        self._next_batch = _SaveBatch()
+        self._saving = False
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drive jobs until cancelled; first take back the unfinished ones from the store."""
@@ -364,7 +376,29 @@ class Requester:
             await trio.sleep_forever()
 
     async def _save(self, job: JobRecord) -> None:
-        await trio.to_thread.run_sync(self.store.save, job.stored())
+        """Store the job's state. Saves asked for while one is being written go together in
+        the next transaction (group commit): under load, one thread hop stores many."""
+        self._unsaved[job.job_id] = job
+        batch = self._next_batch
+        if self._saving:
+            await batch.written.wait()
+        else:
+            self._saving = True
+            try:
+                with trio.CancelScope(shield=True):  # others wait on this writer
+                    while self._unsaved:
+                        jobs, self._unsaved = list(self._unsaved.values()), {}
+                        writing, self._next_batch = self._next_batch, _SaveBatch()
+                        try:
+                            stored = [j.stored() for j in jobs]
+                            await trio.to_thread.run_sync(self.store.save_all, stored)
+                        except Exception as exc:
+                            writing.error = exc
+                        writing.written.set()
+            finally:
+                self._saving = False
+        if batch.error is not None:
+            raise batch.error
 
     async def submit(
         self,
@@ -597,9 +631,10 @@ class Requester:
             return
         log.info("%s offers the results of %d jobs it held for us", worker, len(mine))
         try:
-            await self._settle_group(worker, fs, finished, mine)
+            conclude = await self._settle_group(worker, fs, finished, mine)
         finally:
             await fs.close()
+        await conclude()
 
     # ----- one attempt ------------------------------------------------------------------------
 
@@ -754,6 +789,11 @@ class Requester:
         """Run the job through a task session to `worker` (one of ours with room for it, or a
         new one): it waits to be taken, holding its offer slot, then for its group's end."""
         ride = _Ride(job, load)
+        # On disk before the worker may hold a result for it (accepted_by, after a restart),
+        # and written with the other jobs waiting for a session meanwhile (see _save).
+        job.state, job.worker = "offering", worker
+        job.accepted_by.add(worker)
+        await self._save(job)
         for _ in range(2):  # the session chosen may close before it takes us: once more
             session = await self._session_for(worker, job)
             job.state, job.worker = "offering", worker
@@ -892,7 +932,6 @@ class Requester:
         await fs.send(jobproto.Task(job_id=job.job_id, spec=spec_bytes))
         job.attempts += 1
         job.state, job.started, job.worker = "running", time.time(), session.worker
-        job.accepted_by.add(session.worker)
         # Its owner may cancel it while it runs: the Cancel goes out beside our reading.
         watch = trio.CancelScope()
 
@@ -904,8 +943,6 @@ class Requester:
         assert self._nursery is not None
         self._nursery.start_soon(cancel_on_request)
         try:
-            # After a restart: wait for this worker's held result first (while the task runs).
-            await self._save(job)
             while True:
                 msg = await fs.receive(LEASE)
                 if isinstance(msg, jobproto.Progress):
@@ -934,9 +971,21 @@ class Requester:
         await session.fs.send(jobproto.Collect())
         finished = await session.fs.receive_a(jobproto.Finished, LEASE)
         jobs = {r.job.job_id: r.job for r in claimed}
-        await self._settle_group(session.worker, session.fs, finished, jobs)
-        for ride in claimed:
-            ride.end()
+        conclude = await self._settle_group(session.worker, session.fs, finished, jobs)
+
+        async def conclude_then_end() -> None:
+            # Beside the session's next task: storing the results is not on its path.
+            error: Exception | None = None
+            try:
+                await conclude()
+            except Exception as exc:  # a local fault (the disk): these jobs fail, not the node
+                log.exception("storing the results of a group failed")
+                error = exc
+            for ride in claimed:
+                ride.end(error)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(conclude_then_end)
 
     async def _settle_group(
         self,
@@ -944,8 +993,9 @@ class Requester:
         fs: FramedStream,
         finished: jobproto.Finished,
         jobs: dict[str, JobRecord],
-    ) -> None:
-        """Check and pay a group of tasks (one claim), then receive and store their results.
+    ) -> Callable[[], Awaitable[None]]:
+        """Check and pay a group of tasks (one claim), then receive their results; what stores
+        them and ends their jobs (the caller awaits it, or lets it run beside the next task).
         `jobs` are the tasks we may pay for: run by this worker, never paid elsewhere."""
         proposal = propose_from(finished.proposal)
         block = proposal.block
@@ -976,6 +1026,7 @@ class Requester:
             raise wire.RemoteProtocolError(f"refused to pay: {problem}")
         for job in jobs.values():
             job.settling = True
+        concluding = False
         try:
             await fs.send(jobproto.Settle(answer=encode_message(answer)))
             for t in finished.tasks:
@@ -990,6 +1041,23 @@ class Requester:
                 )
             except (StreamGone, wire.RemoteProtocolError) as exc:
                 raise PaidAwaitingResult(str(exc)) from None
+            concluding = True
+        finally:
+            if not concluding:
+                for job in jobs.values():
+                    job.settling = False
+        log.info("%d jobs settled in one group with %s", len(jobs), worker)
+        return functools.partial(self._conclude_group, finished, jobs, partial, paths)
+
+    async def _conclude_group(
+        self,
+        finished: jobproto.Finished,
+        jobs: dict[str, JobRecord],
+        partial: Path,
+        paths: list[Path],
+    ) -> None:
+        """Store a paid group's received results in its jobs' folders; the jobs are done."""
+        try:
             heads = await trio.to_thread.run_sync(
                 _store_group, self.jobs_dir, partial, finished.tasks, finished.outputs, paths
             )
@@ -1012,7 +1080,6 @@ class Requester:
         finally:
             for job in jobs.values():
                 job.settling = False
-        log.info("%d jobs settled in one group with %s", len(done), worker)
 
     async def _settle(
         self,

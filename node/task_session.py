@@ -4,8 +4,8 @@ and one shape, run one after another in the slot the session was admitted to, pa
 The session is admitted like one job of its shape (Worker.take_offer: the idle policy, the
 sandbox, the requester's verified credit, then capacity in the priority queue). Each Task must
 then be of the session's shape and without files, the owner must not be back, and the requester's
-verified balance at admission, less what this session was paid since and what its unsettled
-tasks may cost at most, must stay above the credit floor with this task counted at its limits.
+verified balance at admission, less what this session's earlier tasks cost, must stay above the
+credit floor with this task counted at its limits (as for jobs offered one by one).
 A Collect signs one claim for the claimed tasks (their CPU-seconds summed, their results hashed
 together: node.results.group_hash) and goes on as the end of a job stream does
 (Worker.claim_and_release: held, offered, released once paid).
@@ -30,7 +30,7 @@ from ledger.admission import floor_problem
 from ledger.block import MAX_WALL_MS, JobLimits
 from ledger.units import amount_milli
 from node import results
-from node.worker import claimable_ms, job_limits, remove_tree, result_files, spec_from
+from node.worker import claimable_ms, job_limits, spec_from
 from rainnet import jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
 from sandbox import Backend, JobSpec, SpecError
@@ -71,12 +71,20 @@ async def serve(worker: Worker, stream: Any) -> None:
     if taken is None:
         return
     offer, shape, backend = taken
+    session = _Session(worker, fs, offer.job_id, shape, backend)
     try:
-        await _Session(worker, fs, offer.job_id, shape, backend).run()
+        await session.run()
     finally:
         worker.let_go(fs.remote_peer, offer.job_id)
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(remove_tree, worker.workdir / offer.job_id)
+
+        def drop_released() -> None:
+            for claim_id in session.released:
+                worker.held.drop(claim_id)
+
+        if session.released:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(drop_released)
+            worker.dropped(session.released)
 
 
 class _Session:
@@ -88,8 +96,9 @@ class _Session:
         self.session_id = session_id
         guest = worker.running[(self.requester, session_id)]
         self.balance_milli = guest.balance_milli  # verified when the session was admitted
-        self.paid_milli = 0
-        self.group: list[_Claimed] = []
+        self.paid_milli = 0  # claimed in groups settled, or offered and refused
+        self.group: list[_Claimed] = []  # claimed, not offered yet
+        self.released: list[str] = []  # claims settled whose held copies are not dropped yet
         self.began = trio.current_time()
         self.refusing: str | None = None
 
@@ -136,16 +145,15 @@ class _Session:
             self.refusing = why
             await self.fs.send(jobproto.Decline(reason=why[: jobproto.MAX_REASON], retry_after=0))
             return
-        # (The session's directory goes when it ends: a thread hop per task saved.)
-        job_dir = self.worker.workdir / self.session_id / task.job_id
-        result = await self.worker.sandboxed(
-            self.fs, self.backend, task.job_id, spec, job_dir / "result", []
-        )
+        # (No result directory: a task has no output files, its stdout and stderr are bytes.)
+        result = await self.worker.sandboxed(self.fs, self.backend, task.job_id, spec, None, [])
         if result.reason.value == "cancelled":
             # By the requester, or given up by the idle policy: no claim.
             await self.fs.send(jobproto.TaskDone(job_id=task.job_id, claimed=False))
             return
-        entries, sources = result_files(result, job_dir / "result")  # (no outputs: in memory)
+        sources: list[Path | bytes] = [result.stdout, result.stderr]
+        entries = [results.entry(results.STDOUT, result.stdout)]
+        entries.append(results.entry(results.STDERR, result.stderr))
         verdict = results.Verdict(result.exit_code, result.reason.value)
         self.group.append(
             _Claimed(
@@ -173,8 +181,9 @@ class _Session:
         why = self.worker.may_start()
         if why is not None:
             return why
-        # Unsettled tasks count at the most they may cost, settled ones at what was paid.
-        exposure = self.paid_milli + sum(c.limits.max_amount_milli for c in self.group)
+        # As for jobs offered one by one, each task is checked at its limits against the
+        # verified balance less what this session's earlier tasks cost (claimed, paid or not).
+        exposure = self.paid_milli + amount_milli(sum(c.result.cpu_ms for c in self.group), 0)
         return floor_problem(
             self.balance_milli - exposure, limits, self.worker.ledger.ledger.floor_milli
         )
@@ -205,6 +214,6 @@ class _Session:
         sources = [s for c in group for s in c.sources]
         claim_id = secrets.token_hex(8)
         await self.worker.claim_and_release(
-            fs, self.requester, claim_id, cpu_ms, limits, finished, sources
+            fs, self.requester, claim_id, cpu_ms, limits, finished, sources, self.released
         )
         return amount_milli(cpu_ms, 0)

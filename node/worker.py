@@ -157,7 +157,8 @@ class Worker:
         self.queue = AdmissionQueue(self._fits)
         self.held = HeldResults(workdir.parent / "held")
         self._delivering: set[str] = set()
-        self._in_exchange: set[str] = set()  # held results offered on their job stream now
+        # Held results offered on their job stream now, or released and not yet dropped.
+        self._in_exchange: set[str] = set()
 
     # ----- the stream handler -----------------------------------------------------------------
 
@@ -393,7 +394,7 @@ class Worker:
         backend: Backend,
         job_id: str,
         spec: JobSpec,
-        result_dir: Path,
+        result_dir: Path | None,
         staged: list[tuple[str, Path]],
     ) -> JobResult:
         """Run one job in the sandbox, following it on `fs` (see _follow_job); its result."""
@@ -468,10 +469,14 @@ class Worker:
         limits: JobLimits,
         finished: jobproto.Finished,
         sources: Sequence[Path | bytes],
+        drop_later: list[str] | None = None,
     ) -> None:
         """Sign the claim for a result (`finished`, its proposal still empty), hold the result,
         and offer it on `fs`: released once paid, refused, or held for the requester's return
-        (at once if `fs` is None: the stream is gone)."""
+        (at once if `fs` is None: the stream is gone). A task session passes `drop_later`: the
+        held copies in it are dropped in the same thread hop as this one is kept, and this one
+        is added to it once released, rather than dropped at once (a hop on its next task's
+        path)."""
         try:
             proposal = await self.ledger.call(
                 lambda: self.ledger.ledger.propose(
@@ -496,23 +501,41 @@ class Worker:
         # or this node dies after being paid, it is settled or released when both are back
         # (deliver_held). It goes only once released, or refused. (Not in the ledger's
         # thread: moving files must not hold up admissions and agreements.)
-        paths = await trio.to_thread.run_sync(
-            self.held.keep, claim_id, requester, finished, sources
-        )
+        released = list(drop_later or ())
+
+        def keep() -> list[Path]:
+            for old in released:
+                self.held.drop(old)
+            return self.held.keep(claim_id, requester, finished, sources)
+
+        paths = await trio.to_thread.run_sync(keep)
+        if drop_later is not None:
+            self.dropped(released)
+            drop_later.clear()
         if fs is None:
             log.info("job %s: requester gone; holding its result", claim_id)
             return
         # Replicas of the job wait for each other before the requester answers.
         timeout = SETTLE_TIMEOUT + limits.wall_ms / 1000
-        self._in_exchange.add(claim_id)  # deliver_held leaves it alone meanwhile
+        # deliver_held leaves it alone meanwhile, and until its held copy is dropped.
+        self._in_exchange.add(claim_id)
         try:
             await self._exchange(fs, claim_id, requester, finished, paths, timeout)
-        except StreamGone as exc:
-            log.info("job %s: requester gone (%s); holding its result", claim_id, exc)
-            return
-        finally:
+        except BaseException as exc:
             self._in_exchange.discard(claim_id)
-        await trio.to_thread.run_sync(self.held.drop, claim_id)
+            if isinstance(exc, StreamGone):
+                log.info("job %s: requester gone (%s); holding its result", claim_id, exc)
+                return
+            raise
+        if drop_later is None:
+            await trio.to_thread.run_sync(self.held.drop, claim_id)
+            self._in_exchange.discard(claim_id)
+        else:
+            drop_later.append(claim_id)
+
+    def dropped(self, claim_ids: Sequence[str]) -> None:
+        """The held copies of these released claims are gone (see claim_and_release)."""
+        self._in_exchange.difference_update(claim_ids)
 
     async def _exchange(
         self,
