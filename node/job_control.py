@@ -121,6 +121,7 @@ async def job_status(requester: Requester, req: dict[str, Any]) -> dict[str, Any
         if nothing_new:
             with trio.move_on_after(min(float(wait), MAX_WAIT)):
                 await job.changed.wait()
+    await requester.load_output(job)
     return _status(requester, job, req.get("stdout_from", 0), req.get("stderr_from", 0))
 
 
@@ -152,6 +153,7 @@ async def finished(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
         job = requester.jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None or not job.finished.is_set() or (out and size > MAX_BATCH_OUTPUT):
             break
+        await requester.load_output(job)
         out.append(_status(requester, job, 0, 0))
         size += len(out[-1]["stdout"]) + len(out[-1]["stderr"])
     return {"jobs": out}

@@ -74,6 +74,8 @@ MAX_CHAIN_ASKS = 4096  # pages of our chain a worker may ask for before answerin
 # many such jobs are being placed at once: a lone job keeps its own stream, live to the end.
 SESSION_BACKLOG = 2
 SESSION_LINGER = 0.5  # a session with no job waiting this long is closed
+QUICK_TASK = 0.25  # tasks quicker than this (seconds each) go several to a message
+RIDES_PER_WORKER = 2 * jobproto.MAX_BATCH  # jobs waiting for task sessions to one worker
 
 
 @dataclass
@@ -108,6 +110,9 @@ class JobRecord:
     # Set (and replaced) whenever output arrives or the job ends: what `rain submit --wait`
     # long-polls on, instead of polling on a timer.
     changed: trio.Event = field(default_factory=trio.Event)
+
+    # After a restart, a done job's output is read back from its folder when first asked for.
+    output_loaded: bool = True
 
     def touch(self) -> None:
         self.changed.set()
@@ -159,6 +164,7 @@ class JobRecord:
             outputs=st.outputs,
             claim=st.claim,
         )
+        job.output_loaded = st.state != "done"
         if st.worker:
             job.accepted_by.add(st.worker)
         if st.state in FINISHED_STATES:
@@ -318,6 +324,8 @@ class _TaskSession:
         self.rides_in, self.rides = trio.open_memory_channel[_Ride](0)
         self.waiting = 0  # jobs waiting to be taken
         self.closing = False
+        self.batch_limit = 1  # jobs handed over in one message (see _run_session)
+        self.carried: list[_Ride] = []  # taken, handed over in the next message
 
 
 class Requester:
@@ -342,6 +350,8 @@ class Requester:
         self._unreachable: dict[str, float] = {}  # worker -> until when not to try it
         self._offering = trio.Semaphore(MAX_OFFERS_IN_FLIGHT)
         self._worker_offers: dict[str, trio.Semaphore] = {}
+        self._worker_rides: dict[str, trio.Semaphore] = {}
+        self._no_sessions: dict[str, bool] = {}  # workers that take no task sessions
         # CPUs of our jobs offered to or running on each worker: what ranking spreads jobs by.
         self.committed: dict[str, float] = {}
         # Workers whose result was outvoted by replicas: offered no job again (kept in the job
@@ -367,13 +377,28 @@ class Requester:
                 self.jobs[job.job_id] = job
                 if not job.finished.is_set():
                     log.info("job %s: resuming after a restart (was %s)", job.job_id, job.state)
-                    # A job that was running may finish where it ran: its worker holds the
-                    # result and offers it when we are back. Give it that chance first.
-                    grace = RESUME_GRACE if job.state == "running" else 0.0
+                    # A job that was running, or handed to a task session, may finish where
+                    # it ran: its worker holds the result and offers it when we are back. Give
+                    # it that chance first.
+                    handed = job.state == "offering" and job.worker is not None
+                    grace = RESUME_GRACE if job.state == "running" or handed else 0.0
                     job.state, job.worker = "queued", None
                     nursery.start_soon(self._drive, job, grace)
             task_status.started()
             await trio.sleep_forever()
+
+    async def load_output(self, job: JobRecord) -> None:
+        """The head of a done job's stdout and stderr back in memory (`rain logs` after a
+        restart), from the files it was stored in."""
+        if job.output_loaded:
+            return
+        job.output_loaded = True
+        folder = self.jobs_dir / job.job_id
+        with contextlib.suppress(OSError):  # (removed by hand: nothing to show)
+            out, err = await trio.to_thread.run_sync(
+                lambda: (_head(folder / "stdout"), _head(folder / "stderr"))
+            )
+            job.stdout[:], job.stderr[:] = out, err
 
     async def _save(self, job: JobRecord) -> None:
         """Store the job's state. Saves asked for while one is being written go together in
@@ -443,6 +468,8 @@ class Requester:
             self._nursery_cancel_on(job, scope)
             with trio.move_on_after(grace):
                 await job.finished.wait()
+            if job.finished.is_set():  # settled meanwhile, by the result its worker held
+                return
             used: set[str] = set()
             try:
                 if job.replicas == 1:
@@ -644,15 +671,28 @@ class Requester:
         # slot is held from the offer until the worker answers it, not while the job runs.
         # The worker's own slot first: jobs queued for a busy worker must not hold global
         # slots that offers to idle workers need.
-        slot = _OfferSlot(self._per_worker(worker), self._offering)
         load = _Load(self.committed, worker, job.spec.limits.cpus)
         rideable = vote is None and _rideable(job)
         self._placing += rideable
+        # A job for a task session waits for it instead, within a bound of its own per worker
+        # (it opens no stream: one session's offer stands for all of them).
+        ride = (
+            rideable
+            and worker not in self._no_sessions
+            and bool(
+                self._placing >= SESSION_BACKLOG or self._sessions.get((worker, _shape(job.spec)))
+            )
+        )
+        if ride:
+            slot = _OfferSlot(self._per_worker(self._worker_rides, worker, RIDES_PER_WORKER))
+        else:
+            per_worker = self._per_worker(self._worker_offers, worker, OFFERS_PER_WORKER)
+            slot = _OfferSlot(per_worker, self._offering)
         try:
             await slot.acquire()
-            if rideable and (
-                self._placing >= SESSION_BACKLOG or self._sessions.get((worker, _shape(job.spec)))
-            ):
+            if job.finished.is_set():  # (settled meanwhile: a result held for us came back)
+                return
+            if ride:
                 await self._ride(job, worker, slot, load)
             else:
                 await self._offer_and_run(job, worker, vote, slot, load)
@@ -661,14 +701,16 @@ class Requester:
             slot.release()
             load.release()
 
-    def _per_worker(self, worker: str) -> trio.Semaphore:
-        sem = self._worker_offers.get(worker)
+    def _per_worker(
+        self, table: dict[str, trio.Semaphore], worker: str, size: int
+    ) -> trio.Semaphore:
+        sem = table.get(worker)
         if sem is None:
-            if len(self._worker_offers) > 4 * MAX_OFFERS_IN_FLIGHT:
-                self._worker_offers = {
-                    w: s for w, s in self._worker_offers.items() if s.value < OFFERS_PER_WORKER
-                }
-            sem = self._worker_offers[worker] = trio.Semaphore(OFFERS_PER_WORKER)
+            if len(table) > 4 * MAX_OFFERS_IN_FLIGHT:  # forget the idle ones
+                idle = [w for w, s in table.items() if s.value == size]
+                for w in idle:
+                    del table[w]
+            sem = table[worker] = trio.Semaphore(size)
         return sem
 
     async def _offer_and_run(
@@ -861,7 +903,13 @@ class Requester:
                 raise Declined(reply.reason)
             if not isinstance(reply, jobproto.Accept):
                 raise wire.RemoteProtocolError(f"{reply.TYPE} instead of an answer to the offer")
-        except (ProtocolNotSupported, StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as e:
+        except ProtocolNotSupported:
+            # A worker of an older version: its jobs go one by one (see _attempt).
+            _remember(self._no_sessions, worker, True)
+            with trio.CancelScope(shield=True):
+                await fs.reset()
+            raise Declined("it takes no task sessions") from None
+        except (StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as e:
             with trio.CancelScope(shield=True):
                 await fs.reset()
             raise Unreachable(f"task session: {e}") from None
@@ -873,45 +921,46 @@ class Requester:
         return _TaskSession(worker, _shape(job.spec), fs)
 
     async def _run_session(self, session: _TaskSession) -> None:
-        """Drive one session: hand it the waiting jobs one by one, and collect and settle its
-        claimed tasks when MAX_GROUP are claimed or no job waits; close it when idle, declined
-        or broken (the jobs in it then go elsewhere; nothing is paid for a lost attempt)."""
+        """Drive one session: hand it the waiting jobs (several to a message while its tasks
+        are quick), and collect and settle its claimed tasks when MAX_GROUP are claimed or no
+        job waits; close it when idle, declined or broken (the jobs in it then go elsewhere;
+        nothing is paid for a lost attempt)."""
         claimed: list[_Ride] = []
-        current: _Ride | None = None
+        batch: list[_Ride] = []
         try:
             while True:
-                current = None
-                if len(claimed) < jobproto.MAX_GROUP and not session.closing:
-                    if claimed:
-                        with contextlib.suppress(trio.WouldBlock):
-                            current = session.rides.receive_nowait()
-                    else:
-                        with trio.move_on_after(SESSION_LINGER):
-                            current = await session.rides.receive()
-                if current is None:
+                batch = await self._handover(session, jobproto.MAX_GROUP - len(claimed), claimed)
+                if not batch:
                     if not claimed:
                         return
                     await self._collect(session, claimed)
                     claimed = []
                     continue
-                if await self._session_task(session, current):
-                    claimed.append(current)
-                current = None
+                began = trio.current_time()
+                claimed += await self._session_batch(session, batch)
+                # Quick tasks go several to a message (fewer messages per job); a slow one
+                # alone, so that no job waits behind another for long.
+                quick = (trio.current_time() - began) / len(batch) < QUICK_TASK
+                doubled = min(2 * session.batch_limit, jobproto.MAX_BATCH)
+                session.batch_limit = doubled if quick else 1
+                batch = []
         except PaidAwaitingResult as exc:
             for ride in claimed:
                 ride.end(exc)
         except (StreamGone, wire.RemoteProtocolError, trio.TooSlowError) as exc:
             log.warning("task session to %s lost: %s", session.worker, exc)
-            for ride in [*claimed, *([current] if current else [])]:
+            for ride in [*claimed, *batch]:
                 ride.end(AttemptLost(str(exc) or type(exc).__name__))
         except Exception as exc:
             # A bug or a local fault fails this session's jobs (their lanes say so), not the node.
             log.exception("task session to %s failed", session.worker)
-            for ride in [*claimed, *([current] if current else [])]:
+            for ride in [*claimed, *batch]:
                 ride.end(exc)
         finally:
             session.closing = True
             session.rides.close()
+            for ride in session.carried:
+                ride.end(Declined("its task session ended"))
             key = (session.worker, session.shape)
             left = [x for x in self._sessions.get(key, []) if x is not session]
             if left:
@@ -921,51 +970,97 @@ class Requester:
             with trio.CancelScope(shield=True):
                 await session.fs.close()
 
-    async def _session_task(self, session: _TaskSession, ride: _Ride) -> bool:
-        """Run one job as the session's next task; whether it was claimed (it ends with its
-        group's settlement), else it has ended (declined or cancelled there)."""
-        job, fs = ride.job, session.fs
-        if job.cancel.is_set():
-            ride.end(Declined("cancelled"))
-            return False
-        spec_bytes = msgpack.packb(job.spec.to_wire(), use_bin_type=True)
-        await fs.send(jobproto.Task(job_id=job.job_id, spec=spec_bytes))
-        job.attempts += 1
-        job.state, job.started, job.worker = "running", time.time(), session.worker
-        # Its owner may cancel it while it runs: the Cancel goes out beside our reading.
-        watch = trio.CancelScope()
+    async def _handover(
+        self, session: _TaskSession, room: int, claimed: list[_Ride]
+    ) -> list[_Ride]:
+        """The jobs to hand over next: those waiting, up to the session's batch limit, `room`
+        and one frame of specs; with nothing claimed, the next to come within SESSION_LINGER."""
+        batch: list[_Ride] = []
+        size = 0
+        limit = min(session.batch_limit, room)
+        while len(batch) < limit and not session.closing:
+            ride: _Ride | None = None
+            if session.carried:
+                ride = session.carried.pop()
+            elif not batch and not claimed:
+                with trio.move_on_after(SESSION_LINGER):
+                    ride = await session.rides.receive()
+            else:
+                with contextlib.suppress(trio.WouldBlock):
+                    ride = session.rides.receive_nowait()
+            if ride is None:
+                break
+            spec = _spec_bytes(ride.job)
+            if batch and size + len(spec) > jobproto.MAX_SPEC_BYTES:
+                session.carried.append(ride)  # (its turn comes in the next message)
+                break
+            batch.append(ride)
+            size += len(spec)
+        return batch
 
-        async def cancel_on_request() -> None:
+    async def _session_batch(self, session: _TaskSession, rides: list[_Ride]) -> list[_Ride]:
+        """Run these jobs as the session's next tasks; those claimed (they end with their
+        group's settlement). The others have ended: cancelled, declined, or given up there."""
+        fs = session.fs
+        for ride in rides:
+            if ride.job.cancel.is_set():
+                ride.end(Declined("cancelled"))
+        rides = [r for r in rides if not r.job.cancel.is_set()]
+        if not rides:
+            return []
+        tasks = tuple(jobproto.Task(r.job.job_id, _spec_bytes(r.job)) for r in rides)
+        await fs.send(jobproto.Tasks(tasks=tasks))
+        for ride in rides:
+            job = ride.job
+            job.attempts += 1
+            job.state, job.started, job.worker = "running", time.time(), session.worker
+        # Their owner may cancel them meanwhile: the Cancel goes out beside our reading.
+        watches = [trio.CancelScope() for _ in rides]
+
+        async def cancel_on_request(job: JobRecord, watch: trio.CancelScope) -> None:
             with watch, contextlib.suppress(StreamGone):
                 await job.cancel.wait()
-                await fs.send(jobproto.Cancel(reason="cancelled by its owner"))
+                await fs.send(jobproto.Cancel(reason="cancelled by its owner", job_id=job.job_id))
 
         assert self._nursery is not None
-        self._nursery.start_soon(cancel_on_request)
+        for ride, watch in zip(rides, watches, strict=True):
+            self._nursery.start_soon(cancel_on_request, ride.job, watch)
+        lone = rides[0].job if len(rides) == 1 else None
         try:
             while True:
                 msg = await fs.receive(LEASE)
                 if isinstance(msg, jobproto.Progress):
-                    job.cpu_seconds = msg.cpu_seconds
-                elif isinstance(msg, jobproto.Output):
-                    _keep_output(job, msg)
-                elif isinstance(msg, jobproto.TaskDone) and msg.job_id == job.job_id:
-                    ride.load.release()  # its CPUs there are free for the next
+                    if lone is not None:
+                        lone.cpu_seconds = msg.cpu_seconds
+                elif isinstance(msg, jobproto.Output) and lone is not None:
+                    _keep_output(lone, msg)
+                elif isinstance(msg, jobproto.TasksDone):
                     break
-                elif isinstance(msg, jobproto.Decline):
-                    session.closing = True  # no more tasks: collect what is claimed, then close
-                    job.state, job.worker = "queued", None
-                    ride.end(Declined(msg.reason))
-                    return False
                 else:
-                    raise wire.RemoteProtocolError(f"{msg.TYPE} while a task runs")
+                    raise wire.RemoteProtocolError(f"{msg.TYPE} while tasks run")
         finally:
-            watch.cancel()
-        if not msg.claimed:
-            ride.end(AttemptLost("the worker gave the task up"))
-        else:
-            job.state = "settling"
-        return msg.claimed
+            for watch in watches:
+                watch.cancel()
+        if [d.job_id for d in msg.done] != [t.job_id for t in tasks]:
+            raise wire.RemoteProtocolError("the tasks done are not the tasks handed over")
+        claimed = []
+        for ride, done in zip(rides, msg.done, strict=True):
+            ride.load.release()  # its CPUs there are free for the next
+            # (A job may have ended meanwhile: a result held for us from before a restart, or
+            # its owner's cancel. Its state stays; a group with a job paid for is refused.)
+            unended = not ride.job.finished.is_set()
+            if done.claimed:
+                if unended:
+                    ride.job.state = "settling"
+                claimed.append(ride)
+            elif done.declined:
+                session.closing = True  # no more tasks: collect what is claimed, then close
+                if unended:
+                    ride.job.state, ride.job.worker = "queued", None
+                ride.end(Declined(done.declined))
+            else:
+                ride.end(AttemptLost("the worker gave the task up"))
+        return claimed
 
     async def _collect(self, session: _TaskSession, claimed: list[_Ride]) -> None:
         await session.fs.send(jobproto.Collect())
@@ -1180,6 +1275,10 @@ class Requester:
 def _rideable(job: JobRecord) -> bool:
     """Whether a task session can carry the job: one copy, no files in or out."""
     return job.replicas == 1 and not (job.inputs or job.spec.inputs or job.spec.outputs)
+
+
+def _spec_bytes(job: JobRecord) -> bytes:
+    return msgpack.packb(job.spec.to_wire(), use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _keep_output(job: JobRecord, msg: jobproto.Output) -> None:

@@ -111,8 +111,10 @@ class _Session:
                     return  # closed by the requester (or it went silent): the session is over
                 if isinstance(msg, jobproto.Collect):
                     await self._settle()
-                elif isinstance(msg, jobproto.Task):
-                    await self._task(msg)
+                elif isinstance(msg, jobproto.Tasks):
+                    await self._tasks(msg)
+                elif isinstance(msg, jobproto.Cancel):
+                    pass  # sent as its task ended: nothing runs now
                 else:
                     raise wire.RemoteProtocolError(f"{msg.TYPE} in a task session")
         finally:
@@ -120,9 +122,30 @@ class _Session:
                 with trio.CancelScope(shield=True):
                     await self._claim(None)
 
-    async def _task(self, task: jobproto.Task) -> None:
-        if len(self.group) >= jobproto.MAX_GROUP:
+    async def _tasks(self, batch: jobproto.Tasks) -> None:
+        if len(self.group) + len(batch.tasks) > jobproto.MAX_GROUP:
             raise wire.RemoteProtocolError(f"more than {jobproto.MAX_GROUP} tasks unsettled")
+        specs = [self._spec_of(task) for task in batch.tasks]
+        ids = [task.job_id for task in batch.tasks]
+        if not ids or len(set(ids)) != len(ids):
+            raise wire.RemoteProtocolError("a batch of tasks with none, or one twice")
+        done: list[jobproto.TaskDone] = []
+        skip: set[str] = set()  # cancelled before their turn
+        for task, spec in zip(batch.tasks, specs, strict=True):
+            why = self.refusing or self._refusal(job_limits(spec))
+            if why is not None:
+                # No more tasks in this session: the requester collects what is claimed, and
+                # offers the rest again (here, after the queue, or elsewhere).
+                self.refusing = why
+                done.append(jobproto.TaskDone(task.job_id, False, why[: jobproto.MAX_REASON]))
+            elif task.job_id in skip:
+                done.append(jobproto.TaskDone(task.job_id, claimed=False))
+            else:
+                done.append(await self._run(task.job_id, spec, len(ids) == 1, skip))
+        await self.fs.send(jobproto.TasksDone(done=tuple(done)))
+
+    def _spec_of(self, task: jobproto.Task) -> JobSpec:
+        """The task's spec, checked: of the session's shape, without files, not run here now."""
         try:
             check_job_id(task.job_id)
             spec = spec_from(task.spec)
@@ -138,19 +161,18 @@ class _Session:
         key = (self.requester, task.job_id)
         if key in self.worker.running or any(c.result.job_id == task.job_id for c in self.group):
             raise wire.RemoteProtocolError(f"task {task.job_id} is running here already")
-        why = self.refusing or self._refusal(job_limits(spec))
-        if why is not None:
-            # No more tasks in this session: the requester collects what is claimed, and
-            # offers the rest again (here, after the queue, or elsewhere).
-            self.refusing = why
-            await self.fs.send(jobproto.Decline(reason=why[: jobproto.MAX_REASON], retry_after=0))
-            return
+        return spec
+
+    async def _run(
+        self, job_id: str, spec: JobSpec, live: bool, skip: set[str]
+    ) -> jobproto.TaskDone:
         # (No result directory: a task has no output files, its stdout and stderr are bytes.)
-        result = await self.worker.sandboxed(self.fs, self.backend, task.job_id, spec, None, [])
+        result = await self.worker.sandboxed(
+            self.fs, self.backend, job_id, spec, None, [], live=live, skip=skip
+        )
         if result.reason.value == "cancelled":
             # By the requester, or given up by the idle policy: no claim.
-            await self.fs.send(jobproto.TaskDone(job_id=task.job_id, claimed=False))
-            return
+            return jobproto.TaskDone(job_id=job_id, claimed=False)
         sources: list[Path | bytes] = [result.stdout, result.stderr]
         entries = [results.entry(results.STDOUT, result.stdout)]
         entries.append(results.entry(results.STDERR, result.stderr))
@@ -158,7 +180,7 @@ class _Session:
         self.group.append(
             _Claimed(
                 jobproto.TaskResult(
-                    job_id=task.job_id,
+                    job_id=job_id,
                     exit_code=result.exit_code,
                     reason=result.reason.value,
                     cpu_ms=claimable_ms(result.cpu_seconds, spec),
@@ -172,7 +194,7 @@ class _Session:
                 job_limits(spec),
             )
         )
-        await self.fs.send(jobproto.TaskDone(job_id=task.job_id, claimed=True))
+        return jobproto.TaskDone(job_id=job_id, claimed=True)
 
     def _refusal(self, limits: JobLimits) -> str | None:
         """Why the next task may not start in this session (None if it may)."""

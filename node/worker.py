@@ -396,6 +396,8 @@ class Worker:
         spec: JobSpec,
         result_dir: Path | None,
         staged: list[tuple[str, Path]],
+        live: bool = True,
+        skip: set[str] | None = None,
     ) -> JobResult:
         """Run one job in the sandbox, following it on `fs` (see _follow_job); its result."""
         async with backend.open_job(spec, result_dir=result_dir, staged_inputs=staged) as job:
@@ -403,13 +405,21 @@ class Worker:
                 # The owner came back while the job was starting: the policy's suspend went
                 # out before this job could hear it, and is not repeated.
                 await job.suspend()
-            return await self._follow_job(fs, job_id, spec, job)
+            return await self._follow_job(fs, job_id, spec, job, live, skip)
 
     async def _follow_job(
-        self, fs: FramedStream, job_id: str, spec: JobSpec, job: Job
+        self,
+        fs: FramedStream,
+        job_id: str,
+        spec: JobSpec,
+        job: Job,
+        live: bool = True,
+        skip: set[str] | None = None,
     ) -> JobResult:
-        """Stream the running job's output and progress to the requester and obey its Cancel;
-        if the requester goes away, the job runs on all the same. The job's result."""
+        """Stream the running job's output (if `live`) and progress to the requester and obey
+        its Cancel; if the requester goes away, the job runs on all the same. The job's result.
+        In a task session a Cancel names its task: one for a later task of the batch goes to
+        `skip`."""
         async with trio.open_nursery() as n:
 
             async def forward_output() -> None:
@@ -431,12 +441,16 @@ class Worker:
                     )
 
             async def listen_for_cancel() -> None:
-                msg = await fs.receive(timeout=spec.limits.wall_seconds * 4 + 3600)
-                if isinstance(msg, jobproto.Cancel):
+                while True:
+                    msg = await fs.receive(timeout=spec.limits.wall_seconds * 4 + 3600)
+                    if not isinstance(msg, jobproto.Cancel):
+                        raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
+                    if skip is not None and msg.job_id not in ("", job_id):
+                        skip.add(msg.job_id)
+                        continue
                     log.info("job %s cancelled by its requester: %s", job_id, msg.reason)
                     await job.cancel()
-                else:
-                    raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
+                    return
 
             async def supervise(fn: Callable[[], Any]) -> None:
                 # The requester gone mid-run: the job runs on and its result is held for it
@@ -454,7 +468,8 @@ class Worker:
                 await job.wait()
                 n.cancel_scope.cancel()
 
-            n.start_soon(supervise, forward_output)
+            if live:
+                n.start_soon(supervise, forward_output)
             n.start_soon(supervise, progress)
             n.start_soon(supervise, listen_for_cancel)
             n.start_soon(end_with_the_job)

@@ -19,13 +19,15 @@ attempt is over for the requester, who may run the job elsewhere):
 
 A task session (`/rain/tasks/1.0.0`) carries many small jobs of one shape (the same CPUs, memory,
 GPUs and image; one run each, no input or output files) to one worker, one after another in one
-of its slots, and settles them in groups: per job it costs two messages instead of a stream, an
-offer, a claim and an agreement of its own.
+of its slots, and settles them in groups: quick jobs go several to a message, so a job costs
+less than one message each way instead of a stream, an offer, a claim and an agreement.
 
     requester                                   worker
     Offer(a fresh session id, the jobs' shape as a spec, chain) -> chain pages, Accept | Decline
-    Task(job, spec) ------------------------->  (runs it: Progress / Output as above; Cancel)
-                                      <-------  TaskDone(job, claimed)  |  Decline (no more now)
+    Tasks(job, spec ...) -------------------->  (runs them in turn: Progress, and for a lone
+                                                 task Output, as above; Cancel(job))
+                                      <-------  TasksDone(per task: claimed, or not: cancelled,
+                                                 or declined: no more tasks in this session)
     ... at most MAX_GROUP claimed tasks, then (or when no job waits):
     Collect --------------------------------->
                                       <-------  Finished(tasks=..., one Propose for their sum)
@@ -53,6 +55,7 @@ JOB = "/rain/job/1.1.0"  # 1.1: offers carry chain blocks; no InputDone without 
 RESULT = "/rain/result/1.0.0"
 TASKS = "/rain/tasks/1.0.0"
 MAX_GROUP = 16  # claimed tasks of a session settled together, at most
+MAX_BATCH = 8  # tasks handed over in one message, at most
 CHUNK = 256 * 1024
 MAX_SPEC_BYTES = CHUNK
 MAX_CHAIN_SEQUENCE = 1 << 48  # as ledger.block.MAX_SEQUENCE
@@ -181,19 +184,38 @@ class Finished(wire.Message):
 @wire.message("task")
 @dataclass(frozen=True)
 class Task(wire.Message):
-    """Run this job next in the session (of the session's shape)."""
+    """One job to run in the session (of the session's shape)."""
 
     job_id: str = field(metadata=wire.limit(64))
     spec: bytes = field(metadata=wire.limit(MAX_SPEC_BYTES))  # msgpack of JobSpec.to_wire()
 
 
+@wire.message("tasks")
+@dataclass(frozen=True)
+class Tasks(wire.Message):
+    """Run these next, in order (their specs together within MAX_SPEC_BYTES). The output of a
+    lone task streams live; that of several comes with their results only."""
+
+    tasks: tuple[Task, ...] = field(metadata=wire.limit(MAX_BATCH))
+
+
 @wire.message("task-done")
 @dataclass(frozen=True)
 class TaskDone(wire.Message):
-    """The task ended: claimed (its result waits for Collect), or not (cancelled: no claim)."""
+    """A task ended: claimed (its result waits for Collect), or not: cancelled, or `declined`
+    (not run, and this session takes no more tasks: the reason)."""
 
     job_id: str = field(metadata=wire.limit(64))
     claimed: bool
+    declined: str = field(default="", metadata=wire.limit(MAX_REASON))
+
+
+@wire.message("tasks-done")
+@dataclass(frozen=True)
+class TasksDone(wire.Message):
+    """The answer to Tasks: one TaskDone per task, in order."""
+
+    done: tuple[TaskDone, ...] = field(metadata=wire.limit(MAX_BATCH))
 
 
 @wire.message("task-collect")
@@ -228,6 +250,7 @@ class OutputDone(wire.Message):
 @dataclass(frozen=True)
 class Cancel(wire.Message):
     reason: str = field(metadata=wire.limit(MAX_REASON))
+    job_id: str = field(default="", metadata=wire.limit(64))  # in a task session: which task
 
 
 TO_WORKER: tuple[type[wire.Message], ...] = (
@@ -237,7 +260,7 @@ TO_WORKER: tuple[type[wire.Message], ...] = (
     InputDone,
     Settle,
     Cancel,
-    Task,
+    Tasks,
     Collect,
 )
 TO_REQUESTER: tuple[type[wire.Message], ...] = (
@@ -249,5 +272,5 @@ TO_REQUESTER: tuple[type[wire.Message], ...] = (
     Finished,
     OutputChunk,
     OutputDone,
-    TaskDone,
+    TasksDone,
 )

@@ -201,3 +201,16 @@ def requester_and_workers(
         lambda: all(p["backends"] for p in requester.peers()), timeout, "workers show a sandbox"
     )
     return requester, nodes
+
+
+def credit(node: NodeProcess) -> dict[str, float]:
+    """`rain credit --json` of the node: its balance, earned, spent, exchanges."""
+    data: dict[str, float] = json.loads(node.rain("credit", "--json").stdout)
+    return data
+
+
+def paid_claims(node: NodeProcess) -> list[str]:
+    """The job ids of the node's ledger history: one per exchange (a job's own id, or the claim
+    of a task session's group)."""
+    rows = json.loads(node.rain("credit", "history", "--json", "-n", "100000").stdout)
+    return [r["job"] for r in rows]

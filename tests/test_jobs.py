@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,16 +14,12 @@ from tests.nodes import (
     REQUESTER,
     WORKER,
     Cluster,
-    NodeProcess,
     all_see_each_other,
+    credit,
+    paid_claims,
     requester_and_workers,
     wait_until,
 )
-
-
-def _credit(node: NodeProcess) -> dict[str, float]:
-    data: dict[str, float] = json.loads(node.rain("credit", "--json").stdout)
-    return data
 
 
 def test_200_jobs_run_on_peers_and_credit_matches_cpu_seconds(cluster: Cluster) -> None:
@@ -55,9 +52,15 @@ def test_200_jobs_run_on_peers_and_credit_matches_cpu_seconds(cluster: Cluster) 
         assert jobs[job_id]["exit_code"] == 0
     assert {jobs[i]["worker"] for i in ids} <= {w.peer_id for w in workers}
 
+    # Most went through task sessions, paid in groups: each job names the exchange that paid
+    # it, and the requester's history holds exactly those, once each.
+    claims = [jobs[i]["claim"] for i in ids]
+    assert all(claims)
+    assert sorted(paid_claims(requester)) == sorted(set(claims))
+    assert len(set(claims)) < n // 4
     paid = sum(jobs[i]["cpu_seconds"] for i in ids)
-    spent = _credit(requester)
-    earned = [_credit(w) for w in workers]
+    spent = credit(requester)
+    earned = [credit(w) for w in workers]
     assert spent["spent"] == pytest.approx(sum(e["earned"] for e in earned), abs=1e-9)
     assert abs(spent["spent"] - paid) < 0.001 * n
     assert spent["balance"] == -spent["spent"]
@@ -116,8 +119,30 @@ def test_cancel_reaches_the_worker_and_frees_it(cluster: Cluster) -> None:
     cpus = str(worker.rain_json("status")["cpus"])
     res = requester.rain("submit", "--wait", "--cpus", cpus, "--", "echo", "next", timeout=60)
     assert res.stdout == "next\n"
-    assert _credit(worker)["earned"] > 0  # paid for the second job only
-    assert _credit(worker)["exchanges"] == 1
+    assert credit(worker)["earned"] > 0  # paid for the second job only
+    assert credit(worker)["exchanges"] == 1
+
+
+def test_cancel_reaches_tasks_in_a_task_session(cluster: Cluster) -> None:
+    """An array rides task sessions: its running task is cancelled there, and those still
+    waiting never run; the worker is free again and paid nothing."""
+    requester, (worker,) = requester_and_workers(cluster, 1)
+    ids = requester.rain("submit", "--array", "0-5", "--", "sleep", "300").stdout.split()
+
+    def jobs() -> dict[str, Any]:
+        return {j["job_id"]: j for j in json.loads(requester.rain("jobs", "--json").stdout)}
+
+    wait_until(lambda: any(j["state"] == "running" for j in jobs().values()), 30, "a task runs")
+    for job_id in ids:
+        requester.rain("cancel", job_id)
+    wait_until(
+        lambda: all(j["state"] == "cancelled" for j in jobs().values()), 20, "all are cancelled"
+    )
+    cpus = str(worker.rain_json("status")["cpus"])
+    res = requester.rain("submit", "--wait", "--cpus", cpus, "--", "echo", "next", timeout=60)
+    assert res.stdout == "next\n"
+    assert credit(worker)["exchanges"] == 1  # the last job only
+    assert "task session to" not in requester.log()  # (none was lost or failed)
 
 
 def test_no_worker_gets_a_clear_message(cluster: Cluster) -> None:
@@ -155,6 +180,26 @@ def test_files_of_100_mib_go_in_and_out_intact(cluster: Cluster, tmp_path: Path)
     out = tmp_path / "out"
     requester.rain("get", job["job_id"], "--to", str(out))
     assert (out / "out.bin").read_bytes() == big.read_bytes()
+
+
+def test_a_worker_without_task_sessions_gets_jobs_one_by_one(cluster: Cluster) -> None:
+    """A worker of the version before task sessions (it does not speak /rain/tasks): an array
+    runs there all the same, each job offered and paid on its own."""
+    requester = cluster.start(*REQUESTER, name="req")
+    requester.wait_ready()
+    older = cluster.start(
+        *WORKER, "--bootstrap", requester.addr, name="older", module="tests.older_worker"
+    )
+    older.wait_ready()
+    wait_until(lambda: all_see_each_other([requester, older]), 30, "two nodes meet")
+    wait_until(lambda: all(p["backends"] for p in requester.peers()), 20, "the sandbox shows")
+    res = requester.rain(
+        "submit", "--array", "0-5", "--wait", "--", "sh", "-c", "echo $RAIN_ARRAY_TASK_ID",
+        timeout=120,
+    )  # fmt: skip
+    assert res.stdout.split() == [str(i) for i in range(6)]
+    jobs = json.loads(requester.rain("jobs", "--json").stdout)
+    assert sorted(paid_claims(requester)) == sorted(j["job_id"] for j in jobs)
 
 
 def test_a_worker_returning_a_wrong_result_is_outvoted_and_unpaid(cluster: Cluster) -> None:

@@ -8,21 +8,20 @@ import random
 import time
 from typing import Any
 
-from tests.nodes import REQUESTER, WORKER, Cluster, NodeProcess, all_see_each_other, wait_until
+from tests.nodes import (
+    REQUESTER,
+    WORKER,
+    Cluster,
+    NodeProcess,
+    all_see_each_other,
+    credit,
+    paid_claims,
+    wait_until,
+)
 
 
 def _jobs(node: NodeProcess) -> dict[str, dict[str, Any]]:
     return {j["job_id"]: j for j in json.loads(node.rain("jobs", "--json").stdout)}
-
-
-def _credit(node: NodeProcess) -> dict[str, float]:
-    data: dict[str, float] = json.loads(node.rain("credit", "--json").stdout)
-    return data
-
-
-def _history_jobs(node: NodeProcess) -> list[str]:
-    rows = json.loads(node.rain("credit", "history", "--json", "-n", "100000").stdout)
-    return [r["job"] for r in rows]
 
 
 def _worker_and_requester(cluster: Cluster) -> tuple[NodeProcess, NodeProcess]:
@@ -47,8 +46,8 @@ def test_a_restarted_requester_takes_its_jobs_back(cluster: Cluster) -> None:
     requester.wait_ready()
     wait_until(lambda: _jobs(requester)[job_id]["state"] == "done", 60, "the job completes")
     assert requester.rain("logs", job_id).stdout == "survived\n"
-    assert _history_jobs(requester) == [job_id]  # paid once
-    assert _credit(worker)["exchanges"] == 1
+    assert paid_claims(requester) == [job_id]  # paid once
+    assert credit(worker)["exchanges"] == 1
 
 
 def test_chaos_every_job_completes_exactly_once(cluster: Cluster) -> None:
@@ -96,9 +95,9 @@ def test_chaos_every_job_completes_exactly_once(cluster: Cluster) -> None:
     # conserved between requester and workers.
     claims = [jobs[i]["claim"] for i in ids]
     assert all(claims)
-    assert sorted(_history_jobs(requester)) == sorted(set(claims))
-    spent = _credit(requester)["spent"]
-    earned = sum(_credit(w)["earned"] for w in workers)
+    assert sorted(paid_claims(requester)) == sorted(set(claims))
+    spent = credit(requester)["spent"]
+    earned = sum(credit(w)["earned"] for w in workers)
     assert abs(spent - earned) < 1e-9
     assert abs(spent - sum(float(jobs[i]["cpu_seconds"]) for i in ids)) < 0.001 * n
     for node in [requester, *workers]:
@@ -118,8 +117,8 @@ def test_a_vanished_requester_is_paid_for_when_it_returns(cluster: Cluster) -> N
     requester.wait_ready()
     wait_until(lambda: _jobs(requester)[job_id]["state"] == "done", 60, "the job completes")
     assert requester.rain("logs", job_id).stdout == "kept\n"
-    assert _history_jobs(requester) == [job_id]
-    assert _credit(worker)["exchanges"] == 1
+    assert paid_claims(requester) == [job_id]
+    assert credit(worker)["exchanges"] == 1
     assert "held result of job" in worker.log()
 
 
@@ -151,8 +150,8 @@ def test_a_vanished_requester_is_paid_for_a_task_sessions_group(cluster: Cluster
         assert requester.rain("logs", job_id).stdout == f"t{i}\n"
     claims = {jobs[i]["claim"] for i in ids}
     assert None not in claims
-    assert sorted(_history_jobs(requester)) == sorted(claims)
-    assert _credit(worker)["exchanges"] == len(claims)
+    assert sorted(paid_claims(requester)) == sorted(claims)
+    assert credit(worker)["exchanges"] == len(claims)
     assert "held result of job" in worker.log()
     for node in (requester, worker):
         assert node.rain("credit", "verify").returncode == 0
