@@ -838,7 +838,6 @@ class Requester:
         await self._save(job)
         for _ in range(2):  # the session chosen may close before it takes us: once more
             session = await self._session_for(worker, job)
-            job.state, job.worker = "offering", worker
             session.waiting += 1
             try:
                 await session.rides_in.send(ride)

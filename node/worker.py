@@ -182,7 +182,7 @@ class Worker:
         self, fs: FramedStream, session: bool
     ) -> tuple[jobproto.Offer, JobSpec, Backend] | None:
         """Check an offer, wait for capacity, register the job (or session) and accept it;
-        None if it was declined. The caller lets the job go (`_let_go`) when it ends."""
+        None if it was declined. The caller lets the job go (`let_go`) when it ends."""
         requester = fs.remote_peer
         offer = await fs.receive_a(jobproto.Offer, OFFER_TIMEOUT)
         try:
