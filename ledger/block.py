@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from ledger.codec import Wire, as_map, get_bytes, get_int, get_str
 from ledger.errors import MalformedMessage

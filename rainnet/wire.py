@@ -59,7 +59,7 @@ def message(type_name: str, version: int = WIRE_VERSION) -> typing.Callable[[M],
     """Register a frozen dataclass as a wire message named `type_name`."""
 
     def register(cls: M) -> M:
-        if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
             raise TypeError(f"{cls.__name__} must be a frozen dataclass")
         if type_name in _REGISTRY:
             raise TypeError(f"wire type {type_name!r} registered twice")
