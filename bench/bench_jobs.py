@@ -5,7 +5,8 @@
   median of 20 each, as a ratio and as milliseconds of network overhead (also against local
   jobs run back to back, which start faster: see bench_round_trip);
 - throughput: 500 trivial jobs through 3 workers (2 CPUs lent each) against the same 500 jobs in
-  the local native sandbox with the same concurrency (6 at a time), as a ratio of jobs/s.
+  the local native sandbox with the same concurrency (6 at a time), as a ratio of jobs/s (the
+  jobs are one array: they ride task sessions, several to a message, paid in groups).
 Anchors from the issue: a libp2p-era compute network measured ~200 ms over `docker run` and 0.75
 jobs/s; goal here under 30 ms of overhead per job on a LAN and at least 70% of local throughput.
 All on one 2-core machine: the requester, the workers and the jobs share its cores.
