@@ -14,6 +14,12 @@ A job is on disk (node.jobstore) from its submission, and driven again after a r
 with `replicas` > 1 runs on that many workers and is decided by node.voting; a worker that held
 a result while we were away offers it through `handle_result`. A job is paid at most once (the
 ledger's `max_payees`). Every step is bounded; every job ends done, failed or cancelled.
+
+Jobs without files and with one copy, while several are placed at once (an array), ride task
+sessions instead (`_ride`; node.task_session is the worker's end): one stream per worker slot,
+quick jobs several to a message, paid in groups of up to jobproto.MAX_GROUP by one exchange
+whose id each job records (`claim`). Each task's result is checked as in step 3
+(node.results.group_problem), and a group is paid once or not at all.
 """
 
 from __future__ import annotations
@@ -317,7 +323,7 @@ class _Ride:
 
 class _TaskSession:
     """Our end of one task session: a stream to `worker` running jobs of `shape`, one at a
-    time; jobs wait to be taken on an unbuffered channel (each holds an offer slot meanwhile)."""
+    time; jobs wait to be taken on an unbuffered channel (each within RIDES_PER_WORKER)."""
 
     def __init__(self, worker: str, shape: Shape, fs: FramedStream) -> None:
         self.worker, self.shape, self.fs = worker, shape, fs
