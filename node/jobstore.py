@@ -89,9 +89,6 @@ class JobStore:
             if "claim" not in columns:  # a store from before task sessions
                 self._conn.execute("ALTER TABLE jobs ADD COLUMN claim TEXT")
 
-    def save(self, job: StoredJob) -> None:
-        self.save_all([job])
-
     def save_all(self, jobs: Sequence[StoredJob]) -> None:
         """Store these jobs' states in one transaction (a settled group ends together)."""
         rows = [_row(job) for job in jobs]

@@ -120,6 +120,11 @@ class JobRecord:
     # After a restart, a done job's output is read back from its folder when first asked for.
     output_loaded: bool = True
 
+    @functools.cached_property
+    def spec_bytes(self) -> bytes:
+        """The spec as offers and tasks carry it (msgpack), packed once."""
+        return msgpack.packb(self.spec.to_wire(), use_bin_type=True)  # type: ignore[no-any-return]
+
     def touch(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
@@ -761,12 +766,11 @@ class Requester:
         slot: _OfferSlot,
         load: _Load,
     ) -> None:
-        spec_bytes = msgpack.packb(job.spec.to_wire(), use_bin_type=True)
         await fs.send(
             jobproto.Offer(
                 job_id=job.job_id,
                 attempt=job.attempts,
-                spec=spec_bytes,
+                spec=job.spec_bytes,
                 inputs=job.inputs,
                 lease_seconds=LEASE,
                 chain=await self._recent_chain(worker),
@@ -896,7 +900,7 @@ class Requester:
                 jobproto.Offer(
                     job_id=secrets.token_hex(8),
                     attempt=1,
-                    spec=msgpack.packb(job.spec.to_wire(), use_bin_type=True),
+                    spec=job.spec_bytes,
                     inputs=(),
                     lease_seconds=LEASE,
                     chain=await self._recent_chain(worker),
@@ -995,7 +999,7 @@ class Requester:
                     ride = session.rides.receive_nowait()
             if ride is None:
                 break
-            spec = _spec_bytes(ride.job)
+            spec = ride.job.spec_bytes
             if batch and size + len(spec) > jobproto.MAX_SPEC_BYTES:
                 session.carried.append(ride)  # (its turn comes in the next message)
                 break
@@ -1013,7 +1017,7 @@ class Requester:
         rides = [r for r in rides if not r.job.cancel.is_set()]
         if not rides:
             return []
-        tasks = tuple(jobproto.Task(r.job.job_id, _spec_bytes(r.job)) for r in rides)
+        tasks = tuple(jobproto.Task(r.job.job_id, r.job.spec_bytes) for r in rides)
         await fs.send(jobproto.Tasks(tasks=tasks))
         for ride in rides:
             job = ride.job
@@ -1280,10 +1284,6 @@ class Requester:
 def _rideable(job: JobRecord) -> bool:
     """Whether a task session can carry the job: one copy, no files in or out."""
     return job.replicas == 1 and not (job.inputs or job.spec.inputs or job.spec.outputs)
-
-
-def _spec_bytes(job: JobRecord) -> bytes:
-    return msgpack.packb(job.spec.to_wire(), use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _keep_output(job: JobRecord, msg: jobproto.Output) -> None:

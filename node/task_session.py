@@ -30,7 +30,7 @@ from ledger.admission import floor_problem
 from ledger.block import MAX_WALL_MS, JobLimits
 from ledger.units import amount_milli
 from node import results
-from node.worker import claimable_ms, job_limits, spec_from
+from node.worker import claimable_ms, job_limits, result_files, spec_from
 from rainnet import jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
 from sandbox import Backend, JobSpec, SpecError
@@ -71,6 +71,7 @@ async def serve(worker: Worker, stream: Any) -> None:
     if taken is None:
         return
     offer, shape, backend = taken
+    log.info("task session %s for %s on %s", offer.job_id, fs.remote_peer, backend.name)
     session = _Session(worker, fs, offer.job_id, shape, backend)
     try:
         await session.run()
@@ -93,7 +94,6 @@ class _Session:
     ) -> None:
         self.worker, self.fs, self.shape, self.backend = worker, fs, shape, backend
         self.requester = fs.remote_peer
-        self.session_id = session_id
         guest = worker.running[(self.requester, session_id)]
         self.balance_milli = guest.balance_milli  # verified when the session was admitted
         self.paid_milli = 0  # claimed in groups settled, or offered and refused
@@ -173,9 +173,7 @@ class _Session:
         if result.reason.value == "cancelled":
             # By the requester, or given up by the idle policy: no claim.
             return jobproto.TaskDone(job_id=job_id, claimed=False)
-        sources: list[Path | bytes] = [result.stdout, result.stderr]
-        entries = [results.entry(results.STDOUT, result.stdout)]
-        entries.append(results.entry(results.STDERR, result.stderr))
+        entries, sources = result_files(result, None)
         verdict = results.Verdict(result.exit_code, result.reason.value)
         self.group.append(
             _Claimed(

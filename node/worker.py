@@ -640,13 +640,15 @@ def job_limits(spec: JobSpec) -> JobLimits:
 
 
 def result_files(
-    result: JobResult, result_dir: Path
+    result: JobResult, result_dir: Path | None
 ) -> tuple[list[jobproto.FileEntry], list[Path | bytes]]:
-    """A result's released files (stdout, stderr, then its outputs): entries and sources."""
+    """A result's released files (stdout, stderr, then its outputs, copied to `result_dir`,
+    which a job without outputs needs not have): entries and sources."""
     entries = [results.entry(results.STDOUT, result.stdout)]
     entries.append(results.entry(results.STDERR, result.stderr))
     sources: list[Path | bytes] = [result.stdout, result.stderr]
     for out in result.outputs:
+        assert result_dir is not None  # (outputs are copied only where there is one)
         sha = bytes.fromhex(out.sha256)
         entries.append(jobproto.FileEntry(path=out.path, size=out.size, sha256=sha))
         sources.append(result_dir / out.path)

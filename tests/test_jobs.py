@@ -143,6 +143,7 @@ def test_cancel_reaches_tasks_in_a_task_session(cluster: Cluster) -> None:
     assert res.stdout == "next\n"
     assert credit(worker)["exchanges"] == 1  # the last job only
     assert "task session to" not in requester.log()  # (none was lost or failed)
+    assert "task session" in worker.log()  # (the jobs did ride one)
 
 
 def test_no_worker_gets_a_clear_message(cluster: Cluster) -> None:

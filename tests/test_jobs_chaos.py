@@ -153,5 +153,6 @@ def test_a_vanished_requester_is_paid_for_a_task_sessions_group(cluster: Cluster
     assert sorted(paid_claims(requester)) == sorted(claims)
     assert credit(worker)["exchanges"] == len(claims)
     assert "held result of job" in worker.log()
+    assert "jobs it held for us" in requester.log()  # (a group's, not one job's)
     for node in (requester, worker):
         assert node.rain("credit", "verify").returncode == 0
