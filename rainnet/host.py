@@ -12,6 +12,7 @@ This is the only module (with the node's runtime) that imports libp2p. Choices m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -21,10 +22,13 @@ import multiaddr
 import psutil
 import trio
 from libp2p import create_yamux_muxer_option, new_host
+from libp2p.abc import IMuxedConn
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.protocol_muxer.multiselect import MULTISELECT_PROTOCOL_ID
@@ -48,6 +52,7 @@ log = logging.getLogger("rainnet.host")
 MAX_CONNECTIONS = 300
 MAX_STREAMS = 8192
 DIAL_TIMEOUT = 5.0
+CLOSE_GRACE = 5.0  # a connection shutting down closes its socket within this
 
 
 class RecordValidator(Validator):  # type: ignore[misc]
@@ -131,6 +136,60 @@ async def _release_by_half_windows(self: Any, *, bytes_read: int = 0) -> None:
 
 
 YamuxStream._auto_tune_and_send_window_update = _release_by_half_windows
+
+
+async def _serve_inbound_while_open(
+    self: Any, read_write_closer: Any, maddr: Any, failure_event: Any
+) -> None:
+    """Swarm._do_handle_inbound_connection, holding its inbound slot while the connection is
+    open, not while the swarm runs.
+
+    py-libp2p's handler upgrades the connection, then waits for the whole swarm to stop, so
+    the slot it took in the inbound limiter (max_connections of them) came back only then:
+    after 300 inbound connections over a node's life, however short each, every newcomer was
+    closed right after TCP accept, forever, and each old connection kept a task. Here the
+    handler returns once its connection shuts down (the listener then closes the socket).
+    """
+    remote = self._build_remote_multiaddr(read_write_closer)
+    if remote is not None and not await self.connection_gate.is_allowed(remote):
+        with contextlib.suppress(Exception):
+            await read_write_closer.close()
+        return
+    if isinstance(read_write_closer, IMuxedConn):  # (QUIC and the like: muxed already)
+        muxed: Any = read_write_closer
+        try:
+            await self.add_conn(muxed, direction="inbound")
+        except Exception:
+            with contextlib.suppress(Exception):
+                await read_write_closer.close()
+            return
+    else:
+        raw = RawConnection(read_write_closer, False)
+        try:
+            muxed = await self.upgrade_inbound_raw_conn(raw, maddr)
+        except Exception as exc:
+            log.debug("inbound connection from %s not upgraded: %r", remote, exc)
+            with contextlib.suppress(Exception):
+                await raw.close()
+            return
+    await _until_closed(muxed)
+
+
+async def _until_closed(muxed: Any) -> None:
+    """Return once a muxed connection has shut down (yamux sets `event_shutting_down` on every
+    way down, then `event_closed` once its socket is closed: that gets a short grace)."""
+    shutting_down = getattr(muxed, "event_shutting_down", None)
+    closed = getattr(muxed, "event_closed", None)
+    if shutting_down is None and closed is None:
+        raise RuntimeError(f"cannot tell when a {type(muxed).__name__} closes")
+    if shutting_down is not None:
+        await shutting_down.wait()
+    if closed is not None:
+        with trio.move_on_after(CLOSE_GRACE):
+            await closed.wait()
+
+
+Swarm._do_handle_inbound_connection = _serve_inbound_while_open
 
 
 def build_host(identity: Identity) -> Any:

@@ -25,6 +25,7 @@ from rainnet.host import build_host
 from rainnet.identity import Identity
 from rainnet.ledgerproto import LEDGER
 from tests.nodes import LOOPBACK, Cluster, NodeProcess
+from tests.raw_peer import hello_round
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -190,9 +191,6 @@ def test_node_still_answers_a_proper_peer_after_abuse(
     target: NodeProcess, client: TrioPortal
 ) -> None:
     """After everything above, a well-formed hello from the same client still works."""
-    from rainnet import records
-    from rainnet.streams import FramedStream
-
     me = Identity.generate()
 
     async def hello() -> str:
@@ -202,25 +200,7 @@ def test_node_still_answers_a_proper_peer_after_abuse(
             info = info_from_p2p_addr(multiaddr.Multiaddr(target.addr))
             with trio.fail_after(10):
                 await host.connect(info)
-                stream = await host.new_stream(info.peer_id, [protocols.HELLO])
-                fs = FramedStream(stream, (protocols.HelloReply,), protocols.HELLO_MAX_FRAME)
-                rec = records.NodeRecord(
-                    peer_id=me.peer_id,
-                    addrs=(),
-                    cpus=1,
-                    memory=1,
-                    gpus=0,
-                    backends=(),
-                    version="test",
-                    state="idle",
-                    seq=1,
-                    issued_at=__import__("time").time(),
-                    ttl=60,
-                )
-                await fs.send(protocols.Hello(records.sign_record(me, rec), ()))
-                reply = await fs.receive_a(protocols.HelloReply)
-                opened = records.open_record(reply.record, __import__("time").time())
-                return opened.peer_id
+                return await hello_round(host, me, info.peer_id)
 
     assert trio.run(hello) == target.peer_id
     assert ID.from_base58(target.peer_id)
