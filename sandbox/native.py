@@ -23,15 +23,13 @@ import math
 import os
 import resource
 import shutil
-import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import trio
 
-from sandbox import cgroups, hostfs, jobdir, seccomp_filter
+from sandbox import cgroups, child, hostfs, jobdir, seccomp_filter
 from sandbox.config import SandboxConfig, untraversable
 from sandbox.errors import BackendUnavailable, SandboxFailure
 from sandbox.job import Accounting, Backend, Job
@@ -48,9 +46,6 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # If the sandbox dies first, the pipe closes, `read` fails and nothing runs.
 _LAUNCHER = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
 _LAUNCH_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
-
-# trio's process API is typed by the trio-stubs package, which lacks `pass_fds`.
-_open_process = cast(Callable[..., Awaitable[trio.Process]], trio.lowlevel.open_process)
 
 
 @dataclass(frozen=True)
@@ -291,7 +286,7 @@ class NativeJob(Job):
         self.backend = backend
         self._dir: jobdir.JobDir | None = None
         self._cgroup: cgroups.JobCgroup | None = None
-        self._proc: trio.Process | None = None
+        self._proc: child.ChildProcess | None = None
         self._peak_sampled = 0
 
     async def _launch(self) -> None:
@@ -327,15 +322,10 @@ class NativeJob(Job):
             argv = launcher_argv(b.tools, uid, gid) + bwrap_argv(
                 b.bwrap, self.spec, b.host, uid, gid, fds
             )
-            self._proc = await _open_process(
-                argv,
-                stdin=go_read,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=tuple(child_fds[1:]),
-                cwd="/",
-                env=_LAUNCH_ENV,
-                start_new_session=True,  # the owner's Ctrl-C is not the job's business
+            # From this thread, not a worker thread: the chain's parent-death signal follows
+            # the thread that forks it (sandbox.child).
+            self._proc = child.spawn(
+                argv, stdin=go_read, pass_fds=child_fds[1:], env=_LAUNCH_ENV
             )
         finally:
             for fd in child_fds:
@@ -398,8 +388,7 @@ class NativeJob(Job):
             with trio.move_on_after(0.05):
                 await self._exited.wait()
         if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            proc.kill()
 
     async def _reap(self) -> None:
         if self._proc is None:
@@ -446,14 +435,10 @@ class NativeJob(Job):
         errors: list[BaseException] = []
         if self._proc is not None:
             if self._proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.kill()
+                self._proc.kill()
                 with trio.move_on_after(5.0):
                     await self._proc.wait()
-            for stream in (self._proc.stdout, self._proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(Exception):
-                        await stream.aclose()
+            await self._proc.aclose()
         errors += await trio.to_thread.run_sync(self._remove_cgroup_and_dir)
         if self.uid is not None and not errors:
             # A uid whose processes or files might have survived is not handed out again.

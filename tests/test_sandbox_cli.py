@@ -89,3 +89,17 @@ def test_check_reports_both_backends_and_every_wall(
     assert p.returncode == 1
     assert "docker: unavailable: no Docker engine" in p.stdout
     assert "guest jobs: NO" in p.stdout and "refuse other people's jobs" in p.stdout
+
+
+def test_a_local_job_lives_as_long_as_its_time_limit_says(
+    native_backend: Backend, sandbox_root: Path
+) -> None:
+    """Regression: every job was killed at 10 s of wall time, whatever `--time` said. The
+    launch chain's parent-death signal followed the trio worker thread that spawned it, and such
+    threads exit after 10 s idle (sandbox.child)."""
+    home = sandbox_root / "cli-home"
+    p = rain(home, "run", "--time", "40s", "--json", "--", "sh", "-c", "sleep 14; echo x")
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads(p.stdout)
+    assert (result["reason"], result["exit_code"], result["stdout"]) == ("ok", 0, "x\n")
+    assert result["wall_seconds"] >= 14
