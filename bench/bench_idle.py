@@ -24,9 +24,9 @@ from pathlib import Path
 
 import trio
 
-from node.idle_policy import Decision, IdlePolicy
-from node.idle_signals import PolicyWatch, Sampler
-from node.policy_config import PolicyConfig
+from node.owner.config import PolicyConfig
+from node.owner.policy import Decision, IdlePolicy
+from node.owner.signals import PolicyWatch, Sampler
 
 CGROUP_STAT = Path("/sys/fs/cgroup/cpu.stat")
 

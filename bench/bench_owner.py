@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from node import control
+from node.control import channel as control
 from node.home import CONTROL_SOCKET
 from tests.nodes import Cluster, NodeProcess, wait_until
 from tests.owner_helpers import (

@@ -8,9 +8,9 @@ socket, and a few loops, each owning one concern:
 - watchers: one task per live peer keeps a heartbeat stream (ping/pong) and records each success;
 - expiry: drops peers whose last contact is older than `peer_timeout`;
 - publisher: keeps our signed record in the DHT and our provider record for workers;
-- the idle policy's watch (node.idle_signals), which sets our state and freezes guests;
-- the worker (node.worker) and requester (node.requester) ends of the job protocol, the
-  ledger's protocol (node.ledger_link) and circuit relay (rainnet.relay).
+- the idle policy's watch (node.owner.signals), which sets our state and freezes guests;
+- the worker (node.jobs.worker) and requester (node.jobs.requester) ends of the job
+  protocol, the ledger's protocol (node.ledger_link) and circuit relay (rainnet.relay).
 Decisions live in sans-io modules (membership, scheduler, idle policy, voting, the ledger); this
 module wires them to the host and moves bytes and time.
 """
@@ -34,15 +34,19 @@ from libp2p.peer.id import ID
 from libp2p.tools.anyio_service import background_trio_service
 
 from ledger.service import Ledger
-from node import capabilities, control, job_control, scheduler, task_session
+from node import capabilities
+from node.control import channel as control
+from node.control import jobs as job_control
 from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
-from node.idle_policy import Decision, IdlePolicy
-from node.idle_signals import PolicyWatch, Sampler
-from node.jobstore import JOBS_FILE, JobStore
+from node.jobs.core import scheduler
+from node.jobs.requester.requester import Requester
+from node.jobs.requester.store import JOBS_FILE, JobStore
+from node.jobs.worker import sessions as task_session
+from node.jobs.worker.worker import Worker
 from node.ledger_link import LedgerLink
-from node.policy_config import PolicyConfig
-from node.requester import Requester
-from node.worker import Worker
+from node.owner.config import PolicyConfig
+from node.owner.policy import Decision, IdlePolicy
+from node.owner.signals import PolicyWatch, Sampler
 from rainnet import __version__, identity, jobproto, protocols, records, wire
 from rainnet import host as rhost
 from rainnet import relay as rrelay

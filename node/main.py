@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import trio
 
     from node.daemon import Node, NodeConfig
-    from node.policy_config import ConfigError, load_policy_config
+    from node.owner.config import ConfigError, load_policy_config
     from rainnet import host as rhost
     from rainnet import relay as rrelay
 

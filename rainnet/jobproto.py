@@ -35,11 +35,12 @@ less than one message each way instead of a stream, an offer, a claim and an agr
                                       <-------  OutputChunk ... OutputDone (every task's files)
     ... until the requester closes the stream.
 A group's Finished lists each task's result; its outputs are the tasks' files in order, and the
-hash it signs is the group's (node.results.group_hash). Held and delivered like any Finished.
+hash it signs is the group's (node.jobs.core.results.group_hash). Held and delivered like any
+Finished.
 
 Ledger messages travel as their own msgpack bytes (`ledger.messages`), validated by the ledger.
 This module is pure: message shapes and their size caps. The decisions (whether to accept, whom
-to offer to) live in node.scheduler; the worker's and requester's edges in node.jobs.
+to offer to) live in node.jobs.core.scheduler; the worker's and requester's edges in node.jobs.
 """
 
 from __future__ import annotations

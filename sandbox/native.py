@@ -324,9 +324,7 @@ class NativeJob(Job):
             )
             # From this thread, not a worker thread: the chain's parent-death signal follows
             # the thread that forks it (sandbox.child).
-            self._proc = child.spawn(
-                argv, stdin=go_read, pass_fds=child_fds[1:], env=_LAUNCH_ENV
-            )
+            self._proc = child.spawn(argv, stdin=go_read, pass_fds=child_fds[1:], env=_LAUNCH_ENV)
         finally:
             for fd in child_fds:
                 os.close(fd)

@@ -11,7 +11,8 @@ import dataclasses
 import sys
 from typing import Any
 
-from node import main, worker
+from node import main
+from node.jobs.worker import worker
 from sandbox import JobResult
 
 _honest = worker.Worker.sandboxed

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from node import scheduler
-from node.worker import AdmissionQueue
+from node.jobs.core import scheduler
+from node.jobs.worker.worker import AdmissionQueue
 
 ONE = scheduler.Needs(cpus=1, memory=1)
 

@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from node import control
+from node.control import channel as control
 from tests.nodes import LOOPBACK, Cluster, all_see_each_other, wait_until
 
 N = 5

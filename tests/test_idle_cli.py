@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from node import cli, control
+from node import cli
+from node.control import channel as control
 from node.home import CONTROL_SOCKET
-from node.idle_policy import Decision, Signals, policy_report
-from node.policy_config import PolicyConfig
+from node.owner.config import PolicyConfig
+from node.owner.policy import Decision, Signals, policy_report
 
 
 def home_with_input(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node.policy_config import (
+from node.owner.config import (
     ConfigError,
     PolicyConfig,
     human_duration,

@@ -7,8 +7,8 @@ import itertools
 import json
 import random
 
-from node.idle_policy import Decision, IdlePolicy, Signals, policy_report
-from node.policy_config import PolicyConfig, parse_window
+from node.owner.config import PolicyConfig, parse_window
+from node.owner.policy import Decision, IdlePolicy, Signals, policy_report
 
 GiB = 1 << 30
 DEFAULT = PolicyConfig()  # HTCondor-like: start 15 min, continue 5 min, give up after 10 min

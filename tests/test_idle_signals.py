@@ -21,10 +21,10 @@ import psutil
 import pytest
 import trio
 
-from node import idle_signals
-from node.idle_policy import Decision, IdlePolicy
-from node.idle_signals import PolicyWatch, Sampler, input_files
-from node.policy_config import PolicyConfig, parse_window
+from node.owner import signals as idle_signals
+from node.owner.config import PolicyConfig, parse_window
+from node.owner.policy import Decision, IdlePolicy
+from node.owner.signals import PolicyWatch, Sampler, input_files
 
 
 def quiet_config(input_dir: Path, **overrides: Any) -> PolicyConfig:

@@ -1,10 +1,10 @@
-"""node.jobstore: the requester's record of workers it no longer trusts."""
+"""node.jobs.requester.store: the requester's record of workers it no longer trusts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from node.jobstore import UNTRUSTED_FOR, JobStore
+from node.jobs.requester.store import UNTRUSTED_FOR, JobStore
 
 
 def test_untrusted_workers_are_kept_across_reopening_and_for_a_while_only(tmp_path: Path) -> None:

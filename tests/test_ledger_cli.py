@@ -171,7 +171,7 @@ def test_no_identity_is_a_one_line_error(tmp_path: Path) -> None:
 def test_credit_commands_import_neither_libp2p_nor_trio() -> None:
     """`rain credit` must start fast: the ledger is plain Python over SQLite."""
     code = (
-        "import sys, node.cli_credit, ledger.service, ledger.messages; "
+        "import sys, node.cli.credit, ledger.service, ledger.messages; "
         "bad = [m for m in ('libp2p', 'trio') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )

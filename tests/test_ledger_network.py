@@ -10,7 +10,7 @@ from ledger.block import JobLimits
 from ledger.exchange import hash_outputs
 from ledger.service import Ledger
 from ledger.store import LEDGER_FILE
-from node import control
+from node.control import channel as control
 from rainnet.identity import Identity, load_or_create
 from tests.nodes import LOOPBACK, Cluster, all_see_each_other, wait_until
 

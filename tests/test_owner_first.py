@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from node.requester import NO_WORKER_PATIENCE
+from node.jobs.requester.requester import NO_WORKER_PATIENCE
 from tests.nodes import PYTHON, WORKER, Cluster, NodeProcess, all_see_each_other, wait_until
 from tests.owner_helpers import (
     BURN_CPU,

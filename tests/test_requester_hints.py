@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node import requester
+from node.jobs.requester import requester
 
 
 def test_hints_forget_the_oldest_beyond_the_bound() -> None:

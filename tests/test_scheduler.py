@@ -1,8 +1,8 @@
-"""node.scheduler, sans-io: which workers a requester offers a job to."""
+"""node.jobs.core.scheduler, sans-io: which workers a requester offers a job to."""
 
 from __future__ import annotations
 
-from node import scheduler
+from node.jobs.core import scheduler
 from rainnet import records
 from rainnet.identity import Identity
 

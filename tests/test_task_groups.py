@@ -1,5 +1,6 @@
 """A task session's group result, sans-io: what the requester checks before it pays for a group
-(node.results.group_problem), the limits a group's claim is bounded by, and the wire shape."""
+(node.jobs.core.results.group_problem), the limits a group's claim is bounded by, and the wire
+shape."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import dataclasses
 import pytest
 
 from ledger.block import MAX_WALL_MS, JobLimits
-from node import results
-from node.task_session import group_limits
+from node.jobs.core import results
+from node.jobs.worker.sessions import group_limits
 from rainnet import jobproto, wire
 
 Task = tuple[jobproto.TaskResult, list[jobproto.FileEntry]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.voting import tally
+from node.jobs.core.voting import tally
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
 

@@ -16,16 +16,16 @@ from collections.abc import Sequence
 
 # Which module registers (and runs) each top-level command.
 COMMANDS: dict[str, str] = {
-    "status": "node.cli_node",
-    "peers": "node.cli_node",
-    "credit": "node.cli_credit",
-    "sandbox": "node.cli_sandbox",
-    "policy": "node.cli_policy",
-    "submit": "node.cli_jobs",
-    "jobs": "node.cli_jobs",
-    "logs": "node.cli_jobs",
-    "get": "node.cli_jobs",
-    "cancel": "node.cli_jobs",
+    "status": "node.cli.status",
+    "peers": "node.cli.status",
+    "credit": "node.cli.credit",
+    "sandbox": "node.cli.sandbox",
+    "policy": "node.cli.policy",
+    "submit": "node.cli.jobs",
+    "jobs": "node.cli.jobs",
+    "logs": "node.cli.jobs",
+    "get": "node.cli.jobs",
+    "cancel": "node.cli.jobs",
 }
 
 
@@ -89,11 +89,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     return int(code or 0)
-
-
-if __name__ == "__main__":
-    # Run through the imported module, not __main__: command modules raise node.cli.CliError,
-    # which must be the class this main() catches.
-    from node.cli import main as _main
-
-    sys.exit(_main())

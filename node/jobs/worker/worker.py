@@ -10,7 +10,8 @@ One trio task per job stream (`/rain/job/1.1.0`, see rainnet.jobproto). The orde
    output streams to the requester live, with progress reports that double as the lease's
    heartbeat; a Cancel stops it; once the sandbox is gone its CPUs take the next job;
 3. at its end the worker signs a ledger proposal for the measured CPU-seconds against the hash
-   of the result manifest, keeps the result (node.held), and offers it with the manifest;
+   of the result manifest, keeps the result (node.jobs.worker.held), and offers it with the
+   manifest;
 4. only after the requester's agreement to that very proposal is stored does the worker
    release the result files, in bounded chunks.
 If the requester goes away, the job runs on and its result is held: it is settled when the
@@ -43,8 +44,9 @@ from ledger.messages import (
     decode_message,
     encode_message,
 )
-from node import results, scheduler, transfer
-from node.held import HeldResults
+from node.jobs import transfer
+from node.jobs.core import results, scheduler
+from node.jobs.worker.held import HeldResults
 from node.ledger_link import LedgerLink
 from rainnet import identity, jobproto, wire
 from rainnet.streams import FramedStream, StreamGone

@@ -1,7 +1,7 @@
 """`rain policy [--json]`: the lending policy's signals, thresholds, the current state and why.
 
 With a node running, it answers the control request `{"op": "policy"}` from its live state (see
-`node.idle_signals.PolicyWatch.report`). Without one (or from a node that does not know the
+`node.owner.signals.PolicyWatch.report`). Without one (or from a node that does not know the
 request), the CLI computes the same report from a fresh local sample (0.5 s of CPU times) and
 the home's config, as if the current load had lasted: what a node would decide right now. No
 trio or libp2p import: only psutil and the standard library.
@@ -14,10 +14,10 @@ import json
 import time
 from typing import Any
 
-from node import control
 from node.cli import CliError
+from node.control import channel as control
 from node.home import CONTROL_SOCKET, resolve_home
-from node.policy_config import ConfigError, human_duration, load_policy_config, pct
+from node.owner.config import ConfigError, human_duration, load_policy_config, pct
 from node.units import format_size
 
 LOCAL_WINDOW = 0.5  # seconds of CPU times behind a local reading
@@ -50,8 +50,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 def local_report(home: Any, note: str) -> dict[str, Any]:
     """The report a node with this home's config would give now, from a fresh sample."""
-    from node.idle_policy import IdlePolicy, policy_report
-    from node.idle_signals import Sampler
+    from node.owner.policy import IdlePolicy, policy_report
+    from node.owner.signals import Sampler
 
     try:
         config = load_policy_config(home)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import CliError, duration_arg, size_arg
-from node.cli_node import ask
+from node.cli.status import ask
 from node.units import parse_duration, parse_size
 
 LONG_POLL = 4.0  # the node answers as soon as there is output or the job ends

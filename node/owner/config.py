@@ -132,7 +132,7 @@ def _parse_days(text: str) -> frozenset[int]:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The thresholds of `node.idle_policy.IdlePolicy` and the sampler's settings (seconds, bytes,
+    """The thresholds of `node.owner.policy.IdlePolicy` and the sampler's settings (seconds, bytes,
     fractions of the machine). Construct directly in tests; `load_policy_config` reads the file."""
 
     lend: str = "idle"
@@ -149,7 +149,7 @@ class PolicyConfig:
     schedule: tuple[ScheduleWindow, ...] = ()  # empty: lending allowed at any hour
     # Owner input: the atimes of these files (directories: their entries; or glob patterns).
     input_paths: tuple[str, ...] = ("/dev/input",)
-    # Also the ttys of logged-in users (utmp). See node.idle_signals for when to turn this off.
+    # Also the ttys of logged-in users (utmp). See node.owner.signals for when to turn this off.
     watch_ttys: bool = True
     input_interval: float = 0.25  # seconds between samples (input is cheap: 4 Hz)
     load_interval: float = 1.0  # CPU load windows (shorter ones are noise)

@@ -15,8 +15,9 @@ from typing import Any
 import msgpack
 import trio
 
-from node import control, transfer
-from node.requester import JobRecord, Requester
+from node.control import channel as control
+from node.jobs import transfer
+from node.jobs.requester.requester import JobRecord, Requester
 from rainnet.jobproto import MAX_SPEC_BYTES, FileEntry
 from sandbox import JobSpec, Limits, SpecError
 from sandbox.spec import check_relative_path

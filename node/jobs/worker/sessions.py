@@ -7,7 +7,7 @@ then be of the session's shape and without files, the owner must not be back, an
 verified balance at admission, less what this session's earlier tasks cost, must stay above the
 credit floor with this task counted at its limits (as for jobs offered one by one).
 A Collect signs one claim for the claimed tasks (their CPU-seconds summed, their results hashed
-together: node.results.group_hash) and goes on as the end of a job stream does
+together: node.jobs.core.results.group_hash) and goes on as the end of a job stream does
 (Worker.claim_and_release: held, offered, released once paid).
 
 A session ends when the requester closes it or stays silent for SESSION_IDLE; after
@@ -29,15 +29,15 @@ import trio
 from ledger.admission import floor_problem
 from ledger.block import MAX_WALL_MS, JobLimits
 from ledger.units import amount_milli
-from node import results
-from node.worker import claimable_ms, job_limits, result_files, spec_from
+from node.jobs.core import results
+from node.jobs.worker.worker import claimable_ms, job_limits, result_files, spec_from
 from rainnet import jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
 from sandbox import Backend, JobSpec, SpecError
 from sandbox.job import check_job_id
 
 if TYPE_CHECKING:
-    from node.worker import Worker
+    from node.jobs.worker.worker import Worker
 
 log = logging.getLogger("rainnet.worker")
 

@@ -2,24 +2,25 @@
 
 `Requester.submit(spec)` returns a job id at once; a trio task per job then:
 1. ranks the workers it knows (signed node records from the membership view, and the CPUs
-   of our own jobs each already has; see node.scheduler) and offers the job to them one at a
-   time until one accepts; an offer carries the blocks of our chain the worker has not
+   of our own jobs each already has; see node.jobs.core.scheduler) and offers the job to them
+   one at a time until one accepts; an offer carries the blocks of our chain the worker has not
    verified yet, as far as we know (it tells us in each Accept), so it need not ask for them;
 2. follows the attempt: live output, progress reports (the lease: silence past `LEASE` means the
    worker is gone, and the job goes to another worker; nothing is paid for a lost attempt);
 3. checks the worker's proposal (the manifest it announced hashes to the hash it signed; the
    amount is within the job's limits) and countersigns it in the ledger;
 4. receives the result files in bounded chunks and checks each against the signed manifest.
-A job is on disk (node.jobstore) from its submission, and driven again after a restart; a job
-with `replicas` > 1 runs on that many workers and is decided by node.voting; a worker that held
-a result while we were away offers it through `handle_result`. A job is paid at most once (the
-ledger's `max_payees`). Every step is bounded; every job ends done, failed or cancelled.
+A job is on disk (node.jobs.requester.store) from its submission, and driven again after a restart;
+a job with `replicas` > 1 runs on that many workers and is decided by node.jobs.core.voting; a
+worker that held a result while we were away offers it through `handle_result`. A job is paid at
+most once (the ledger's `max_payees`). Every step is bounded; every job ends done, failed or
+cancelled.
 
 Jobs without files and with one copy, while several are placed at once (an array), ride task
-sessions instead (`_ride`; node.task_session is the worker's end): one stream per worker slot,
-quick jobs several to a message, paid in groups of up to jobproto.MAX_GROUP by one exchange
-whose id each job records (`claim`). Each task's result is checked as in step 3
-(node.results.group_problem), and a group is paid once or not at all.
+sessions instead (`_ride`; node.jobs.worker.sessions is the worker's end): one stream per
+worker slot, quick jobs several to a message, paid in groups of up to jobproto.MAX_GROUP by
+one exchange whose id each job records (`claim`). Each task's result is checked as in step 3
+(node.jobs.core.results.group_problem), and a group is paid once or not at all.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ import trio
 
 from ledger.errors import RemoteFault
 from ledger.messages import ChainRequest, Refuse, encode_message
-from node import results, scheduler, transfer, voting
-from node.jobstore import FINISHED_STATES, JobStore, StoredJob
+from node.jobs import transfer
+from node.jobs.core import results, scheduler, voting
+from node.jobs.requester.store import FINISHED_STATES, JobStore, StoredJob
+from node.jobs.worker.sessions import group_limits
+from node.jobs.worker.worker import job_limits, propose_from
 from node.ledger_link import frame, unframe
-from node.task_session import group_limits
-from node.worker import job_limits, propose_from
 from rainnet import identity, jobproto, wire
 from rainnet.ledgerproto import LedgerFrame
 from rainnet.streams import FramedStream, ProtocolNotSupported, StreamGone
@@ -257,7 +259,7 @@ def _remember(table: dict[str, T], worker: str, hint: T) -> None:
 
 class Vote:
     """The replicas of one job report their result hashes here and wait for the decision
-    (node.voting): ("fetch" | "pay" | "refuse", number of workers paid)."""
+    (node.jobs.core.voting): ("fetch" | "pay" | "refuse", number of workers paid)."""
 
     def __init__(self, replicas: int, max_runs: int) -> None:
         self.replicas = replicas

@@ -1,10 +1,10 @@
 """Result verification by replication, sans-io: which replicas of a job agree, who is paid.
 
-A job with `--replicas K` runs on K distinct workers; each returns the hash of its result
-manifest (node.results) before anyone is paid. Once K results are in, a result holding a strict
+A job with `--replicas K` runs on K distinct workers; each returns the hash of its result manifest
+(node.jobs.core.results) before anyone is paid. Once K results are in, a result holding a strict
 majority of them wins (both of 2, 2 of 3...); without one, one more run decides, and so on. The
-workers whose results lost are paid nothing and remembered as untrustworthy. Runs are bounded:
-with no majority after `max_runs`, the job fails rather than running forever.
+workers whose results lost are paid nothing and remembered as untrustworthy. Runs are bounded: with
+no majority after `max_runs`, the job fails rather than running forever.
 """
 
 from __future__ import annotations

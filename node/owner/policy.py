@@ -1,7 +1,7 @@
 """Owner first: the sans-io state machine deciding whether this machine may run guests right now.
 
 Pure and synchronous: `IdlePolicy.step(signals, guests_running)` takes one `Signals` snapshot (see
-`node.idle_signals.Sampler`) and returns a `Decision`. No clock, no files, no trio: time is the
+`node.owner.signals.Sampler`) and returns a `Decision`. No clock, no files, no trio: time is the
 snapshot's `timestamp` (monotonic seconds), so tests drive it with hand-made timelines.
 
 States (they go into the node record, so requesters skip nodes that cannot take work):
@@ -45,7 +45,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from node.policy_config import PolicyConfig, human_duration, pct
+from node.owner.config import PolicyConfig, human_duration, pct
 from node.units import format_size
 
 State = Literal["owner", "idle", "busy", "suspended"]

@@ -7,8 +7,8 @@ import json
 import time
 from typing import Any
 
-from node import control
 from node.cli import CliError
+from node.control import channel as control
 from node.home import CONTROL_SOCKET, resolve_home
 from node.units import format_size
 

@@ -1,6 +1,6 @@
 """What the owner is doing to this machine, sampled cheaply: the I/O edge of the idle policy.
 
-`Sampler.sample(now)` returns a `node.idle_policy.Signals`:
+`Sampler.sample(now)` returns a `node.owner.policy.Signals`:
 - owner CPU load: the machine's busy CPU time (`psutil.cpu_times()` deltas, i.e. /proc/stat)
   minus the guests' CPU time, supplied by a callable returning the guests' cumulative
   CPU-seconds (the node passes the sandbox's cgroup counter), over windows of `load_interval`
@@ -43,8 +43,8 @@ from typing import Any
 
 import psutil
 
-from node.idle_policy import Decision, IdlePolicy, Signals, policy_report
-from node.policy_config import PolicyConfig
+from node.owner.config import PolicyConfig
+from node.owner.policy import Decision, IdlePolicy, Signals, policy_report
 
 log = logging.getLogger("rainnet.idle")
 
