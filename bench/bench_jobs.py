@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 
 from sandbox import JobSpec, Limits, SandboxConfig, open_backend
-from tests.nodes import Cluster, NodeProcess, requester_and_workers
+from tests.e2e.nodes import Cluster, NodeProcess, requester_and_workers
 
 
 def _rain(node: NodeProcess, *args: str, timeout: float = 120) -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
+from tests.e2e.nodes import LOOPBACK, Cluster, NodeProcess, all_see_each_other, wait_until
 
 
 def _sees(node: NodeProcess, peer_id: str) -> bool:
@@ -89,7 +89,7 @@ def bench_dht(n: int, lookups: int) -> tuple[float, list[float], int]:
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from libp2p.tools.anyio_service import background_trio_service
 
-    from node.daemon import WORKERS_KEY
+    from rainnet.discovery import WORKERS_KEY
     from rainnet.host import build_dht, build_host
     from rainnet.identity import Identity
 

@@ -32,8 +32,8 @@ import psutil
 
 from node.control import channel as control
 from node.home import CONTROL_SOCKET
-from tests.nodes import Cluster, NodeProcess, wait_until
-from tests.owner_helpers import (
+from tests.e2e.nodes import Cluster, NodeProcess, wait_until
+from tests.e2e.owner_helpers import (
     GuestCgroup,
     Worker,
     join,

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from sandbox.config import SandboxConfig
 from sandbox.result import Reason
 from sandbox.spec import JobSpec
-from tests.dockerd import BUSYBOX_IMAGE, Dockerd, missing_tools
+from tests.e2e.dockerd import BUSYBOX_IMAGE, Dockerd, missing_tools
 
 
 async def median_async(fn: Callable[[], Awaitable[object]], n: int) -> float:

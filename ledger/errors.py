@@ -69,10 +69,6 @@ class BelowFloor(RemoteFault):
     """The requester's verified balance would go below the floor if this job ran."""
 
 
-class ResultMismatch(RemoteFault):
-    """The outputs a worker released do not hash to the result hash it signed: it cheated."""
-
-
 # --- our own fault -------------------------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@
   job done, usage measured by the sandbox
   make_proposal() -> store -> send  ---->  check_proposal(); make_agreement() -> store -> send
   check_agreement(); store  <-------------
-  release the outputs  ------------------> check_result(): outputs must hash to result_hash
+  release the outputs  ------------------> the outputs must hash to the signed result_hash
+                                           (node.jobs.core.results, checked file by file)
 
 The worker withholds the outputs until it holds the requester's countersignature, and the
 requester countersigns only a hash of outputs it has not seen yet; a result that then fails to
@@ -22,11 +23,10 @@ signature leaves the process.
 from __future__ import annotations
 
 import enum
-import hashlib
 from dataclasses import dataclass
 
 from ledger.block import GENESIS_HASH, HalfBlock, JobLimits, Signer, Transaction, sign_block
-from ledger.errors import ExchangeRefused, ForkDetected, InvalidBlock, LedgerMisuse, ResultMismatch
+from ledger.errors import ExchangeRefused, ForkDetected, InvalidBlock, LedgerMisuse
 from ledger.fork import fork_between
 from ledger.validate import Problem, block_problem, link_problem, shape_problem
 
@@ -192,19 +192,3 @@ def check_agreement(
     why = shape_problem(agreement) if signature_checked else block_problem(agreement)
     if why is not None:
         raise InvalidBlock(Problem(agreement.public_key, agreement.sequence, why))
-
-
-def hash_outputs(data: bytes) -> bytes:
-    """The result hash of a job's outputs (SHA-256 of the bytes the worker will release)."""
-    return hashlib.sha256(data).digest()
-
-
-def check_result(exchange: Exchange, outputs_hash: bytes) -> None:
-    """The requester's check on released outputs: ResultMismatch if they are not what was signed."""
-    signed = exchange.proposal.transaction.result_hash
-    if outputs_hash != signed:
-        raise ResultMismatch(
-            f"outputs of job {exchange.job_id!r} from {exchange.proposal.short()} hash to "
-            f"{outputs_hash.hex()[:16]}..., not the {signed.hex()[:16]}... its proposal signed: "
-            "the worker cheated"
-        )

@@ -8,7 +8,7 @@ the messages of ledger.messages; nothing here opens a socket.
 Worker:     propose() -> send Propose; on Agree: accept_agreement() -> release the outputs;
             after a restart, exchange(requester, job) says which of the two to redo.
 Requester:  on Propose: agree(msg, the limits it gave the job) -> send Agree, or on a
-            RemoteFault send Refuse(job, str(error)); check_result() on the outputs.
+            RemoteFault send Refuse(job, str(error)).
 Batches:    propose_many / agree_many / accept_agreements do the same for many exchanges in one
             transaction (one fsync), returning a result or an error per item.
 Admission:  chain_request(key) -> send; on ChainPage: ingest_page(); repeat while more;
@@ -91,7 +91,7 @@ class Claim:
     cpu_ms: int  # milli-CPU-seconds measured by the sandbox
     gpu_ms: int
     limits: JobLimits  # the job's limits, as the requester set them
-    result_hash: bytes  # ledger.exchange.hash_outputs of the outputs to release
+    result_hash: bytes  # the hash of the result manifest (node.jobs.core.results) to release
     time_ms: int | None = None  # default: now
 
 

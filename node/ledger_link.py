@@ -9,34 +9,42 @@ holds a run of request/response pairs:
     ForkProofs   -> ForkProofs     (double-spending proofs are shared with those we deal with)
 
 Ledger calls are short synchronous SQLite transactions; they run in a worker thread so the node's
-trio loop never blocks on the disk.
+trio loop never blocks on the disk. `LedgerLink` names each call the node makes (`propose`,
+`agree`, `accept_agreement`, `weigh_offer`, ...): nothing else reaches into the ledger.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import trio
 
-from ledger.errors import RemoteFault
+from ledger.balance import Balance
+from ledger.block import JobLimits
+from ledger.exchange import Exchange
 from ledger.messages import (
     MAX_PAGE_BLOCKS,
+    Agree,
     ChainPage,
     ChainRequest,
     ForkProofs,
     Heads,
     LedgerMessage,
+    Propose,
     decode_message,
     encode_message,
 )
 from ledger.service import Ledger
+from ledger.store import ChainState, HistoryRow
+from node.faults import blamed_on_peer
 from rainnet import wire
 from rainnet.ledgerproto import LEDGER_MAX_FRAME, LedgerFrame
-from rainnet.streams import FramedStream
+from rainnet.streams import FramedStream, MessageChannel
 
-__all__ = ["LedgerLink", "frame", "unframe"]
+__all__ = ["Admitted", "LedgerLink", "frame", "unframe"]
 
 log = logging.getLogger("rainnet.ledger")
 
@@ -54,17 +62,28 @@ def frame(msg: LedgerMessage) -> LedgerFrame:
 
 def unframe(f: LedgerFrame, expected: tuple[type, ...]) -> LedgerMessage:
     """The ledger message in a frame; RemoteProtocolError if it is malformed or unexpected."""
-    try:
+    with blamed_on_peer("ledger"):
         return decode_message(f.body, expected)
-    except RemoteFault as exc:
-        raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An offer passed the ledger's checks: the requester's verified balance, and how far we
+    hold its chain verified (told to it in the Accept, so its next offer brings only what is
+    newer)."""
+
+    balance_milli: int
+    chain_verified: int
 
 
 class LedgerLink:
     """This node's ledger, reached from trio, and the ledger protocol's two ends."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, in_thread: bool = True) -> None:
         self.ledger = ledger
+        # Tests on a mock clock call the ledger inline: a thread's real time would let the
+        # clock jump past deadlines meanwhile (node.testing).
+        self._in_thread = in_thread
         # One writer at a time keeps SQLite's own lock uncontended; reads are short anyway.
         self._limiter = trio.CapacityLimiter(1)
         # Per peer chain: a sync (request, pages, ingest) and the agreements we store for that
@@ -79,8 +98,104 @@ class LedgerLink:
             lock = self._chain_locks[public_key] = trio.Lock()
         return lock
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._in_thread:
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    # ----- who we are, and our own chain -----------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes:
+        return self.ledger.public_key
+
+    @property
+    def peer_id(self) -> str:
+        return self.ledger.peer_id
+
+    @property
+    def floor_milli(self) -> int:
+        return self.ledger.floor_milli
+
+    async def balance(self) -> Balance:
+        return await self._call(self.ledger.balance)
+
+    async def history(self, limit: int) -> list[HistoryRow]:
+        return await self._call(self.ledger.history, limit)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # ----- as a worker ------------------------------------------------------------------------
+
+    async def weigh_offer(
+        self,
+        requester: bytes,
+        job_id: str,
+        offered: ChainPage | None,
+        limits: JobLimits,
+        page_blocks: int,
+    ) -> Admitted | ChainRequest | str:
+        """One thread hop in the usual case: an offer for `job_id` not claimed before, the
+        requester's chain brought up to date by the page `offered` with it, admitted. Else why
+        not (a RemoteFault: the ledger says why), or the ChainRequest for what we still lack
+        (then `fetch_pages`, then `admit`)."""
+
+        def weigh() -> Admitted | ChainRequest | str:
+            if self.ledger.exchange(requester, job_id) is not None:
+                # One run per (requester, job id): a repeated offer would get a run for
+                # nothing, or collide with the earlier run's directory and claim.
+                return f"job {job_id} ran here already"
+            request = self.ledger.catch_up(requester, offered, page_blocks)
+            return self._admit(requester, limits) if request is None else request
+
+        return await self._call(weigh)
+
+    async def admit(self, requester: bytes, limits: JobLimits) -> Admitted:
+        """The requester's verified balance if a job with `limits` may run for it (RemoteFault
+        saying why not: a fork, a chain sent short, the credit floor)."""
+        return await self._call(self._admit, requester, limits)
+
+    def _admit(self, requester: bytes, limits: JobLimits) -> Admitted:
+        balance = self.ledger.admit(requester, limits)
+        state = self.ledger.verified_state(requester)
+        return Admitted(balance.balance_milli, state.verified if state else 0)
+
+    async def propose(
+        self, requester: bytes, claim_id: str, cpu_ms: int, limits: JobLimits, result_hash: bytes
+    ) -> Propose:
+        """Sign and store our claim for a result (idempotent per requester and claim id: the
+        first claim stands)."""
+        return await self._call(
+            lambda: self.ledger.propose(
+                requester=requester,
+                job_id=claim_id,
+                cpu_ms=cpu_ms,
+                gpu_ms=0,
+                limits=limits,
+                result_hash=result_hash,
+            )
+        )
+
+    async def accept_agreement(self, agreement: Agree) -> Exchange:
+        """Check and store the requester's agreement to one of our claims (RemoteFault if it
+        does not fit one), under its chain's lock."""
+        async with self.chain_lock(agreement.block.public_key):
+            return await self._call(self.ledger.accept_agreement, agreement)
+
+    # ----- as a requester ---------------------------------------------------------------------
+
+    async def agree(self, proposal: Propose, limits: JobLimits, max_payees: int) -> Agree:
+        """Countersign a worker's claim within `limits` (RemoteFault saying why not: beyond the
+        limits, paid `max_payees` times already, ...)."""
+        return await self._call(lambda: self.ledger.agree(proposal, limits, max_payees=max_payees))
+
+    async def serve_chain(self, request: ChainRequest) -> ChainPage:
+        return await self._call(self.ledger.serve_chain, request)
+
+    async def verified_state(self, public_key: bytes) -> ChainState | None:
+        return await self._call(self.ledger.verified_state, public_key)
 
     # ----- serving ----------------------------------------------------------------------------
 
@@ -101,25 +216,23 @@ class LedgerLink:
         await fs.close()
 
     async def _answer(self, request: LedgerMessage) -> LedgerMessage:
-        try:
+        with blamed_on_peer("ledger"):
             if isinstance(request, ChainRequest):
-                return await self.call(self.ledger.serve_chain, request)
+                return await self._call(self.ledger.serve_chain, request)
             if isinstance(request, Heads):
-                proofs = await self.call(self.ledger.observe_heads, request)
+                proofs = await self._call(self.ledger.observe_heads, request)
                 if proofs:
                     log.warning("fork proof against %d chain(s) from heads", len(proofs))
-                return await self.call(self.ledger.heads)
+                return await self._call(self.ledger.heads)
             assert isinstance(request, ForkProofs)
-            await self.call(self.ledger.receive_fork_proofs, request)
-            return await self.call(self.ledger.fork_proofs)
-        except RemoteFault as exc:
-            raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+            await self._call(self.ledger.receive_fork_proofs, request)
+            return await self._call(self.ledger.fork_proofs)
 
     # ----- asking -----------------------------------------------------------------------------
 
     async def sync_chain(
         self,
-        fs: FramedStream,
+        fs: MessageChannel,
         public_key: bytes,
         offered: ChainPage | None = None,
         page_blocks: int = MAX_PAGE_BLOCKS,
@@ -130,42 +243,38 @@ class LedgerLink:
 
         Raises RemoteFault (bad block, fork) through RemoteProtocolError: the peer is at fault.
         """
-        try:
-            request = await self.call(self.ledger.catch_up, public_key, offered, page_blocks)
-        except RemoteFault as exc:
-            raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+        with blamed_on_peer("ledger"):
+            request = await self._call(self.ledger.catch_up, public_key, offered, page_blocks)
         if request is not None:
             await self.fetch_pages(fs, request, page_blocks)
 
-    async def fetch_pages(self, fs: FramedStream, request: ChainRequest, page_blocks: int) -> None:
+    async def fetch_pages(
+        self, fs: MessageChannel, request: ChainRequest, page_blocks: int
+    ) -> None:
         """Ask the peer on `fs` (a ledger stream, or the job stream of an offer) for its chain
         from `request` on, page by page, verifying each, until we hold all of it."""
         public_key = request.public_key
-        try:
+        with blamed_on_peer("ledger"):
             for _ in range(MAX_PAGES):
                 await fs.send(frame(request), REQUEST_TIMEOUT)
                 page = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (ChainPage,))
                 assert isinstance(page, ChainPage)
                 if page.public_key != public_key:
                     raise wire.RemoteProtocolError("ledger: a page of another chain than asked")
-                if not (await self.call(self.ledger.ingest_page, page)).more:
+                if not (await self._call(self.ledger.ingest_page, page)).more:
                     return
-                request = await self.call(self.ledger.chain_request, public_key, page_blocks)
-        except RemoteFault as exc:
-            raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+                request = await self._call(self.ledger.chain_request, public_key, page_blocks)
         raise wire.RemoteProtocolError(f"ledger: chain longer than {MAX_PAGES} pages")
 
     async def gossip(self, fs: FramedStream) -> int:
         """Exchange heads and fork proofs with the peer on `fs`; the number of new fork proofs."""
-        await fs.send(frame(await self.call(self.ledger.heads)), REQUEST_TIMEOUT)
+        await fs.send(frame(await self._call(self.ledger.heads)), REQUEST_TIMEOUT)
         heads = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (Heads,))
         assert isinstance(heads, Heads)
-        try:
-            new = len(await self.call(self.ledger.observe_heads, heads))
-            await fs.send(frame(await self.call(self.ledger.fork_proofs)), REQUEST_TIMEOUT)
+        with blamed_on_peer("ledger"):
+            new = len(await self._call(self.ledger.observe_heads, heads))
+            await fs.send(frame(await self._call(self.ledger.fork_proofs)), REQUEST_TIMEOUT)
             proofs = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (ForkProofs,))
             assert isinstance(proofs, ForkProofs)
-            new += len(await self.call(self.ledger.receive_fork_proofs, proofs))
-        except RemoteFault as exc:
-            raise wire.RemoteProtocolError(f"ledger: {exc}") from None
+            new += len(await self._call(self.ledger.receive_fork_proofs, proofs))
         return new

@@ -143,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from node.owner.config import ConfigError, load_policy_config
     from rainnet import host as rhost
     from rainnet import relay as rrelay
+    from rainnet.network import NetworkConfig
 
     try:
         policy = load_policy_config(home, lend=args.lend)
@@ -166,18 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rain-node: {exc.strerror}", file=sys.stderr)
         return 1
 
-    config = NodeConfig(
-        home=home,
+    network = NetworkConfig(
         listen=listen,
         bootstrap=tuple(args.bootstrap),
         mdns=not args.no_mdns,
-        sandbox=args.sandbox,
-        relay=args.relay,
-        relay_via=tuple(args.relay_via),
-        policy=policy,
         heartbeat_interval=args.heartbeat,
         peer_timeout=args.peer_timeout,
+        relay=args.relay,
+        relay_via=tuple(args.relay_via),
     )
+    config = NodeConfig(home=home, network=network, sandbox=args.sandbox, policy=policy)
 
     async def run() -> None:
         node = Node(config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -32,6 +32,15 @@ class StreamGone(Exception):
 class ProtocolNotSupported(StreamGone):
     """The remote answered the protocol we proposed with something else (multistream "na"):
     it does not serve it (any more), e.g. a node that no longer lends."""
+
+
+class MessageChannel(Protocol):
+    """What sends and receives typed messages with bounded waits: a FramedStream, or a stream
+    whose messages also pass through a conversation's rules (node.jobs.stream)."""
+
+    async def send(self, msg: wire.Message, timeout: float = DEFAULT_TIMEOUT) -> None: ...
+
+    async def receive_a(self, kind: type[M], timeout: float = DEFAULT_TIMEOUT) -> M: ...
 
 
 class FramedStream:

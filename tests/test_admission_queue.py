@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from node.jobs.core import scheduler
-from node.jobs.worker.worker import AdmissionQueue
+from node.jobs.worker.admission import AdmissionQueue
 
 ONE = scheduler.Needs(cpus=1, memory=1)
 

@@ -10,7 +10,7 @@ import pytest
 
 from ledger.block import MAX_WALL_MS, JobLimits
 from node.jobs.core import results
-from node.jobs.worker.sessions import group_limits
+from node.jobs.core.terms import group_limits
 from rainnet import jobproto, wire
 
 Task = tuple[jobproto.TaskResult, list[jobproto.FileEntry]]

@@ -17,7 +17,8 @@ import trio
 
 from node.control import channel as control
 from node.jobs import transfer
-from node.jobs.requester.requester import JobRecord, Requester
+from node.jobs.requester import Requester
+from node.jobs.requester.record import JobRecord
 from rainnet.jobproto import MAX_SPEC_BYTES, FileEntry
 from sandbox import JobSpec, Limits, SpecError
 from sandbox.spec import check_relative_path

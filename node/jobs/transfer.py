@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import trio
 
 from rainnet import jobproto, wire
-from rainnet.streams import FramedStream
 
 MIN_RATE = 256 * 1024  # bytes/s: the slowest transfer a job or a result is allowed
 
@@ -75,8 +74,14 @@ class Incoming:
         self._files.clear()
 
 
+class MessageSource(Protocol):
+    """What file chunks are read from: a FramedStream, or a job's stream (node.jobs.stream)."""
+
+    async def receive(self, timeout: float = ...) -> Any: ...
+
+
 async def receive(
-    fs: FramedStream,
+    fs: MessageSource,
     incoming: Incoming,
     chunk_type: type[jobproto.InputChunk] | type[jobproto.OutputChunk],
     done_type: type[jobproto.InputDone] | type[jobproto.OutputDone],

@@ -1,4 +1,4 @@
-"""What a job's result *is*, byte for byte: the manifest both sides hash, and its checks. Pure.
+"""What a job's result *is*, byte for byte, and when a requester pays for one. Pure.
 
 The worker signs (in its ledger proposal) the sha256 of a canonical manifest: the exit status and
 verdict, and for each released file (the job's stdout and stderr, then its output files) the path,
@@ -6,6 +6,10 @@ size and sha256. The requester countersigns that hash before it receives anythin
 arrive it rebuilds the manifest from what it got, and a mismatch is proof the worker cheated.
 Replicas of a job agree when their manifests' hashes are equal. Jobs settled as one group of a
 task session are signed through the group's hash over each task's job id, claim and result hash.
+
+The payment rules, one place for both kinds of claim: `job_problem` (one job's Finished) and
+`group_payment_problem` (a task session's group, through `group_problem`) say why a claim must
+be refused, or None. The ledger then bounds the amount by the job's limits when it agrees.
 """
 
 from __future__ import annotations
@@ -17,16 +21,13 @@ from pathlib import Path
 
 import msgpack
 
+from ledger.block import HalfBlock
 from rainnet.jobproto import FileEntry, Finished, TaskResult
 from sandbox import SpecError
 from sandbox.spec import check_relative_path
 
 STDOUT = "/stdout"  # absolute: no output path of the job (always relative) can collide with it
 STDERR = "/stderr"
-
-
-class ResultMismatch(Exception):
-    """Released files that are not what the worker signed for (the worker's fault)."""
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,6 @@ def group_hash(tasks: Sequence[TaskResult]) -> bytes:
     """What a group's proposal signs: each task's job id, claimed CPU-ms and result hash."""
     body = [1, [[t.job_id, t.cpu_ms, t.result_hash] for t in tasks]]
     return hashlib.sha256(msgpack.packb(body, use_bin_type=True)).digest()
-
-
-def check_files(expected: Sequence[FileEntry], received: Sequence[FileEntry]) -> None:
-    """ResultMismatch unless the received files are exactly the announced ones."""
-    if len(expected) != len(received):
-        raise ResultMismatch(f"{len(received)} files released, {len(expected)} announced")
-    for want, got in zip(expected, received, strict=True):
-        if (want.path, want.size, want.sha256) != (got.path, got.size, got.sha256):
-            raise ResultMismatch(f"{want.path}: released bytes differ from the signed result")
 
 
 def safe_layout(entries: Sequence[FileEntry]) -> bool:
@@ -112,4 +104,49 @@ def group_problem(
         return "the proposal signs another result than the one announced"
     if sum(t.cpu_ms for t in tasks) != claimed_ms:
         return "the claim is not the sum of its tasks' claims"
+    return None
+
+
+def job_problem(
+    finished: Finished, proposal: HalfBlock, job_id: str, worker_key: bytes, max_bytes: int
+) -> str | None:
+    """Why one job's result (`finished`, with the worker's signed `proposal`) must not be paid
+    for; None if it may. The announced files must hash to the result the worker signs, for this
+    job, signed by the worker we gave it to, within `max_bytes` and a safe layout."""
+    verdict = Verdict(finished.exit_code, finished.reason)
+    if result_hash(verdict, finished.outputs) != finished.result_hash:
+        return "the announced result does not hash to the signed hash"
+    if proposal.transaction.result_hash != finished.result_hash:
+        return "the proposal signs another result than the one announced"
+    if proposal.public_key != worker_key:
+        return "the proposal is not signed by the worker"
+    if proposal.transaction.job_id != job_id:
+        return "the proposal is for another job"
+    return _release_problem(finished, max_bytes) or (
+        None
+        if safe_layout(finished.outputs)
+        else "the result's files are not stdout, stderr and relative output paths"
+    )
+
+
+def group_payment_problem(
+    finished: Finished,
+    proposal: HalfBlock,
+    allowed_ms: Mapping[str, int],
+    worker_key: bytes,
+    max_bytes: int,
+) -> str | None:
+    """Why a task session's group (`finished` and the worker's signed `proposal`) must not be
+    paid for, given the tasks we may pay for and each one's most CPU-ms (`allowed_ms`); None if
+    it may."""
+    tx = proposal.transaction
+    problem = group_problem(finished, tx.result_hash, tx.cpu_ms, allowed_ms)
+    if problem is None and proposal.public_key != worker_key:
+        problem = "the proposal is not signed by the worker"
+    return problem or _release_problem(finished, max_bytes)
+
+
+def _release_problem(finished: Finished, max_bytes: int) -> str | None:
+    if sum(f.size for f in finished.outputs) > max_bytes:
+        return "the result is larger than this node accepts"
     return None

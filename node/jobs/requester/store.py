@@ -8,7 +8,7 @@ restarted job is offered afresh anyway). Payment needs no record here: the ledge
 with synchronous=FULL, and refuses to pay a job twice. synchronous=NORMAL here: in WAL mode a
 commit survives the process's death; only a power cut may lose the last few, which the user
 then submits again.
-Blocking calls: the node runs them in a worker thread.
+`JobStore`'s calls block: the node makes them through `GroupCommit` or in a worker thread.
 """
 
 from __future__ import annotations
@@ -17,14 +17,18 @@ import json
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
+import trio
+
+from node.jobs.requester.record import JobRecord, JobState
+from rainnet.jobproto import FileEntry
+from sandbox import JobSpec
 
 JOBS_FILE = "jobs.sqlite3"
-FINISHED_STATES = ("done", "failed", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -56,27 +60,6 @@ MAX_UNTRUSTED = 10_000  # the oldest are forgotten beyond this
 UNTRUSTED_FOR = 30 * 86400.0  # seconds a worker outvoted stays untrusted
 
 
-@dataclass(frozen=True)
-class StoredJob:
-    job_id: str
-    spec: dict[str, Any]
-    inputs: list[tuple[str, int, bytes, str]]
-    state: str
-    worker: str | None
-    attempts: int
-    replicas: int
-    submitted: float
-    started: float | None
-    ended: float | None
-    cpu_seconds: float
-    credit: float
-    exit_code: int | None
-    reason: str | None
-    error: str | None
-    outputs: list[str]
-    claim: str | None = None
-
-
 class JobStore:
     def __init__(self, path: Path) -> None:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -89,9 +72,12 @@ class JobStore:
             if "claim" not in columns:  # a store from before task sessions
                 self._conn.execute("ALTER TABLE jobs ADD COLUMN claim TEXT")
 
-    def save_all(self, jobs: Sequence[StoredJob]) -> None:
-        """Store these jobs' states in one transaction (a settled group ends together)."""
-        rows = [_row(job) for job in jobs]
+    def save_all(self, jobs: Sequence[JobRecord]) -> None:
+        """Store these jobs' states in one transaction (from the thread that owns them)."""
+        self.write(rows(jobs))
+
+    def write(self, rows: Sequence[Row]) -> None:
+        """Store rows made by `rows` in one transaction (a settled group ends together)."""
         if not rows:
             return
         sql = f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * len(rows[0]))})"
@@ -104,31 +90,11 @@ class JobStore:
                 raise
             self._conn.execute("COMMIT")
 
-    def load(self) -> list[StoredJob]:
+    def load(self) -> list[JobRecord]:
+        """Every job stored, oldest first, as records to drive (or show) again."""
         with self._lock:
             rows = self._conn.execute("SELECT * FROM jobs ORDER BY submitted").fetchall()
-        return [
-            StoredJob(
-                job_id=r[0],
-                spec=msgpack.unpackb(r[1], raw=False),
-                inputs=[(p, s, h, src) for p, s, h, src in msgpack.unpackb(r[2], raw=False)],
-                state=r[3],
-                worker=r[4],
-                attempts=r[5],
-                replicas=r[6],
-                submitted=r[7],
-                started=r[8],
-                ended=r[9],
-                cpu_seconds=r[10],
-                credit=r[11],
-                exit_code=r[12],
-                reason=r[13],
-                error=r[14],
-                outputs=json.loads(r[15]),
-                claim=r[16],
-            )
-            for r in rows
-        ]
+        return [_record(r) for r in rows]
 
     def distrust(self, peer_id: str, job_id: str, now: float) -> None:
         """Remember that `peer_id` returned a result for `job_id` its replicas outvoted."""
@@ -160,12 +126,27 @@ class JobStore:
             self._conn.close()
 
 
-def _row(job: StoredJob) -> tuple[Any, ...]:
+# A job record is mapped to a row here and back, nowhere else.
+
+Row = tuple[Any, ...]
+
+
+def rows(jobs: Sequence[JobRecord]) -> list[Row]:
+    """The rows of these jobs as they stand now (made where the records live, written in a
+    thread: the records keep changing meanwhile)."""
+    return [_row(job) for job in jobs]
+
+
+def _row(job: JobRecord) -> Row:
+    inputs = [
+        [e.path, e.size, e.sha256, str(src)]
+        for e, src in zip(job.inputs, job.input_sources, strict=True)
+    ]
     return (
         job.job_id,
-        msgpack.packb(job.spec, use_bin_type=True),
-        msgpack.packb([list(i) for i in job.inputs], use_bin_type=True),
-        job.state,
+        msgpack.packb(job.spec.to_wire(), use_bin_type=True),
+        msgpack.packb(inputs, use_bin_type=True),
+        job.state.value,
         job.worker,
         job.attempts,
         job.replicas,
@@ -180,3 +161,79 @@ def _row(job: StoredJob) -> tuple[Any, ...]:
         json.dumps(job.outputs),
         job.claim,
     )
+
+
+def _record(r: Row) -> JobRecord:
+    inputs = msgpack.unpackb(r[2], raw=False)
+    state = JobState(r[3])
+    job = JobRecord(
+        job_id=r[0],
+        spec=JobSpec.from_wire(msgpack.unpackb(r[1], raw=False)),
+        inputs=tuple(FileEntry(path, size, sha) for path, size, sha, _ in inputs),
+        input_sources=tuple(Path(src) for *_, src in inputs),
+        replicas=r[6],
+        submitted=r[7],
+        state=state,
+        worker=r[4],
+        attempts=r[5],
+        started=r[8],
+        ended=r[9],
+        cpu_seconds=r[10],
+        credit=r[11],
+        exit_code=r[12],
+        reason=r[13],
+        error=r[14],
+        outputs=json.loads(r[15]),
+        claim=r[16],
+    )
+    job.output_loaded = state is not JobState.DONE
+    if job.worker:
+        job.accepted_by.add(job.worker)
+    if state.finished:
+        job.finished.set()
+        job.cancel.set()
+    return job
+
+
+@dataclass
+class _Batch:
+    written: trio.Event = field(default_factory=trio.Event)
+    error: Exception | None = None
+
+
+class GroupCommit:
+    """Job states saved from trio: saves asked for while one is being written go together in
+    the next transaction, so under load one thread hop stores many."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        self._unsaved: dict[str, JobRecord] = {}
+        self._next = _Batch()
+        self._saving = False
+
+    async def save(self, job: JobRecord) -> None:
+        """Store the job's state; returns once it is on disk (or raises the store's error)."""
+        self._unsaved[job.job_id] = job
+        batch = self._next
+        if self._saving:
+            await batch.written.wait()
+        else:
+            self._saving = True
+            try:
+                with trio.CancelScope(shield=True):  # others wait on this writer
+                    while self._unsaved:
+                        jobs, self._unsaved = list(self._unsaved.values()), {}
+                        writing, self._next = self._next, _Batch()
+                        try:
+                            await trio.to_thread.run_sync(self._store.write, rows(jobs))
+                        except Exception as exc:
+                            writing.error = exc
+                        writing.written.set()
+            finally:
+                self._saving = False
+        if batch.error is not None:
+            raise batch.error
+
+    async def save_now(self, jobs: Sequence[JobRecord]) -> None:
+        """Store these jobs together in one transaction of their own (a submission, a group)."""
+        await trio.to_thread.run_sync(self._store.write, rows(jobs))

@@ -3,12 +3,12 @@ and one shape, run one after another in the slot the session was admitted to, pa
 
 The session is admitted like one job of its shape (Worker.take_offer: the idle policy, the
 sandbox, the requester's verified credit, then capacity in the priority queue). Each Task must
-then be of the session's shape and without files, the owner must not be back, and the requester's
-verified balance at admission, less what this session's earlier tasks cost, must stay above the
-credit floor with this task counted at its limits (as for jobs offered one by one).
-A Collect signs one claim for the claimed tasks (their CPU-seconds summed, their results hashed
-together: node.jobs.core.results.group_hash) and goes on as the end of a job stream does
-(Worker.claim_and_release: held, offered, released once paid).
+then be of the session's shape and without files (the job conversation checks), the owner must
+not be back, and the requester's verified balance at admission, less what this session's earlier
+tasks cost, must stay above the credit floor with this task counted at its limits (as for jobs
+offered one by one). A Collect signs one claim for the claimed tasks (their CPU-seconds summed,
+their results hashed together: node.jobs.core.results.group_hash) and goes on as the end of a
+job stream does (node.jobs.worker.claims: held, offered, released once paid).
 
 A session ends when the requester closes it or stays silent for SESSION_IDLE; after
 SESSION_SECONDS its next task is declined, so that the requester queues again behind requesters
@@ -22,22 +22,20 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ledger.admission import floor_problem
-from ledger.block import MAX_WALL_MS, JobLimits
+from ledger.block import JobLimits
 from ledger.units import amount_milli
-from node.jobs.core import results
-from node.jobs.worker.worker import claimable_ms, job_limits, result_files, spec_from
+from node.jobs.core import results, terms
+from node.jobs.core.conversation import Kind, TasksReceived
+from node.jobs.stream import JobStream
+from node.jobs.worker.worker import Worker, result_files
 from rainnet import jobproto, wire
-from rainnet.streams import FramedStream, StreamGone
-from sandbox import Backend, JobSpec, SpecError
-from sandbox.job import check_job_id
-
-if TYPE_CHECKING:
-    from node.jobs.worker.worker import Worker
+from rainnet.streams import StreamGone
+from sandbox import Backend, JobSpec
 
 log = logging.getLogger("rainnet.worker")
 
@@ -55,28 +53,19 @@ class _Claimed:
     limits: JobLimits
 
 
-def group_limits(limits: list[JobLimits]) -> JobLimits:
-    """The limits a group's claim is bounded by: the tasks' wall times added (their CPUs and
-    GPUs are the session's shape). ValueError past what a claim may state."""
-    wall = sum(x.wall_ms for x in limits)
-    if wall > MAX_WALL_MS:
-        raise ValueError("a group's wall time may not pass a year")
-    return JobLimits(cpus_milli=limits[0].cpus_milli, gpus=limits[0].gpus, wall_ms=wall)
-
-
-async def serve(worker: Worker, stream: Any) -> None:
+async def serve(worker: Worker, raw: Any) -> None:
     """The stream handler of jobproto.TASKS."""
-    fs = FramedStream(stream, jobproto.TO_WORKER, jobproto.JOB_MAX_FRAME)
-    taken = await worker.take_offer(fs, session=True)
+    stream = worker.stream(raw, Kind.SESSION)
+    taken = await worker.take_offer(stream)
     if taken is None:
         return
-    offer, shape, backend = taken
-    log.info("task session %s for %s on %s", offer.job_id, fs.remote_peer, backend.name)
-    session = _Session(worker, fs, offer.job_id, shape, backend)
+    session_id = taken.offer.job_id
+    log.info("task session %s for %s on %s", session_id, stream.remote_peer, taken.backend.name)
+    session = _Session(worker, stream, session_id, taken.spec, taken.backend)
     try:
         await session.run()
     finally:
-        worker.let_go(fs.remote_peer, offer.job_id)
+        worker.let_go(stream.remote_peer, session_id)
 
         def drop_released() -> None:
             for claim_id in session.released:
@@ -85,15 +74,15 @@ async def serve(worker: Worker, stream: Any) -> None:
         if session.released:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(drop_released)
-            worker.dropped(session.released)
+            worker.claims.dropped(session.released)
 
 
 class _Session:
     def __init__(
-        self, worker: Worker, fs: FramedStream, session_id: str, shape: JobSpec, backend: Backend
+        self, worker: Worker, stream: JobStream, session_id: str, shape: JobSpec, backend: Backend
     ) -> None:
-        self.worker, self.fs, self.shape, self.backend = worker, fs, shape, backend
-        self.requester = fs.remote_peer
+        self.worker, self.stream, self.shape, self.backend = worker, stream, shape, backend
+        self.requester = stream.remote_peer
         guest = worker.running[(self.requester, session_id)]
         self.balance_milli = guest.balance_milli  # verified when the session was admitted
         self.paid_milli = 0  # claimed in groups settled, or offered and refused
@@ -106,33 +95,28 @@ class _Session:
         try:
             while True:
                 try:
-                    msg = await self.fs.receive(SESSION_IDLE)
+                    event = await self.stream.receive(SESSION_IDLE)
                 except StreamGone:
                     return  # closed by the requester (or it went silent): the session is over
-                if isinstance(msg, jobproto.Collect):
+                if isinstance(event, jobproto.Collect):
                     await self._settle()
-                elif isinstance(msg, jobproto.Tasks):
-                    await self._tasks(msg)
-                elif isinstance(msg, jobproto.Cancel):
-                    pass  # sent as its task ended: nothing runs now
-                else:
-                    raise wire.RemoteProtocolError(f"{msg.TYPE} in a task session")
+                elif isinstance(event, TasksReceived):
+                    await self._tasks(event)
+                # (A Cancel read here was sent as its task ended: nothing runs now.)
         finally:
             if self.group:  # claimed, never settled: held for the requester's return
                 with trio.CancelScope(shield=True):
                     await self._claim(None)
 
-    async def _tasks(self, batch: jobproto.Tasks) -> None:
-        if len(self.group) + len(batch.tasks) > jobproto.MAX_GROUP:
-            raise wire.RemoteProtocolError(f"more than {jobproto.MAX_GROUP} tasks unsettled")
-        specs = [self._spec_of(task) for task in batch.tasks]
-        ids = [task.job_id for task in batch.tasks]
-        if not ids or len(set(ids)) != len(ids):
-            raise wire.RemoteProtocolError("a batch of tasks with none, or one twice")
+    async def _tasks(self, batch: TasksReceived) -> None:
+        for task in batch.tasks.tasks:
+            if (self.requester, task.job_id) in self.worker.running:
+                raise wire.RemoteProtocolError(f"task {task.job_id} is running here already")
+        lone = len(batch.specs) == 1
         done: list[jobproto.TaskDone] = []
         skip: set[str] = set()  # cancelled before their turn
-        for task, spec in zip(batch.tasks, specs, strict=True):
-            why = self.refusing or self._refusal(job_limits(spec))
+        for task, spec in zip(batch.tasks.tasks, batch.specs, strict=True):
+            why = self.refusing or self._refusal(terms.job_limits(spec))
             if why is not None:
                 # No more tasks in this session: the requester collects what is claimed, and
                 # offers the rest again (here, after the queue, or elsewhere).
@@ -141,34 +125,15 @@ class _Session:
             elif task.job_id in skip:
                 done.append(jobproto.TaskDone(task.job_id, claimed=False))
             else:
-                done.append(await self._run(task.job_id, spec, len(ids) == 1, skip))
-        await self.fs.send(jobproto.TasksDone(done=tuple(done)))
-
-    def _spec_of(self, task: jobproto.Task) -> JobSpec:
-        """The task's spec, checked: of the session's shape, without files, not run here now."""
-        try:
-            check_job_id(task.job_id)
-            spec = spec_from(task.spec)
-        except SpecError as exc:
-            raise wire.RemoteProtocolError(f"task {task.job_id[:64]!r}: {exc}") from None
-        if (spec.image, spec.limits.cpus, spec.limits.memory, spec.limits.gpus) != (
-            self.shape.image,
-            self.shape.limits.cpus,
-            self.shape.limits.memory,
-            self.shape.limits.gpus,
-        ) or (spec.inputs or spec.outputs):
-            raise wire.RemoteProtocolError(f"task {task.job_id}: not of the session's shape")
-        key = (self.requester, task.job_id)
-        if key in self.worker.running or any(c.result.job_id == task.job_id for c in self.group):
-            raise wire.RemoteProtocolError(f"task {task.job_id} is running here already")
-        return spec
+                done.append(await self._run(task.job_id, spec, lone, skip))
+        await self.stream.send(jobproto.TasksDone(done=tuple(done)))
 
     async def _run(
         self, job_id: str, spec: JobSpec, live: bool, skip: set[str]
     ) -> jobproto.TaskDone:
         # (No result directory: a task has no output files, its stdout and stderr are bytes.)
         result = await self.worker.sandboxed(
-            self.fs, self.backend, job_id, spec, None, [], live=live, skip=skip
+            self.stream, self.backend, job_id, spec, None, [], live=live, skip=skip
         )
         if result.reason.value == "cancelled":
             # By the requester, or given up by the idle policy: no claim.
@@ -181,7 +146,7 @@ class _Session:
                     job_id=job_id,
                     exit_code=result.exit_code,
                     reason=result.reason.value,
-                    cpu_ms=claimable_ms(result.cpu_seconds, spec),
+                    cpu_ms=terms.claimable_ms(result.cpu_seconds, spec),
                     wall_seconds=result.wall_seconds,
                     peak_memory=result.peak_memory,
                     result_hash=results.result_hash(verdict, entries),
@@ -189,7 +154,7 @@ class _Session:
                 ),
                 entries,
                 sources,
-                job_limits(spec),
+                terms.job_limits(spec),
             )
         )
         return jobproto.TaskDone(job_id=job_id, claimed=True)
@@ -204,18 +169,15 @@ class _Session:
         # As for jobs offered one by one, each task is checked at its limits against the
         # verified balance less what this session's earlier tasks cost (claimed, paid or not).
         exposure = self.paid_milli + amount_milli(sum(c.result.cpu_ms for c in self.group), 0)
-        return floor_problem(
-            self.balance_milli - exposure, limits, self.worker.ledger.ledger.floor_milli
-        )
+        return floor_problem(self.balance_milli - exposure, limits, self.worker.ledger.floor_milli)
 
     async def _settle(self) -> None:
-        if not self.group:
-            raise wire.RemoteProtocolError("collect with no task claimed")
-        self.paid_milli += await self._claim(self.fs)
+        self.paid_milli += await self._claim(self.stream)
 
-    async def _claim(self, fs: FramedStream | None) -> int:
-        """Claim the group (and offer it on `fs`; hold it if None); what it claims, in
-        milli-credits (counted as paid: the requester may have refused, never paid more)."""
+    async def _claim(self, stream: JobStream | None) -> int:
+        """Claim the group (and offer it on `stream`; hold it if None, or if the stream is
+        gone); what it claims, in milli-credits (counted as paid: the requester may have
+        refused, never paid more)."""
         group, self.group = self.group, []
         tasks = tuple(c.result for c in group)
         cpu_ms = sum(t.cpu_ms for t in tasks)
@@ -230,10 +192,12 @@ class _Session:
             proposal=b"",
             tasks=tasks,
         )
-        limits = group_limits([c.limits for c in group])
+        limits = terms.group_limits([c.limits for c in group])
         sources = [s for c in group for s in c.sources]
         claim_id = secrets.token_hex(8)
-        await self.worker.claim_and_release(
-            fs, self.requester, claim_id, cpu_ms, limits, finished, sources, self.released
+        if stream is not None and stream.ending is not None:
+            stream = None
+        await self.worker.claims.claim_and_release(
+            stream, self.requester, claim_id, cpu_ms, limits, finished, sources, self.released
         )
         return amount_milli(cpu_ms, 0)

@@ -1,0 +1,123 @@
+"""A job as its requester keeps it: what was asked, where it stands, how it ended, its output.
+
+One `JobRecord` per job we submitted, in memory for as long as we keep it (node.jobs.requester
+.store writes it to disk on the way); its trio events are what the job's driver, the control API
+and `rain submit --wait` wait on.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.jobs.core import terms
+from rainnet import jobproto
+from sandbox import JobSpec
+
+MAX_KEPT_OUTPUT = 1 << 20  # bytes of each of stdout and stderr kept in memory
+
+
+class JobState(enum.StrEnum):
+    """Where a job stands (the strings are what the store and `rain jobs` show)."""
+
+    QUEUED = "queued"  # waiting for a worker
+    OFFERING = "offering"  # offered to a worker (or handed to a task session), no answer yet
+    RUNNING = "running"
+    SETTLING = "settling"  # its result is being paid for and received
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    spec: JobSpec
+    # Files sent to the worker before the job starts: announced entries and local sources.
+    inputs: tuple[jobproto.FileEntry, ...] = ()
+    input_sources: tuple[Path, ...] = ()
+    replicas: int = 1  # run on this many distinct workers and compare results
+    # Workers that accepted an attempt: only they may offer a held result for this job.
+    accepted_by: set[str] = field(default_factory=set)
+    settling: bool = False  # a result is being settled or received: no second one at once
+    submitted: float = field(default_factory=time.time)
+    state: JobState = JobState.QUEUED
+    worker: str | None = None
+    attempts: int = 0
+    started: float | None = None
+    ended: float | None = None
+    cpu_seconds: float = 0.0
+    credit: float = 0.0
+    exit_code: int | None = None
+    reason: str | None = None
+    error: str | None = None
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    outputs: list[str] = field(default_factory=list)
+    # The ledger exchange that paid for it: its own id, or a task session's group claim.
+    claim: str | None = None
+    cancel: trio.Event = field(default_factory=trio.Event)
+    finished: trio.Event = field(default_factory=trio.Event)
+    # Set (and replaced) whenever output arrives or the job ends: what `rain submit --wait`
+    # long-polls on, instead of polling on a timer.
+    changed: trio.Event = field(default_factory=trio.Event)
+    # After a restart, a done job's output is read back from its folder when first asked for.
+    output_loaded: bool = True
+
+    @functools.cached_property
+    def spec_bytes(self) -> bytes:
+        """The spec as offers and tasks carry it (msgpack), packed once."""
+        return terms.pack_spec(self.spec)
+
+    @property
+    def rideable(self) -> bool:
+        """Whether a task session can carry the job: one copy, no files in or out."""
+        return self.replicas == 1 and not (self.inputs or terms.has_files(self.spec))
+
+    def touch(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def requeue(self) -> None:
+        """The attempt ended without a result: back to waiting for a worker."""
+        self.state, self.worker = JobState.QUEUED, None
+
+    def keep_output(self, msg: jobproto.Output) -> None:
+        """Live output of the running job, kept up to MAX_KEPT_OUTPUT per stream."""
+        buf = self.stdout if msg.stream == "stdout" else self.stderr
+        if len(buf) < MAX_KEPT_OUTPUT:
+            buf += msg.data[: MAX_KEPT_OUTPUT - len(buf)]
+            self.touch()
+
+    def as_dict(self) -> dict[str, Any]:
+        now = self.ended or time.time()
+        return {
+            "job_id": self.job_id,
+            "state": self.state.value,
+            "worker": self.worker,
+            "attempts": self.attempts,
+            "replicas": self.replicas,
+            "submitted": self.submitted,
+            "elapsed": now - (self.started or self.submitted),
+            "cpu_seconds": self.cpu_seconds,
+            "credit": self.credit,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "error": self.error,
+            "argv": list(self.spec.argv),
+            "outputs": self.outputs,
+            "claim": self.claim,
+        }

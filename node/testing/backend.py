@@ -1,0 +1,130 @@
+"""A scripted sandbox backend: jobs that do what their argv says, in trio time, with no process.
+
+For in-memory tests of the job protocol (a fake is fine for what is not under test: here the
+sandbox, which has its own process tests). Each argv word is one step:
+
+    out:TEXT    write TEXT to stdout          err:TEXT    write TEXT to stderr
+    cpu:S       use S CPU-seconds (taking S)  sleep:S     wait S seconds
+    exit:N      end with exit code N (else 0 after the last step)
+
+e.g. `JobSpec.create(["out:hi", "cpu:0.5", "exit:3"])`. Jobs obey cancel, suspend and resume
+and the wall-time limit through the shared lifecycle (sandbox.job.Job), as real ones do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from sandbox.config import SandboxConfig
+from sandbox.errors import SpecError
+from sandbox.job import Accounting, Backend, Job
+from sandbox.output import Stream
+from sandbox.spec import JobSpec
+
+STEPS = ("out", "err", "cpu", "sleep", "exit")
+
+
+def check_script(argv: tuple[str, ...]) -> None:
+    for word in argv:
+        name, sep, arg = word.partition(":")
+        if not sep or name not in STEPS:
+            raise SpecError("argv", f"{word!r} is not a scripted step ({', '.join(STEPS)})")
+        if name in ("cpu", "sleep"):
+            float(arg)
+        elif name == "exit":
+            int(arg)
+
+
+class ScriptedBackend(Backend):
+    name = "native"  # it stands in for the native backend
+
+    def __init__(self, config: SandboxConfig) -> None:
+        super().__init__(config)
+        self.started: list[str] = []  # job ids, in the order they started
+
+    def _check_supported(self, spec: JobSpec) -> None:
+        if spec.image is not None:
+            raise SpecError("image", "the scripted backend runs no images")
+        check_script(spec.argv)
+
+    def _new_job(self, spec: JobSpec, job_id: str, result_dir: Path | None) -> Job:
+        return ScriptedJob(self, spec, job_id, result_dir)
+
+
+class ScriptedJob(Job):
+    def __init__(
+        self, backend: ScriptedBackend, spec: JobSpec, job_id: str, result_dir: Path | None
+    ) -> None:
+        super().__init__(backend, spec, job_id, result_dir)
+        self._scripted = backend
+        self._cpu_ns = 0
+        self._code: int | None = None
+        self._ended = trio.Event()
+        self._running = trio.Event()  # cleared while frozen
+        self._running.set()
+        self._killed = trio.CancelScope()
+
+    async def _launch(self) -> None:
+        self._scripted.started.append(self.id)
+
+    async def _read_output(self, feed: Callable[[Stream, bytes], None]) -> None:
+        code = 0
+        with self._killed:
+            for word in self.spec.argv:
+                await self._running.wait()
+                name, _, arg = word.partition(":")
+                if name in ("out", "err"):
+                    feed(Stream.STDOUT if name == "out" else Stream.STDERR, arg.encode())
+                elif name in ("cpu", "sleep"):
+                    await self._spend(float(arg), cpu=name == "cpu")
+                elif name == "exit":
+                    code = int(arg)
+                    break
+        self._code = -9 if self._killed.cancelled_caught else code
+        self._ended.set()
+
+    async def _spend(self, seconds: float, cpu: bool) -> None:
+        """Take `seconds` of running time (not counting time frozen), in small steps."""
+        left = seconds
+        while left > 0:
+            await self._running.wait()
+            step = min(left, 0.1)
+            await trio.sleep(step)
+            left -= step
+            if cpu:
+                self._cpu_ns += round(step * 1e9)
+
+    async def _watch_exit(self) -> None:
+        await self._ended.wait()
+        assert self._code is not None
+        self._on_exit(self._code)
+
+    async def _kill(self) -> None:
+        self._killed.cancel()
+
+    async def _reap(self) -> None:
+        with trio.move_on_after(1):
+            await self._ended.wait()
+            assert self._code is not None
+            self._on_exit(self._code)
+
+    async def _freeze(self) -> None:
+        self._running = trio.Event()
+
+    async def _thaw(self) -> None:
+        self._running.set()
+
+    def _read_cpu_ns(self) -> int:
+        return self._cpu_ns
+
+    async def _account(self) -> Accounting:
+        return Accounting(cpu_ns=self._cpu_ns, peak_memory=1 << 20, oom_kills=0, pids_limit_hits=0)
+
+    def _job_dir(self) -> Path | None:
+        return None
+
+    async def _teardown(self) -> None:
+        return None

@@ -1,0 +1,181 @@
+"""What only the native backend has to show: a node that dies takes its jobs with it, `sweep()`
+clears what only a live node could remove, and choosing backends when some cannot isolate."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from sandbox import cgroups, select, sweep
+from sandbox.errors import BackendUnavailable, PolicyRefused, SpecError
+from sandbox.job import Backend
+from sandbox.policy import WorkerPolicy
+from sandbox.result import Reason
+from sandbox.selftest import processes_of_uid
+from sandbox.spec import JobSpec, Limits
+from tests.e2e.dockerd import Dockerd
+from tests.e2e.sandbox_helpers import make_config, run
+
+pytest_plugins = ["tests.e2e.sandbox_fixtures"]
+
+NODE = """
+import sys, trio
+from pathlib import Path
+from sandbox.config import SandboxConfig
+from sandbox.native import NativeBackend
+from sandbox.policy import WorkerPolicy
+from sandbox.spec import JobSpec, Limits
+
+async def main():
+    backend = await NativeBackend.open(SandboxConfig(workdir=Path(sys.argv[1])))
+    spec = JobSpec.create(["sh", "-c", "sleep 300 & (sleep 300 &); echo up; wait"])
+    async with backend.open_job(spec, job_id="crashed") as job:
+        async for _chunk in job.output():
+            break
+        print(job.uid, flush=True)
+        await trio.sleep(300)
+
+trio.run(main)
+"""
+
+
+def wait_until(done: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_dead_node_takes_its_job_down_and_sweep_clears_the_rest(
+    native_backend: Backend, sandbox_root: Path
+) -> None:
+    config = make_config(sandbox_root / "crash")
+    node = subprocess.Popen(
+        [sys.executable, "-c", NODE, str(config.workdir)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent.parent,
+    )
+    try:
+        assert node.stdout is not None
+        uid = int(node.stdout.readline())
+        assert processes_of_uid(uid)
+    finally:
+        node.send_signal(signal.SIGKILL)
+        node.wait(10)
+    # Every link of the launch chain carries a parent-death signal. (Zombies are the machine's
+    # init's to reap once their parent is gone; this VM's init does not, so they are not counted.)
+    assert wait_until(lambda: not processes_of_uid(uid, zombies=False), 10)
+    layout = cgroups.detect_layout()
+    left = [d for d in layout.all_dirs(config.cgroup_base / "crashed") if d.exists()]
+    assert left and (config.workdir / "crashed").exists()  # a live node's to remove: it died
+    report = sweep(config)
+    assert "crashed" in report.cgroups and report.job_dirs == ["crashed"] and not report.errors
+    assert not any(d.exists() for d in layout.all_dirs(config.cgroup_base / "crashed"))
+    assert list(config.workdir.iterdir()) == []
+
+
+def test_a_job_directory_out_of_the_job_users_reach_is_refused(sandbox_root: Path) -> None:
+    from sandbox.native import NativeBackend
+
+    closed = sandbox_root / "closed"
+    closed.mkdir(mode=0o700)
+    with pytest.raises(BackendUnavailable, match="closed to other users"):
+        run(NativeBackend.open, make_config(closed))
+
+
+def test_auto_picks_docker_then_native_and_says_when_nothing_isolates(
+    native_backend: Backend, dockerd: Dockerd, sandbox_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_docker = make_config(sandbox_root / "auto", docker_url=dockerd.url)
+    assert run(select.open_backend, with_docker).name == "docker"
+    no_engine = make_config(sandbox_root / "auto", docker_url="unix:///nonexistent/docker.sock")
+    assert run(select.open_backend, no_engine).name == "native"
+
+    async def image_job() -> str:
+        spec = JobSpec.create(["true"], image="rainnet-test/busybox:1")
+        return (await select.open_backend(no_engine, for_spec=spec)).name
+
+    with pytest.raises(BackendUnavailable, match="native backend runs the host's programs"):
+        run(image_job)
+    # A machine without bubblewrap (as the native backend looks for it) and without an engine.
+    monkeypatch.setattr("sandbox.native.SYSTEM_PATH", str(sandbox_root / "empty"))
+    with pytest.raises(BackendUnavailable) as info:
+        run(select.open_backend, no_engine)
+    message = str(info.value)
+    assert "no sandbox backend can isolate jobs on this machine" in message
+    assert "bubblewrap is not installed" in message and "no Docker engine" in message
+    assert "refuse other people's jobs" in message
+    _, report = run(select.probe, no_engine)
+    assert [(a.name, a.available) for a in report] == [("docker", False), ("native", False)]
+
+
+def test_job_ids_are_checked_and_unique(native_backend: Backend) -> None:
+    async def main() -> None:
+        with pytest.raises(Exception, match="job_id"):
+            await native_backend.run(JobSpec.create(["true"]), job_id="../../etc")
+        async with native_backend.open_job(JobSpec.create(["sleep", "30"]), job_id="twice") as j:
+            with pytest.raises(Exception, match="already running"):
+                async with native_backend.open_job(JobSpec.create(["true"]), job_id="twice"):
+                    pass
+            await j.cancel()
+        assert (await j.wait()).reason is Reason.CANCELLED
+        assert native_backend.jobs() == []
+
+    trio.run(main)
+
+
+def test_jobs_run_side_by_side_each_with_its_own_uid(native_backend: Backend) -> None:
+    async def main() -> list[int]:
+        uids: list[int] = []
+
+        async def one() -> None:
+            r = await native_backend.run(JobSpec.create(["sh", "-c", "sleep 0.3; id -u"]))
+            uids.append(int(r.stdout))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(one)
+        return uids
+
+    uids = run(main)
+    assert len(set(uids)) == 4 and os.getuid() not in uids
+
+
+def test_the_owners_policy_binds_jobs_not_the_backends_own_probe(sandbox_root: Path) -> None:
+    from sandbox.native import NativeBackend
+
+    strict = make_config(sandbox_root / "strict", policy=WorkerPolicy(max_memory=8 << 20))
+    backend = run(NativeBackend.open, strict)
+    with pytest.raises(PolicyRefused, match="memory"):
+        run(backend.run, JobSpec.create(["true"]))
+    assert run(backend.run, JobSpec.create(["true"], limits=Limits(memory=8 << 20))).ok
+
+
+def test_staged_inputs_are_streamed_into_the_job_directory(
+    native_backend: Backend, tmp_path: Path
+) -> None:
+    """Inputs received over the network wait on the node's disk; the job finds them in /job."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 40_000)  # 10 MB: too big to travel inline
+    spec = JobSpec.create(["sha256sum", "data/big.bin", "small.txt"], inputs={"small.txt": b"x"})
+
+    async def main() -> None:
+        result = await native_backend.run(spec, staged_inputs=[("data/big.bin", big)])
+        assert result.ok, result.stderr
+        digest = hashlib.sha256(big.read_bytes()).hexdigest()
+        assert f"{digest}  data/big.bin" in result.stdout.decode()
+        for bad in ("../escape", "small.txt"):
+            with pytest.raises(SpecError):
+                await native_backend.run(spec, staged_inputs=[(bad, big)])
+
+    trio.run(main)
