@@ -22,7 +22,21 @@ def resolve_home(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(xdg).expanduser().absolute() / "rainnet"
 
 
+class HomeError(OSError):
+    """The home cannot be ours alone (another user's directory)."""
+
+
 def ensure_home(home: Path) -> Path:
-    """Create the home (user-only) if needed and return it."""
+    """The home, created if need be, and made the user's alone: it holds the identity key, the
+    ledger, job environments and results, and a home that existed with mode 0755 (made by hand,
+    or by another tool) showed them all to every local user. Its mode is set to 0700 at every
+    start; one that belongs to another user is refused."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = home.stat()
+    if st.st_uid != os.geteuid():
+        raise HomeError(
+            f"{home} belongs to uid {st.st_uid}, not to this user: give a home of your own"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(home, 0o700)
     return home

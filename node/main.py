@@ -131,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     log = logging.getLogger("rainnet.node")
-    home = ensure_home(resolve_home(args.home))
+    try:
+        home = ensure_home(resolve_home(args.home))
+    except OSError as exc:
+        print(f"rain-node: {exc}", file=sys.stderr)
+        return 1
     other = _running_pid(home)
     if other is not None:
         print(f"rain-node: another rain-node (pid {other}) is using {home}", file=sys.stderr)
