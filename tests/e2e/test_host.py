@@ -115,3 +115,56 @@ def test_credit_goes_back_by_half_windows_and_large_transfers_flow(
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_two_writers_on_one_stream_never_interleave_their_messages() -> None:
+    """A job's output (messages larger than the peer's yamux window, written in several pieces)
+    and its progress reports go out from two tasks on one stream, to a reader slow enough that
+    the window fills: every message must arrive whole (7 of 8 busy job streams were corrupted)."""
+    from rainnet import jobproto
+    from rainnet.streams import FramedStream, StreamGone
+
+    received: list[str] = []
+    failure: list[BaseException] = []
+    finished = trio.Event()
+
+    async def slow_reader(stream: Any) -> None:
+        fs = FramedStream(stream, (jobproto.Output, jobproto.Progress), jobproto.JOB_MAX_FRAME)
+        try:
+            while True:
+                received.append((await fs.receive(20)).TYPE)
+                await trio.sleep(0.002)
+        except StreamGone:
+            pass
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            finished.set()
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                listener, dialer = await connected_pair(nursery)
+                listener.set_stream_handler(ECHO, guarded_handler("reader", slow_reader))
+                raw = await open_stream(dialer, listener.get_id(), ECHO)
+                fs = FramedStream(raw, (), jobproto.JOB_MAX_FRAME)
+
+                async def output() -> None:
+                    for _ in range(40):
+                        await fs.send(jobproto.Output("stdout", b"x" * jobproto.CHUNK), 30)
+
+                async def progress() -> None:
+                    for _ in range(300):
+                        await fs.send(jobproto.Progress("running", 1.0, 1.0), 30)
+                        await trio.sleep(0.005)
+
+                async with trio.open_nursery() as writers:
+                    writers.start_soon(output)
+                    writers.start_soon(progress)
+                await fs.close()
+                await finished.wait()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert failure == []
+    assert received.count("job-output") == 40 and received.count("job-progress") == 300
