@@ -21,22 +21,33 @@ from ledger.errors import BelowFloor
 from ledger.units import format_credits
 
 
-def floor_problem(balance_milli: int, limits: JobLimits, floor_milli: int) -> str | None:
-    """Why a requester with `balance_milli` may not run a job with `limits` (None if it may)."""
+def floor_problem(
+    balance_milli: int, limits: JobLimits, floor_milli: int, owed_milli: int = 0
+) -> str | None:
+    """Why a requester with `balance_milli`, owing `owed_milli` here already (its jobs running
+    at their limits, its claims unpaid), may not run a job with `limits` (None if it may)."""
     cost = limits.max_amount_milli
-    if balance_milli - cost >= floor_milli:
+    if balance_milli - owed_milli - cost >= floor_milli:
         return None
+    owed = (
+        f", {format_credits(owed_milli)} are committed here to your jobs running or unpaid,"
+        if owed_milli
+        else ""
+    )
     return (
-        f"refused: your verified balance is {format_credits(balance_milli)} credits and this job "
-        f"may cost up to {format_credits(cost)} ({limits}), which would take you below the floor "
-        f"of {format_credits(floor_milli)}. Earn credit by keeping rain-node running so it runs "
-        "others' jobs (1 credit per CPU-second), or ask for fewer CPUs or a shorter time limit."
+        f"refused: your verified balance is {format_credits(balance_milli)} credits{owed} and "
+        f"this job may cost up to {format_credits(cost)} ({limits}), which would take you below "
+        f"the floor of {format_credits(floor_milli)}. Earn credit by keeping rain-node running "
+        "so it runs others' jobs (1 credit per CPU-second), or ask for fewer CPUs or a shorter "
+        "time limit."
     )
 
 
-def check_floor(balance_milli: int, limits: JobLimits, floor_milli: int) -> None:
+def check_floor(
+    balance_milli: int, limits: JobLimits, floor_milli: int, owed_milli: int = 0
+) -> None:
     """BelowFloor (the requester's fault, with a message for its user) unless the job may run."""
-    why = floor_problem(balance_milli, limits, floor_milli)
+    why = floor_problem(balance_milli, limits, floor_milli, owed_milli)
     if why is not None:
         raise BelowFloor(why)
 

@@ -96,6 +96,15 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class UnpaidClaim:
+    """A claim of ours a requester has not paid (no agreement of its stored)."""
+
+    job_id: str
+    amount_milli: int
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SyncResult:
     """Where a peer's chain stands after ingesting a page."""
 
@@ -407,9 +416,24 @@ class Ledger:
         state = self.verified_state(public_key)
         return None if state is None else state.balance
 
-    def admit(self, requester: bytes, limits: JobLimits) -> Balance:
+    def unpaid(self, requester: bytes, since_ms: int, limit: int = 256) -> list[UnpaidClaim]:
+        """Our claims since `since_ms` that `requester` has not paid for (proposed, not agreed:
+        being settled now, held for its return, or refused), newest first."""
+        with self._store.read() as txn:
+            rows = txn.unpaid_claims(self.public_key, requester, since_ms, limit)
+        return [UnpaidClaim(*row) for row in rows]
+
+    def unpaid_by_newcomers(self, since_ms: int) -> int:
+        """What requesters that never earned credit owe us since `since_ms` (milli-credits)."""
+        with self._store.read() as txn:
+            return txn.unpaid_by_newcomers(self.public_key, since_ms)
+
+    def admit(self, requester: bytes, limits: JobLimits, exposure_milli: int = 0) -> Balance:
         """Whether we may run a job with `limits` for `requester`: its verified balance, or a
         RemoteFault saying why not (BelowFloor's message tells the user how to earn).
+        `exposure_milli`: what it may already owe us (its jobs running here at their limits,
+        its claims unpaid): counted against its balance too, so concurrent offers cannot each
+        spend the whole floor.
 
         The requester's chain must have been fetched and verified first (chain_request /
         ingest_page); a chain served shorter than a block of it we already hold is refused, so a
@@ -430,7 +454,7 @@ class Ledger:
                 f"your chain as sent ends at #{state.verified}, but we hold your block #{known}: "
                 "send the whole chain"
             )
-        check_floor(state.balance.balance_milli, limits, self.floor_milli)
+        check_floor(state.balance.balance_milli, limits, self.floor_milli, exposure_milli)
         return state.balance
 
     def is_offender(self, public_key: bytes) -> bool:

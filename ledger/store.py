@@ -280,6 +280,36 @@ class Txn:
         ).fetchall()
         return [r[0] for r in rows]
 
+    _UNPAID = (
+        "FROM blocks p LEFT JOIN blocks a "
+        "ON a.link_public_key = p.public_key AND a.link_sequence = p.sequence "
+        "AND a.link_sequence > 0 "
+        "WHERE p.public_key = ? AND p.link_sequence = 0 AND a.sequence IS NULL AND p.time_ms >= ?"
+    )
+
+    def unpaid_claims(
+        self, public_key: bytes, requester: bytes, since_ms: int, limit: int
+    ) -> list[tuple[str, int, int]]:
+        """`public_key`'s proposals to `requester` since `since_ms` without its agreement,
+        newest first: (job id, amount in milli-credits, time in ms)."""
+        rows = self._c.execute(
+            f"SELECT p.job_id, p.cpu_ms + {GPU_SECOND_WEIGHT} * p.gpu_ms, p.time_ms "
+            f"{self._UNPAID} AND p.link_public_key = ? ORDER BY p.time_ms DESC LIMIT ?",
+            (public_key, since_ms, requester, limit),
+        ).fetchall()
+        return [(str(j), int(a), int(t)) for j, a, t in rows]
+
+    def unpaid_by_newcomers(self, public_key: bytes, since_ms: int) -> int:
+        """What requesters that never earned credit (as far as we verified their chains) owe
+        `public_key` for its proposals since `since_ms`, in milli-credits."""
+        (amount,) = self._c.execute(
+            f"SELECT COALESCE(SUM(p.cpu_ms + {GPU_SECOND_WEIGHT} * p.gpu_ms), 0) {self._UNPAID} "
+            "AND NOT EXISTS (SELECT 1 FROM chains c WHERE c.public_key = p.link_public_key "
+            "AND c.earned_milli > 0)",
+            (public_key, since_ms),
+        ).fetchone()
+        return int(amount)
+
     def own_balance(self, public_key: bytes) -> Balance:
         """The balance of `public_key`'s chain as recorded (verify checks the records)."""
         spent, agreements = self._c.execute(

@@ -16,6 +16,7 @@ trio loop never blocks on the disk. `LedgerLink` names each call the node makes 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,11 +41,12 @@ from ledger.messages import (
 from ledger.service import Ledger
 from ledger.store import ChainState, HistoryRow
 from node.faults import blamed_on_peer
+from node.jobs.core import standing as standing_rules
 from rainnet import wire
 from rainnet.ledgerproto import LEDGER_MAX_FRAME, LedgerFrame
 from rainnet.streams import FramedStream, MessageChannel
 
-__all__ = ["Admitted", "LedgerLink", "frame", "unframe"]
+__all__ = ["Admitted", "Commitments", "LedgerLink", "frame", "unframe"]
 
 log = logging.getLogger("rainnet.ledger")
 
@@ -68,19 +70,37 @@ def unframe(f: LedgerFrame, expected: tuple[type, ...]) -> LedgerMessage:
 
 @dataclass(frozen=True)
 class Admitted:
-    """An offer passed the ledger's checks: the requester's verified balance, and how far we
-    hold its chain verified (told to it in the Accept, so its next offer brings only what is
-    newer)."""
+    """An offer passed the ledger's checks: the requester's verified balance, what it owes here
+    already (node.jobs.core.standing), and how far we hold its chain verified (told to it in
+    the Accept, so its next offer brings only what is newer)."""
 
     balance_milli: int
+    owed_milli: int
     chain_verified: int
+    newcomer: bool = False  # it never earned credit (node.jobs.core.standing)
+
+
+@dataclass(frozen=True)
+class Commitments:
+    """What a worker has going with a requester besides the offer it weighs: its jobs running
+    here (at most what they may cost), and the claims whose results it holds for the requester
+    unanswered (not being offered right now)."""
+
+    running_milli: int = 0
+    held: frozenset[str] = frozenset()
+    newcomers_running_milli: int = 0  # all newcomers' jobs running here, at their limits
 
 
 class LedgerLink:
     """This node's ledger, reached from trio, and the ledger protocol's two ends."""
 
-    def __init__(self, ledger: Ledger, *, in_thread: bool = True) -> None:
+    def __init__(
+        self, ledger: Ledger, *, in_thread: bool = True, clock: Callable[[], float] = time.time
+    ) -> None:
         self.ledger = ledger
+        # The time claims are stamped with and judged by (node.jobs.core.standing): the wall
+        # clock; tests on a mock clock pass theirs.
+        self._clock = clock
         # Tests on a mock clock call the ledger inline: a thread's real time would let the
         # clock jump past deadlines meanwhile (node.testing).
         self._in_thread = in_thread
@@ -136,6 +156,7 @@ class LedgerLink:
         offered: ChainPage | None,
         limits: JobLimits,
         page_blocks: int,
+        commitments: Commitments,
     ) -> Admitted | ChainRequest | str:
         """One thread hop in the usual case: an offer for `job_id` not claimed before, the
         requester's chain brought up to date by the page `offered` with it, admitted. Else why
@@ -148,19 +169,44 @@ class LedgerLink:
                 # nothing, or collide with the earlier run's directory and claim.
                 return f"job {job_id} ran here already"
             request = self.ledger.catch_up(requester, offered, page_blocks)
-            return self._admit(requester, limits) if request is None else request
+            return self._admit(requester, limits, commitments) if request is None else request
 
         return await self._call(weigh)
 
-    async def admit(self, requester: bytes, limits: JobLimits) -> Admitted:
-        """The requester's verified balance if a job with `limits` may run for it (RemoteFault
-        saying why not: a fork, a chain sent short, the credit floor)."""
-        return await self._call(self._admit, requester, limits)
+    async def admit(
+        self, requester: bytes, limits: JobLimits, commitments: Commitments
+    ) -> Admitted | str:
+        """The requester's verified balance and what it owes here if a job with `limits` may
+        run for it; why not if its standing refuses it (node.jobs.core.standing), or a
+        RemoteFault (a fork, a chain sent short, the credit floor)."""
+        return await self._call(self._admit, requester, limits, commitments)
 
-    def _admit(self, requester: bytes, limits: JobLimits) -> Admitted:
-        balance = self.ledger.admit(requester, limits)
+    def _admit(
+        self, requester: bytes, limits: JobLimits, commitments: Commitments
+    ) -> Admitted | str:
+        now_ms = int(self._clock() * 1000)
+        since = now_ms - standing_rules.UNPAID_MEMORY_MS
         state = self.ledger.verified_state(requester)
-        return Admitted(balance.balance_milli, state.verified if state else 0)
+        newcomer = state is None or state.balance.earned_milli == 0
+        verdict = standing_rules.standing(
+            self.ledger.unpaid(requester, since),
+            commitments.held,
+            commitments.running_milli,
+            now_ms,
+            newcomer=newcomer,
+            newcomers_owe_milli=self.ledger.unpaid_by_newcomers(since) if newcomer else 0,
+            newcomers_running_milli=commitments.newcomers_running_milli,
+            cost_milli=limits.max_amount_milli,
+        )
+        if verdict.refusal is not None:
+            return verdict.refusal
+        balance = self.ledger.admit(requester, limits, verdict.owed_milli)
+        return Admitted(
+            balance.balance_milli,
+            verdict.owed_milli,
+            state.verified if state else 0,
+            newcomer=balance.earned_milli == 0,
+        )
 
     async def propose(
         self, requester: bytes, claim_id: str, cpu_ms: int, limits: JobLimits, result_hash: bytes
@@ -175,6 +221,7 @@ class LedgerLink:
                 gpu_ms=0,
                 limits=limits,
                 result_hash=result_hash,
+                time_ms=int(self._clock() * 1000),
             )
         )
 

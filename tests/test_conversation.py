@@ -234,9 +234,15 @@ def test_cancel_at_each_state_ends_the_job(steps: int, state: State) -> None:
     assert req.state is state
     got = _to_worker(req, wrk, jobproto.Cancel("by its owner"))
     assert isinstance(got, jobproto.Cancel)
-    assert req.state is State.CANCELLED
-    # The worker stops a running job itself; otherwise the conversation is over.
-    assert wrk.state is (State.RUNNING if state is State.RUNNING else State.CANCELLED)
+    if state is State.RUNNING:
+        # The worker stops a running job and claims what it used: that claim is settled.
+        assert (req.state, wrk.state) == (State.RUNNING, State.RUNNING) and req.cancel_sent
+        finished, proposal = _finished()
+        assert isinstance(_to_requester(wrk, req, finished), ResultOffered)
+        wrk.receive(req.settle(_agree(proposal)))
+        assert req.state is State.PAID
+    else:
+        assert (req.state, wrk.state) == (State.CANCELLED, State.CANCELLED)
 
 
 @pytest.mark.parametrize(

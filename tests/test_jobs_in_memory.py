@@ -24,8 +24,7 @@ LIMITS = Limits(wall_seconds=30)
 
 
 def _run(test: Callable[[], Awaitable[None]]) -> None:
-    # A small threshold: job stores and held results still hop to a thread (real time).
-    trio.run(test, clock=trio.testing.MockClock(autojump_threshold=0.02))
+    trio.run(test, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def _spec(*steps: str, limits: Limits = LIMITS) -> JobSpec:

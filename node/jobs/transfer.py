@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Protocol
 
 import trio
 
+from node.jobs import blocking
 from rainnet import jobproto, wire
 
 MIN_RATE = 256 * 1024  # bytes/s: the slowest transfer a job or a result is allowed
@@ -99,10 +100,10 @@ async def receive(
             while True:
                 msg = await fs.receive(timeout)
                 if isinstance(msg, done_type):
-                    return await trio.to_thread.run_sync(incoming.finish)
+                    return await blocking.run(incoming.finish)
                 if not isinstance(msg, chunk_type):
                     raise TransferError(f"{msg.TYPE} in the middle of a file transfer")
-                await trio.to_thread.run_sync(incoming.add, msg.index, msg.offset, msg.data)
+                await blocking.run(incoming.add, msg.index, msg.offset, msg.data)
         finally:
             incoming.close()
     assert scope.cancelled_caught
@@ -131,13 +132,13 @@ async def send(
                 await send_chunk(index, offset, source[offset : offset + jobproto.CHUNK])
             continue
         # (Most results are small: the first read takes the whole file, in one thread hop.)
-        data, f = await trio.to_thread.run_sync(_first_chunk, source)
+        data, f = await blocking.run(_first_chunk, source)
         try:
             offset = 0
             while data:
                 await send_chunk(index, offset, data)
                 offset += len(data)
-                data = await trio.to_thread.run_sync(f.read, jobproto.CHUNK) if f else b""
+                data = await blocking.run(f.read, jobproto.CHUNK) if f else b""
         finally:
             if f is not None:
                 f.close()

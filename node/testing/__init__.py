@@ -5,8 +5,8 @@
 - `job_world`: a requester and workers wired together in memory, each with a temporary ledger
   (called inline, not in a thread) and job store, their real Requester and Worker code;
 - a mock clock: `trio.testing.MockClock` (`trio.run(..., clock=MockClock(autojump_threshold=0))`)
-  makes leases and timeouts pass at once; ledger calls are inline for it, job stores and held
-  results still hop to a thread briefly (use a small positive threshold, e.g. 0.05).
+  makes leases and timeouts pass at once; in a `job_world` the ledger, the job stores, held
+  results and file transfers are called inline, so the clock never jumps past a thread's work.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from ledger.service import Ledger
+from node.jobs import blocking
 from node.jobs.core import scheduler
 from node.jobs.requester import Requester
 from node.jobs.requester.store import JobStore
@@ -36,9 +37,15 @@ GiB = 1 << 30
 
 
 def temporary_ledger(home: Path, me: Identity) -> LedgerLink:
-    """A ledger in `home` (made if need be), called inline (see above)."""
+    """A ledger in `home` (made if need be), called inline, on trio's clock (see above): claims
+    are stamped, and judged overdue, in the test's own time."""
     home.mkdir(parents=True, exist_ok=True)
-    return LedgerLink(Ledger.open(home, me, synchronous="NORMAL"), in_thread=False)
+    epoch = time.time() - trio.current_time()
+    return LedgerLink(
+        Ledger.open(home, me, synchronous="NORMAL"),
+        in_thread=False,
+        clock=lambda: epoch + trio.current_time(),
+    )
 
 
 def worker_record(peer_id: str, cpus: int = 2, memory: int = 4 * GiB) -> records.NodeRecord:
@@ -113,7 +120,15 @@ class JobWorld:
 @contextlib.asynccontextmanager
 async def job_world(home: Path, workers: int = 1, cpus: int = 2) -> AsyncIterator[JobWorld]:
     """A running requester and `workers` workers (of `cpus` CPUs each) in memory, under `home`;
-    everything is cancelled when the block ends."""
+    everything is cancelled when the block ends. Blocking calls run inline (node.jobs.blocking),
+    so a mock clock with autojump_threshold=0 jumps only when every task truly waits."""
+    with blocking.inline():
+        async with _world(home, workers, cpus) as world:
+            yield world
+
+
+@contextlib.asynccontextmanager
+async def _world(home: Path, workers: int, cpus: int) -> AsyncIterator[JobWorld]:
     async with trio.open_nursery() as nursery:
         net = MemoryNetwork(nursery)
         me = Identity.generate()

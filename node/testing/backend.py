@@ -65,6 +65,8 @@ class ScriptedJob(Job):
         self._ended = trio.Event()
         self._running = trio.Event()  # cleared while frozen
         self._running.set()
+        self._frozen = trio.Event()  # set when frozen (then replaced on thaw)
+        self._busy_since: float | None = None  # using CPU since then (trio time)
         self._killed = trio.CancelScope()
 
     async def _launch(self) -> None:
@@ -87,15 +89,24 @@ class ScriptedJob(Job):
         self._ended.set()
 
     async def _spend(self, seconds: float, cpu: bool) -> None:
-        """Take `seconds` of running time (not counting time frozen), in small steps."""
+        """Take `seconds` of running time, not counting time frozen (in one sleep each while it
+        runs: a mock clock then jumps once, not once per tick)."""
         left = seconds
-        while left > 0:
+        # (Not `left > 0`: a float residue too small to move a deadline past `now` would loop
+        # for ever on a mock clock.)
+        while left > 1e-6:
             await self._running.wait()
-            step = min(left, 0.1)
-            await trio.sleep(step)
-            left -= step
-            if cpu:
-                self._cpu_ns += round(step * 1e9)
+            start = trio.current_time()
+            self._busy_since = start if cpu else None
+            try:
+                with trio.move_on_after(left):
+                    await self._frozen.wait()
+            finally:
+                spent = trio.current_time() - start
+                left -= spent
+                if cpu:
+                    self._cpu_ns += round(spent * 1e9)
+                self._busy_since = None
 
     async def _watch_exit(self) -> None:
         await self._ended.wait()
@@ -113,12 +124,15 @@ class ScriptedJob(Job):
 
     async def _freeze(self) -> None:
         self._running = trio.Event()
+        self._frozen.set()
 
     async def _thaw(self) -> None:
+        self._frozen = trio.Event()
         self._running.set()
 
     def _read_cpu_ns(self) -> int:
-        return self._cpu_ns
+        busy = 0.0 if self._busy_since is None else trio.current_time() - self._busy_since
+        return self._cpu_ns + round(busy * 1e9)
 
     async def _account(self) -> Accounting:
         return Accounting(cpu_ns=self._cpu_ns, peak_memory=1 << 20, oom_kills=0, pids_limit_hits=0)

@@ -257,7 +257,11 @@ def test_owner_cpu_load_suspends_the_guest(nodes: Cluster) -> None:
         burner.wait(timeout=10)
     requester.rain("cancel", job_id)
     wait_until(lambda: jobs(requester)[0]["state"] == "cancelled", 30, "the job is cancelled")
-    assert credit(worker.node)["earned"] == 0
+    # Cancelled by its requester: what it used (while it was not frozen) is paid for.
+    (job,) = jobs(requester)
+    assert job["claim"] == job_id
+    assert job["credit"] > 0
+    assert credit(worker.node)["earned"] == pytest.approx(job["credit"], abs=0.001)
 
 
 # -- (4) suspended too long: given back, re-run elsewhere ----------------------------------------

@@ -27,7 +27,8 @@ The rules. A job (Kind.JOB):
     Settle(Agree) ----------> RESULT_OFFERED -> PAID (fetched) or DONE (a replica paid, not
                               fetched) | Settle(Refuse) -> REFUSED
                 <------------ PAID: OutputChunk ... OutputDone -> DONE
-    Cancel (any live state)   -> CANCELLED (the worker obeys it while the job runs)
+    Cancel -----------------> while RUNNING: the worker stops the job, and its Finished claims
+                              what the job used (paid as any result); elsewhere: CANCELLED
 
 A task session (Kind.SESSION) is admitted like a job (OFFERED/CHECKING, Accept -> OPEN), then:
 
@@ -308,6 +309,7 @@ class RequesterConversation(_Conversation):
         self._owed_pages = 0
         self._chain_asks = 0
         self.accept: Accept | None = None
+        self.cancel_sent = False
 
     def send(self, msg: wire.Message) -> wire.Message:
         self._may_send(msg)
@@ -332,6 +334,10 @@ class RequesterConversation(_Conversation):
         if self.kind is Kind.SESSION:
             if self.state is not State.RUNNING or msg.job_id not in self.batch:
                 raise wire.LocalProtocolError("a session's Cancel names a task out now")
+        elif self.state is State.RUNNING:
+            # The worker stops the job and claims what it used: the conversation goes on to
+            # that claim, which is settled like any result (node.jobs.core.standing).
+            self.cancel_sent = True
         else:
             self.state = State.CANCELLED
 

@@ -20,6 +20,7 @@ offers it through `handle_result`. A job is paid at most once (the ledger's `max
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import secrets
@@ -31,7 +32,7 @@ from typing import Any
 import trio
 
 from ledger.messages import Refuse
-from node.jobs import transfer
+from node.jobs import blocking, transfer
 from node.jobs.core import scheduler, terms
 from node.jobs.core.conversation import (
     Ending,
@@ -71,6 +72,7 @@ MAX_DECLINE_PAUSE = 5.0  # ...up to this
 MAX_EXTRA_REPLICAS = 2  # runs beyond --replicas to break a disagreement
 RESULT_WAIT = 3600.0  # paid for a result whose transfer broke: how long to wait for it again
 RESUME_GRACE = 20.0  # after a restart, how long a job that was running waits for its worker
+CANCEL_GRACE = 30.0  # a job cancelled at its worker: how long its claim may take to settle
 MAX_JOBS_KEPT = 10_000
 
 
@@ -102,8 +104,8 @@ class Requester:
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drive jobs until cancelled; first take back the unfinished ones from the store."""
-        stored = await trio.to_thread.run_sync(self.store.load)
-        self.untrusted |= await trio.to_thread.run_sync(self.store.untrusted, time.time())
+        stored = await blocking.run(self.store.load)
+        self.untrusted |= await blocking.run(self.store.untrusted, time.time())
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.sessions.start(nursery)
@@ -143,7 +145,7 @@ class Requester:
                 raise ValueError(f"{MAX_JOBS_KEPT} jobs in flight: wait for some to finish")
             for old in done:
                 del self.jobs[old.job_id]
-            await trio.to_thread.run_sync(self.store.forget_all, [j.job_id for j in done])
+            await blocking.run(self.store.forget_all, [j.job_id for j in done])
         jobs = [
             JobRecord(
                 job_id=secrets.token_hex(8),
@@ -291,7 +293,12 @@ class Requester:
     def _cancel_on_request(self, job: JobRecord, scope: trio.CancelScope) -> None:
         async def watch() -> None:
             await job.cancel.wait()
-            scope.cancel()
+            if job.state in (JobState.RUNNING, JobState.SETTLING) and not job.finished.is_set():
+                # At a worker: it stops the job and claims what it used, which the attempt
+                # settles (a cancel buys no free work); cut it off only if that takes too long.
+                scope.deadline = min(scope.deadline, trio.current_time() + CANCEL_GRACE)
+            else:
+                scope.cancel()
 
         assert self._nursery is not None
         self._nursery.start_soon(watch)
@@ -377,17 +384,32 @@ class Requester:
         if job.inputs:  # (without inputs the worker starts the job at once)
             await transfer.send(send_chunk, job.input_sources)
             await stream.send(jobproto.InputDone())
-        while True:
-            event = await stream.receive(LEASE)
-            if isinstance(event, jobproto.Progress):
-                job.cpu_seconds = event.cpu_seconds
-            elif isinstance(event, jobproto.Output):
-                job.keep_output(event)
-            else:
-                assert isinstance(event, ResultOffered)  # (the conversation allows no other)
-                load.release()  # the job has ended there: its CPUs are free for the next
-                await self.settlement.job(job, worker, stream, event, vote)
-                return
+
+        # Its owner may cancel it meanwhile: the Cancel goes out beside our reading (and the
+        # worker's claim for what the job used comes back as its result).
+        watch = trio.CancelScope()
+
+        async def cancel_on_request() -> None:
+            with watch, contextlib.suppress(StreamGone):
+                await job.cancel.wait()
+                await stream.send(jobproto.Cancel(reason="cancelled by its owner"))
+
+        assert self._nursery is not None
+        self._nursery.start_soon(cancel_on_request)
+        try:
+            while True:
+                event = await stream.receive(LEASE)
+                if isinstance(event, jobproto.Progress):
+                    job.cpu_seconds = event.cpu_seconds
+                elif isinstance(event, jobproto.Output):
+                    job.keep_output(event)
+                else:
+                    assert isinstance(event, ResultOffered)  # (the conversation allows no other)
+                    break
+        finally:
+            watch.cancel()
+        load.release()  # the job has ended there: its CPUs are free for the next
+        await self.settlement.job(job, worker, stream, event, vote)
 
     # ----- results held for us ------------------------------------------------------------------
 
@@ -403,13 +425,7 @@ class Requester:
             await self._held_group(worker, stream, event, claim_id)
             return
         job = self.jobs.get(claim_id)
-        if (
-            job is None
-            or job.finished.is_set()
-            or job.replicas > 1
-            or job.settling
-            or worker not in job.accepted_by
-        ):
+        if job is None or not _owes_held(job, worker):
             why = "no such job here" if job is None else "no result of yours is owed for this job"
             await stream.settle(Refuse(claim_id, why))
             await stream.close()
@@ -427,14 +443,7 @@ class Requester:
         """A group of a task session held for us: paid only if every task in it is a job of
         ours that this worker ran and that nobody was paid for since."""
         jobs = {t.job_id: self.jobs.get(t.job_id) for t in event.finished.tasks}
-        mine = {
-            j: job
-            for j, job in jobs.items()
-            if job is not None
-            and not job.finished.is_set()
-            and job.replicas == 1
-            and worker in job.accepted_by
-        }
+        mine = {j: job for j, job in jobs.items() if job is not None and _owes_held(job, worker)}
         if len(mine) != len(jobs):
             why = "no result of yours is owed for some jobs of this group"
             await stream.settle(Refuse(claim_id, why))
@@ -446,6 +455,15 @@ class Requester:
         finally:
             await stream.close()
         await conclude()
+
+
+def _owes_held(job: JobRecord, worker: str) -> bool:
+    """Whether a result `worker` held for us is one we owe: of a job of one copy it ran, not
+    settled since, and unfinished, or cancelled by us before it was paid (what it used is
+    owed)."""
+    if job.replicas > 1 or job.settling or worker not in job.accepted_by:
+        return False
+    return not job.finished.is_set() or (job.state is JobState.CANCELLED and job.claim is None)
 
 
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:

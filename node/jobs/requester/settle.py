@@ -24,7 +24,7 @@ import trio
 
 from ledger.errors import RemoteFault
 from ledger.messages import Agree, Refuse
-from node.jobs import transfer
+from node.jobs import blocking, transfer
 from node.jobs.core import results, terms, voting
 from node.jobs.core.conversation import ResultOffered
 from node.jobs.requester.offers import LEASE, PaidAwaitingResult
@@ -109,7 +109,8 @@ class Settlement:
         PaidAwaitingResult if paid and its files did not arrive."""
         # Replicas settle side by side, by design; a job of one copy settles one result at once.
         with contextlib.nullcontext() if vote is not None else _settling(job):
-            job.state = JobState.SETTLING
+            if not job.finished.is_set():  # (a cancelled job's claim may come after its end)
+                job.state = JobState.SETTLING
             finished, proposal = event.finished, event.proposal
             problem = results.job_problem(
                 finished,
@@ -125,9 +126,7 @@ class Settlement:
                     role, payees = await vote.cast(worker, finished.result_hash)
                 if role == "refuse":
                     self.untrusted.add(worker)
-                    await trio.to_thread.run_sync(
-                        self._store.distrust, worker, job.job_id, time.time()
-                    )
+                    await blocking.run(self._store.distrust, worker, job.job_id, time.time())
                     log.warning("job %s: %s was outvoted by the other replicas", job.job_id, worker)
                     problem = "outvoted: your result differs from the other replicas' majority"
                     await self._refuse(stream, job.job_id, problem)
@@ -160,12 +159,16 @@ class Settlement:
                 )
             except (StreamGone, wire.RemoteProtocolError) as exc:
                 raise PaidAwaitingResult(str(exc)) from None
-            job.stdout[:], job.stderr[:] = await trio.to_thread.run_sync(
+            job.stdout[:], job.stderr[:] = await blocking.run(
                 _store_files, out_dir, finished.outputs, paths
             )
             job.outputs = [e.path for e in finished.outputs[2:]]
             job.exit_code, job.reason = finished.exit_code, finished.reason
-            await self._end(job, JobState.DONE, None)
+            if job.finished.is_set():  # cancelled, then paid for what it used: kept so
+                await self._saver.save(job)
+            else:
+                cancelled = job.cancel.is_set()
+                await self._end(job, JobState.CANCELLED if cancelled else JobState.DONE, None)
 
     # ----- a task session's group -----------------------------------------------------------
 
@@ -235,17 +238,18 @@ class Settlement:
     ) -> None:
         """Store a paid group's received results in its jobs' folders; the jobs are done."""
         try:
-            heads = await trio.to_thread.run_sync(
+            heads = await blocking.run(
                 _store_group, self.jobs_dir, partial, finished.tasks, finished.outputs, paths
             )
             done = []
             for t, (out, err) in zip(finished.tasks, heads, strict=True):
                 job = jobs[t.job_id]
                 if job.finished.is_set():
-                    continue  # cancelled while its group ran: paid, but not done
+                    continue  # cancelled while its group ran, its end recorded: paid
                 job.stdout[:], job.stderr[:] = out, err
                 job.outputs, job.exit_code, job.reason = [], t.exit_code, t.reason
-                job.state, job.ended = JobState.DONE, time.time()
+                ended = JobState.CANCELLED if job.cancel.is_set() else JobState.DONE
+                job.state, job.ended = ended, time.time()
                 done.append(job)
             with trio.CancelScope(shield=True):  # (the cancelled ones too: paid all the same)
                 await self._saver.save_now(list(jobs.values()))
@@ -267,7 +271,7 @@ class Settlement:
         job.output_loaded = True
         folder = self.jobs_dir / job.job_id
         with contextlib.suppress(OSError):  # (removed by hand: nothing to show)
-            out, err = await trio.to_thread.run_sync(
+            out, err = await blocking.run(
                 lambda: (_head(folder / "stdout"), _head(folder / "stderr"))
             )
             job.stdout[:], job.stderr[:] = out, err

@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 import trio
 
+from node.jobs import blocking
 from node.jobs.requester.record import JobRecord, JobState
 from rainnet.jobproto import FileEntry
 from sandbox import JobSpec
@@ -225,7 +226,7 @@ class GroupCommit:
                         jobs, self._unsaved = list(self._unsaved.values()), {}
                         writing, self._next = self._next, _Batch()
                         try:
-                            await trio.to_thread.run_sync(self._store.write, rows(jobs))
+                            await blocking.run(self._store.write, rows(jobs))
                         except Exception as exc:
                             writing.error = exc
                         writing.written.set()
@@ -236,4 +237,4 @@ class GroupCommit:
 
     async def save_now(self, jobs: Sequence[JobRecord]) -> None:
         """Store these jobs together in one transaction of their own (a submission, a group)."""
-        await trio.to_thread.run_sync(self._store.write, rows(jobs))
+        await blocking.run(self._store.write, rows(jobs))

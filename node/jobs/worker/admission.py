@@ -20,13 +20,14 @@ from ledger.errors import RemoteFault
 from ledger.messages import ChainRequest
 from node.jobs.core import scheduler, terms
 from node.jobs.stream import JobStream
-from node.ledger_link import Admitted, LedgerLink
+from node.ledger_link import Admitted, Commitments, LedgerLink
 from rainnet import identity, jobproto, wire
 from rainnet.streams import StreamGone
 from sandbox import Backend, JobSpec, SandboxError
 
 CHAIN_SYNC_TIMEOUT = 30.0
 MAX_WAITING = 64
+PER_REQUESTER = 2  # offers of one requester checked at once
 
 
 class AdmissionQueue:
@@ -72,42 +73,77 @@ class AdmissionQueue:
         return self._fits(needs) or "busy: higher-priority jobs took the free capacity"
 
 
-async def check_offer(
-    ledger: LedgerLink,
-    stream: JobStream,
-    offer: jobproto.Offer,
-    spec: JobSpec,
-    backend: Backend,
-    may_start: Callable[[], str | None],
-) -> Admitted | str:
-    """Whether this worker may run the job: the requester's verified balance if so, else why not
-    (the idle policy, the sandbox, or credit: the requester's chain is brought up to date from
-    the blocks sent with the offer, or else asked for on the job stream, and verified; then the
-    floor is applied)."""
-    why = may_start()
-    if why is not None:
-        return why
-    try:
-        backend.check_spec(spec)
-    except SandboxError as exc:
-        return str(exc)
-    public = identity.public_bytes_from_peer_id(stream.remote_peer)
-    limits = terms.job_limits(spec)
-    try:
-        offered = terms.offered_chain(offer.chain)
-        # Sync and admit under the requester's chain lock: concurrent offers from one requester
-        # take turns (the later ones fetch only what is new), and no agreement of its lands
-        # between the sync and the floor check.
-        async with ledger.chain_lock(public):
-            with trio.fail_after(CHAIN_SYNC_TIMEOUT):
-                outcome = await ledger.weigh_offer(
-                    public, offer.job_id, offered, limits, jobproto.JOB_PAGE_BLOCKS
-                )
-                if not isinstance(outcome, ChainRequest):
-                    return outcome
-                await ledger.fetch_pages(stream, outcome, jobproto.JOB_PAGE_BLOCKS)
-            return await ledger.admit(public, limits)
-    except RemoteFault as exc:
-        return str(exc)
-    except (trio.TooSlowError, StreamGone, wire.RemoteProtocolError, ValueError) as exc:
-        return f"could not verify your credit: {exc}"
+class OfferChecks:
+    """Bounds on offers being checked: at most PER_REQUESTER of one requester's at once (one
+    identity sending offers it never follows up must not hold the checking capacity), and at
+    most `slots` doing local work (the ledger) at once; nobody holds a slot while waiting on its
+    peer (a chain page it was asked for)."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = trio.Semaphore(slots)
+        self._per_requester: dict[str, int] = {}
+
+    def busy(self, requester: str) -> str | None:
+        """Why another offer of `requester` is not checked now, or None (then `enter`)."""
+        n = self._per_requester.get(requester, 0)
+        if n >= PER_REQUESTER:
+            return f"busy: {n} offers of yours are being checked here already"
+        return None
+
+    def enter(self, requester: str) -> None:
+        self._per_requester[requester] = self._per_requester.get(requester, 0) + 1
+
+    def leave(self, requester: str) -> None:
+        n = self._per_requester.pop(requester, 1) - 1
+        if n > 0:
+            self._per_requester[requester] = n
+
+    async def check(
+        self,
+        ledger: LedgerLink,
+        stream: JobStream,
+        offer: jobproto.Offer,
+        spec: JobSpec,
+        backend: Backend,
+        may_start: Callable[[], str | None],
+        commitments: Commitments,
+    ) -> Admitted | str:
+        """Whether this worker may run the job: the requester's verified balance if so, else
+        why not (the idle policy, the sandbox, or credit: the requester's chain is brought up
+        to date from the blocks sent with the offer, or else asked for on the job stream, and
+        verified; then its standing here and the floor are applied)."""
+        why = may_start()
+        if why is not None:
+            return why
+        try:
+            backend.check_spec(spec)
+        except SandboxError as exc:
+            return str(exc)
+        public = identity.public_bytes_from_peer_id(stream.remote_peer)
+        limits = terms.job_limits(spec)
+        try:
+            offered = terms.offered_chain(offer.chain)
+            # Sync and admit under the requester's chain lock: concurrent offers from one
+            # requester take turns (the later ones fetch only what is new), and no agreement of
+            # its lands between the sync and the floor check.
+            async with ledger.chain_lock(public):
+                with trio.fail_after(CHAIN_SYNC_TIMEOUT):
+                    async with self._slots:
+                        outcome = await ledger.weigh_offer(
+                            public,
+                            offer.job_id,
+                            offered,
+                            limits,
+                            jobproto.JOB_PAGE_BLOCKS,
+                            commitments,
+                        )
+                    if not isinstance(outcome, ChainRequest):
+                        return outcome
+                    # (No slot held meanwhile: this waits on the requester, not on us.)
+                    await ledger.fetch_pages(stream, outcome, jobproto.JOB_PAGE_BLOCKS)
+                    async with self._slots:
+                        return await ledger.admit(public, limits, commitments)
+        except RemoteFault as exc:
+            return str(exc)
+        except (trio.TooSlowError, StreamGone, wire.RemoteProtocolError, ValueError) as exc:
+            return f"could not verify your credit: {exc}"

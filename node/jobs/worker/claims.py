@@ -24,7 +24,7 @@ from ledger.block import JobLimits
 from ledger.errors import LedgerError
 from ledger.messages import Refuse, encode_message
 from node.faults import blamed_on_peer
-from node.jobs import transfer
+from node.jobs import blocking, transfer
 from node.jobs.core.conversation import Kind, SettleReceived, WorkerConversation
 from node.jobs.stream import JobStream
 from node.jobs.worker.held import HeldResults
@@ -50,7 +50,7 @@ class Claims:
         self._open_stream = open_stream
         self._delivering: set[str] = set()
         # Held results offered on their job stream now, or released and not yet dropped.
-        self._in_exchange: set[str] = set()
+        self.in_exchange: set[str] = set()
 
     async def claim_and_release(
         self,
@@ -94,7 +94,7 @@ class Claims:
                 self.held.drop(old)
             return self.held.keep(claim_id, requester, finished, sources)
 
-        paths = await trio.to_thread.run_sync(keep)
+        paths = await blocking.run(keep)
         if drop_later is not None:
             self.dropped(released)
             drop_later.clear()
@@ -104,24 +104,28 @@ class Claims:
         # Replicas of the job wait for each other before the requester answers.
         timeout = SETTLE_TIMEOUT + limits.wall_ms / 1000
         # deliver_held leaves it alone meanwhile, and until its held copy is dropped.
-        self._in_exchange.add(claim_id)
+        self.in_exchange.add(claim_id)
         try:
             await self._exchange(stream, claim_id, requester, finished, paths, timeout)
         except BaseException as exc:
-            self._in_exchange.discard(claim_id)
+            self.in_exchange.discard(claim_id)
             if isinstance(exc, StreamGone):
                 log.info("job %s: requester gone (%s); holding its result", claim_id, exc)
                 return
             raise
         if drop_later is None:
-            await trio.to_thread.run_sync(self.held.drop, claim_id)
-            self._in_exchange.discard(claim_id)
+            await blocking.run(self.held.drop, claim_id)
+            self.in_exchange.discard(claim_id)
         else:
             drop_later.append(claim_id)
 
+    def held_unanswered(self, requester: str) -> frozenset[str]:
+        """The claims whose results we hold for `requester`, not being offered right now."""
+        return frozenset(self.held.held_for(requester) - self.in_exchange)
+
     def dropped(self, claim_ids: Sequence[str]) -> None:
         """The held copies of these released claims are gone (see claim_and_release)."""
-        self._in_exchange.difference_update(claim_ids)
+        self.in_exchange.difference_update(claim_ids)
 
     async def _exchange(
         self,
@@ -171,22 +175,23 @@ class Claims:
 
     async def retry_held(self, live_peers: Callable[[], list[str]]) -> None:
         """Until cancelled: offer held results again to requesters that are live, and drop
-        the ones held too long."""
+        the ones held too long (first: read what a run before a restart held)."""
+        await blocking.run(self.held.index)
         while True:
             await trio.sleep(HELD_RETRY)
-            await trio.to_thread.run_sync(self.held.expire, time.time())
-            if not await trio.to_thread.run_sync(self.held.job_ids):
+            await blocking.run(self.held.expire, time.time())
+            if not await blocking.run(self.held.job_ids):
                 continue
             for peer_id in live_peers():
                 with trio.move_on_after(HELD_RETRY):
                     await self.deliver_held(peer_id)
 
     async def _deliver_held(self, requester: str) -> None:
-        for job_id in await trio.to_thread.run_sync(self.held.for_requester, requester):
-            if job_id in self._in_exchange:
+        for job_id in await blocking.run(self.held.for_requester, requester):
+            if job_id in self.in_exchange:
                 continue  # being offered on its own job stream right now
             try:
-                finished, paths = await trio.to_thread.run_sync(self.held.load, job_id)
+                finished, paths = await blocking.run(self.held.load, job_id)
                 raw = await self._open_stream(requester, jobproto.RESULT)
                 fs = FramedStream(raw, (jobproto.Settle,), jobproto.JOB_MAX_FRAME)
                 stream = JobStream(fs, WorkerConversation(Kind.HELD))
@@ -204,4 +209,4 @@ class Claims:
                 log.error("held result of job %s is unreadable, dropped: %s", job_id, exc)
             else:
                 log.info("held result of job %s delivered to %s", job_id, requester)
-            await trio.to_thread.run_sync(self.held.drop, job_id)
+            await blocking.run(self.held.drop, job_id)

@@ -29,10 +29,11 @@ import trio
 from ledger.admission import floor_problem
 from ledger.block import JobLimits
 from ledger.units import amount_milli
+from node.jobs import blocking
 from node.jobs.core import results, terms
 from node.jobs.core.conversation import Kind, TasksReceived
 from node.jobs.stream import JobStream
-from node.jobs.worker.worker import Worker, result_files
+from node.jobs.worker.worker import Worker, owed, result_files
 from rainnet import jobproto, wire
 from rainnet.streams import StreamGone
 from sandbox import Backend, JobSpec
@@ -73,7 +74,7 @@ async def serve(worker: Worker, raw: Any) -> None:
 
         if session.released:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(drop_released)
+                await blocking.run(drop_released)
             worker.claims.dropped(session.released)
 
 
@@ -85,6 +86,7 @@ class _Session:
         self.requester = stream.remote_peer
         guest = worker.running[(self.requester, session_id)]
         self.balance_milli = guest.balance_milli  # verified when the session was admitted
+        self.owed_milli = guest.owed_milli  # what the requester owed here then, else
         self.paid_milli = 0  # claimed in groups settled, or offered and refused
         self.group: list[_Claimed] = []  # claimed, not offered yet
         self.released: list[str] = []  # claims settled whose held copies are not dropped yet
@@ -114,7 +116,7 @@ class _Session:
                 raise wire.RemoteProtocolError(f"task {task.job_id} is running here already")
         lone = len(batch.specs) == 1
         done: list[jobproto.TaskDone] = []
-        skip: set[str] = set()  # cancelled before their turn
+        skip: set[str] = set()  # cancelled by the requester (before their turn, or running)
         for task, spec in zip(batch.tasks.tasks, batch.specs, strict=True):
             why = self.refusing or self._refusal(terms.job_limits(spec))
             if why is not None:
@@ -133,10 +135,11 @@ class _Session:
     ) -> jobproto.TaskDone:
         # (No result directory: a task has no output files, its stdout and stderr are bytes.)
         result = await self.worker.sandboxed(
-            self.stream, self.backend, job_id, spec, None, [], live=live, skip=skip
+            self.stream, self.backend, job_id, spec, None, [], live=live, cancelled=skip
         )
-        if result.reason.value == "cancelled":
-            # By the requester, or given up by the idle policy: no claim.
+        cpu_ms = terms.claimable_ms(result.cpu_seconds, spec)
+        if not owed(result, job_id, skip, cpu_ms):
+            # Given up by the idle policy, or cancelled before it used anything: no claim.
             return jobproto.TaskDone(job_id=job_id, claimed=False)
         entries, sources = result_files(result, None)
         verdict = results.Verdict(result.exit_code, result.reason.value)
@@ -146,7 +149,7 @@ class _Session:
                     job_id=job_id,
                     exit_code=result.exit_code,
                     reason=result.reason.value,
-                    cpu_ms=terms.claimable_ms(result.cpu_seconds, spec),
+                    cpu_ms=cpu_ms,
                     wall_seconds=result.wall_seconds,
                     peak_memory=result.peak_memory,
                     result_hash=results.result_hash(verdict, entries),
@@ -169,7 +172,9 @@ class _Session:
         # As for jobs offered one by one, each task is checked at its limits against the
         # verified balance less what this session's earlier tasks cost (claimed, paid or not).
         exposure = self.paid_milli + amount_milli(sum(c.result.cpu_ms for c in self.group), 0)
-        return floor_problem(self.balance_milli - exposure, limits, self.worker.ledger.floor_milli)
+        return floor_problem(
+            self.balance_milli, limits, self.worker.ledger.floor_milli, self.owed_milli + exposure
+        )
 
     async def _settle(self) -> None:
         self.paid_milli += await self._claim(self.stream)

@@ -27,14 +27,14 @@ from typing import Any
 
 import trio
 
-from node.jobs import transfer
+from node.jobs import blocking, transfer
 from node.jobs.core import results, scheduler, terms
 from node.jobs.core.conversation import Kind, OfferReceived, WorkerConversation
 from node.jobs.stream import JobStream
-from node.jobs.worker.admission import AdmissionQueue, check_offer
+from node.jobs.worker.admission import AdmissionQueue, OfferChecks
 from node.jobs.worker.claims import Claims
 from node.jobs.worker.held import HeldResults
-from node.ledger_link import Admitted, LedgerLink
+from node.ledger_link import Admitted, Commitments, LedgerLink
 from rainnet import identity, jobproto, wire
 from rainnet.streams import FramedStream, StreamGone
 from sandbox import Backend, Job, JobResult, JobSpec
@@ -59,7 +59,10 @@ class GuestJob:
     requester: str
     needs: scheduler.Needs
     started: float
+    max_cost_milli: int = 0  # the most it may cost, at its limits (what it may come to owe)
     balance_milli: int = 0  # the requester's verified balance when it was admitted
+    owed_milli: int = 0  # what the requester owed here then (node.jobs.core.standing)
+    newcomer: bool = False  # its requester never earned credit
     # Until its sandbox is gone; then, while it settles and its result travels, its CPUs and
     # memory already serve the next job.
     in_sandbox: bool = True
@@ -90,7 +93,7 @@ class Worker:
         self.may_start = may_start  # None if the idle policy lets guests in, else why not
         self.workdir = workdir
         self.running: dict[tuple[str, str], GuestJob] = {}  # (requester, job id) -> job
-        self._offers = trio.Semaphore(MAX_CONCURRENT_OFFERS)
+        self._checks = OfferChecks(MAX_CONCURRENT_OFFERS)
         self.queue = AdmissionQueue(self._fits)
         self.held = HeldResults(workdir.parent / "held")
         self.claims = Claims(ledger, self.held, open_stream)
@@ -145,13 +148,26 @@ class Worker:
         if unsettled >= MAX_SETTLING_PER_REQUESTER:
             await self._decline(stream, f"settle your {unsettled} results here first", 5.0)
             return None
+        why = self._checks.busy(requester)
+        if why is not None:
+            await self._decline(stream, why, 1.0)
+            return None
         checked: Admitted | str = "busy: too many offers are being checked here"
         backend = self._backend_for(spec)
-        with trio.move_on_after(OFFER_TIMEOUT):  # never wait unbounded for a checking slot
-            async with self._offers:
-                checked = await check_offer(
-                    self.ledger, stream, offer, spec, backend, self.may_start
+        self._checks.enter(requester)
+        try:
+            with trio.move_on_after(OFFER_TIMEOUT):  # never wait unbounded for a checking slot
+                checked = await self._checks.check(
+                    self.ledger,
+                    stream,
+                    offer,
+                    spec,
+                    backend,
+                    self.may_start,
+                    self._commitments(requester),
                 )
+        finally:
+            self._checks.leave(requester)
         if isinstance(checked, str):
             await self._decline(stream, checked, 5.0)
             return None
@@ -165,7 +181,14 @@ class Worker:
             await self._decline(stream, why, 5.0)
             return None
         self.running[key] = GuestJob(
-            offer.job_id, requester, needs, time.time(), balance_milli=checked.balance_milli
+            offer.job_id,
+            requester,
+            needs,
+            time.time(),
+            max_cost_milli=terms.job_limits(spec).max_amount_milli,
+            balance_milli=checked.balance_milli,
+            owed_milli=checked.owed_milli,
+            newcomer=checked.newcomer,
         )
         try:
             await stream.send(
@@ -188,6 +211,19 @@ class Worker:
             jobproto.Decline(reason=reason[: jobproto.MAX_REASON], retry_after=retry_after)
         )
         await stream.close()
+
+    def _commitments(self, requester: str) -> Commitments:
+        """What `requester` has going here now: its jobs (at their limits) and the results we
+        hold for it unanswered."""
+        return Commitments(
+            running_milli=sum(
+                j.max_cost_milli for (r, _), j in self.running.items() if r == requester
+            ),
+            held=self.claims.held_unanswered(requester),
+            newcomers_running_milli=sum(
+                j.max_cost_milli for j in self.running.values() if j.newcomer
+            ),
+        )
 
     def _backend_for(self, spec: JobSpec) -> Backend:
         if spec.image is None and "native" in self.backends:
@@ -225,21 +261,25 @@ class Worker:
             staged = [(e.path, p) for e, p in zip(offer.inputs, paths, strict=True)]
             await self._execute(stream, taken, staged, folder / "result")
         finally:
-            await trio.to_thread.run_sync(_remove_tree, folder)
+            await blocking.run(_remove_tree, folder)
 
     async def _execute(
         self, stream: JobStream, taken: Taken, staged: list[tuple[str, Path]], result_dir: Path
     ) -> None:
         offer, spec, requester = taken.offer, taken.spec, stream.remote_peer
-        result = await self.sandboxed(stream, taken.backend, offer.job_id, spec, result_dir, staged)
+        cancelled: set[str] = set()
+        result = await self.sandboxed(
+            stream, taken.backend, offer.job_id, spec, result_dir, staged, cancelled=cancelled
+        )
         guest = self.running.get((requester, offer.job_id))
         if guest is not None:
             guest.in_sandbox = False
             self.queue.released()
         if staged:  # not needed any more; the job may wait long for its settlement
-            await trio.to_thread.run_sync(_remove_tree, self.workdir / offer.job_id / "inputs")
-        if result.reason.value == "cancelled":
-            # By the requester, or given up by the idle policy (the owner stayed too long): no
+            await blocking.run(_remove_tree, self.workdir / offer.job_id / "inputs")
+        cpu_ms = terms.claimable_ms(result.cpu_seconds, spec)
+        if not owed(result, offer.job_id, cancelled, cpu_ms):
+            # Given up by the idle policy (the owner stayed too long), or nothing used: no
             # claim. End the stream now so the requester runs the job elsewhere at once, not
             # only when its lease runs out.
             await stream.close()
@@ -249,7 +289,7 @@ class Worker:
             None if stream.ending else stream,
             requester,
             offer.job_id,
-            terms.claimable_ms(result.cpu_seconds, spec),
+            cpu_ms,
             terms.job_limits(spec),
             finished_message(result, entries),
             sources,
@@ -264,15 +304,16 @@ class Worker:
         result_dir: Path | None,
         staged: list[tuple[str, Path]],
         live: bool = True,
-        skip: set[str] | None = None,
+        cancelled: set[str] | None = None,
     ) -> JobResult:
-        """Run one job in the sandbox, following it on `stream` (see _follow_job); its result."""
+        """Run one job in the sandbox, following it on `stream` (see _follow_job); its result.
+        The ids of jobs its requester cancelled meanwhile are added to `cancelled`."""
         async with backend.open_job(spec, result_dir=result_dir, staged_inputs=staged) as job:
             if self.may_start() is not None:
                 # The owner came back while the job was starting: the policy's suspend went
                 # out before this job could hear it, and is not repeated.
                 await job.suspend()
-            return await self._follow_job(stream, job_id, spec, job, live, skip)
+            return await self._follow_job(stream, job_id, spec, job, live, cancelled)
 
     async def _follow_job(
         self,
@@ -281,12 +322,12 @@ class Worker:
         spec: JobSpec,
         job: Job,
         live: bool = True,
-        skip: set[str] | None = None,
+        cancelled: set[str] | None = None,
     ) -> JobResult:
         """Stream the running job's output (if `live`) and progress to the requester and obey
         its Cancel; if the requester goes away, the job runs on all the same. The job's result.
-        In a task session a Cancel names its task: one for a later task of the batch goes to
-        `skip`."""
+        Each job id the requester cancels goes to `cancelled` (in a task session a Cancel names
+        its task: one may be for a later task of the batch)."""
         async with trio.open_nursery() as n:
 
             async def forward_output() -> None:
@@ -312,8 +353,10 @@ class Worker:
                     msg = await stream.receive_a(
                         jobproto.Cancel, timeout=spec.limits.wall_seconds * 4 + 3600
                     )
-                    if skip is not None and msg.job_id not in ("", job_id):
-                        skip.add(msg.job_id)
+                    target = msg.job_id or job_id
+                    if cancelled is not None:
+                        cancelled.add(target)
+                    if target != job_id:
                         continue
                     log.info("job %s cancelled by its requester: %s", job_id, msg.reason)
                     await job.cancel()
@@ -341,6 +384,16 @@ class Worker:
             n.start_soon(supervise, listen_for_cancel)
             n.start_soon(end_with_the_job)
         return await job.wait()
+
+
+def owed(result: JobResult, job_id: str, cancelled: set[str], cpu_ms: int) -> bool:
+    """Whether a run is claimed: it ended by itself, or its requester cancelled it (what it used
+    until then is owed: a requester must not get work for free by cancelling it after seeing its
+    output), and it used some CPU. A job the idle policy gave up is not claimed: the owner, not
+    the requester, ended it, and it runs again elsewhere."""
+    if result.reason.value == "cancelled" and job_id not in cancelled:
+        return False
+    return cpu_ms > 0 or result.reason.value != "cancelled"
 
 
 def finished_message(result: JobResult, entries: list[jobproto.FileEntry]) -> jobproto.Finished:
