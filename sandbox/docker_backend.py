@@ -1,11 +1,12 @@
 """The Docker backend: each job is a container of a local Docker engine, with every wall set.
 
 A job's container has no network (unless the owner's policy allows and the job asks), a read-only
-root, a tmpfs /tmp of the disk limit, memory+swap, pids and CPU limits, no capabilities,
-no-new-privileges, the sandbox's seccomp profile (the same deny list as the native backend; Docker's
-default leaves ptrace open), a distinct unprivileged uid, an init process (so signals such as
-SIGXCPU reach the job), rlimits, and no log driver (the sandbox reads the output itself, so a
-chatty job cannot fill the engine's disk).
+root, /job and /tmp on the job's own file system of its disk limits (`sandbox.jobdir`),
+memory+swap, pids and CPU limits, no capabilities, no-new-privileges, the sandbox's seccomp
+profile (the same deny list as the native backend; Docker's default leaves ptrace open), a
+distinct unprivileged uid, an init process (so signals such as SIGXCPU reach the job), rlimits,
+and no log driver (the sandbox reads the output itself, so a chatty job cannot fill the engine's
+disk).
 
 Its cgroup parent is a cgroup the sandbox made for the job (`rainnet/<job-id>`), holding the
 memory wall and read for CPU-seconds: the engine removes the container's own cgroup the moment it
@@ -142,6 +143,7 @@ def container_config(
     job_dir: Path,
     cgroup_parent: str,
     host: hostfs.HostFs | None,
+    tmp_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(create_container keyword arguments, create_host_config keyword arguments) for `spec`.
 
@@ -150,6 +152,12 @@ def container_config(
     """
     lim = spec.limits
     binds: dict[str, dict[str, str]] = {str(job_dir): {"bind": "/job", "mode": "rw"}}
+    tmpfs = {}
+    if tmp_dir is not None:
+        binds[str(tmp_dir)] = {"bind": "/tmp", "mode": "rw"}
+    else:
+        # No file system of the job's own (a node that is not root): /tmp bounded by itself.
+        tmpfs["/tmp"] = f"rw,nosuid,nodev,size={lim.disk}"
     if host is not None:
         binds.update(host_binds(host))
     env = hostfs.job_env(spec.env_dict) if host is not None else spec.env_dict | {"HOME": "/job"}
@@ -167,7 +175,7 @@ def container_config(
     host_config = {
         "network_mode": "bridge" if networked else "none",
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={lim.disk}"},
+        "tmpfs": tmpfs,
         "mem_limit": lim.memory + MEMORY_SLACK,
         "memswap_limit": lim.memory + MEMORY_SLACK,
         "pids_limit": lim.pids + OVERHEAD_PIDS,
@@ -336,7 +344,6 @@ class DockerJob(Job):
     ) -> None:
         super().__init__(backend, spec, job_id, result_dir)
         self.backend = backend
-        self._dir: jobdir.JobDir | None = None
         self._cgroup: cgroups.JobCgroup | None = None
         self._container: str | None = None
         self._sock: trio.socket.SocketType | None = None
@@ -360,6 +367,7 @@ class DockerJob(Job):
             uid,
             uid,
             self.staged_inputs,
+            jobdir.DiskLimits.of(lim),
         )
         self._cgroup = cgroups.JobCgroup.create(
             b.layout,
@@ -375,6 +383,7 @@ class DockerJob(Job):
             job_dir=self._dir.path,
             cgroup_parent="/" + str(self.cgroup_path),
             host=b.host if self.spec.image is None else None,
+            tmp_dir=self._dir.tmp,
         )
         try:
             hc = b.api.create_host_config(**host_config)
@@ -472,9 +481,6 @@ class DockerJob(Job):
             oom_kills=max(cg.oom_kills(), int(self._oom_killed)),
             pids_limit_hits=max(cg.pids_limit_hits(), self._leaf_pids_hits),
         )
-
-    def _job_dir(self) -> Path | None:
-        return self._dir.path if self._dir is not None else None
 
     async def _teardown(self) -> None:
         import docker.errors
