@@ -176,8 +176,8 @@ def container_config(
         "network_mode": "bridge" if networked else "none",
         "read_only": True,
         "tmpfs": tmpfs,
-        "mem_limit": lim.memory + MEMORY_SLACK,
-        "memswap_limit": lim.memory + MEMORY_SLACK,
+        "mem_limit": lim.job_memory + MEMORY_SLACK,
+        "memswap_limit": lim.job_memory + MEMORY_SLACK,
         "pids_limit": lim.pids + OVERHEAD_PIDS,
         "nano_cpus": max(1, round(lim.cpus * 1e9)),
         "cap_drop": ["ALL"],
@@ -372,7 +372,7 @@ class DockerJob(Job):
         self._cgroup = cgroups.JobCgroup.create(
             b.layout,
             self.cgroup_path,
-            cgroups.CgroupLimits(memory=lim.memory),
+            cgroups.CgroupLimits(memory=lim.job_memory),
             (cgroups.MEMORY, cgroups.PIDS, cgroups.CPUACCT),
         )
         create, host_config = container_config(

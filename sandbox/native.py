@@ -7,7 +7,8 @@ The walls, outermost first:
   IPC, UTS, cgroup, user), no capabilities, a read-only view of /usr and a few /etc files, and
   the job directory as /job and a private /tmp, both on the job's own file system of its disk
   limits (`sandbox.jobdir`); nothing else of the host;
-- the job's cgroup: memory+swap limit, pids limit, CPU quota; the CPU-time counter credit is paid
+- the job's cgroup: memory+swap limit (less the worker's buffers for its output), pids limit,
+  CPU quota; the CPU-time counter credit is paid
   by; the freezer that suspends it;
 - rlimits as a backstop (file size, core dumps, processes per uid, CPU time);
 - a seccomp filter (`sandbox.seccomp_filter`) loaded by bwrap last, just before the job's exec.
@@ -314,7 +315,9 @@ class NativeJob(Job):
         self._cgroup = cgroups.JobCgroup.create(
             b.layout,
             self.cgroup_path,
-            cgroups.CgroupLimits(memory=lim.memory, pids=lim.pids + OVERHEAD_PIDS, cpus=lim.cpus),
+            cgroups.CgroupLimits(
+                memory=lim.job_memory, pids=lim.pids + OVERHEAD_PIDS, cpus=lim.cpus
+            ),
         )
         passwd, group = hostfs.passwd_lines(uid, gid)
         child_fds: list[int] = []

@@ -114,7 +114,7 @@ class JobResult:
     exit_code: int | None
     signal: int | None
     cpu_seconds: float  # from the job's cgroup, all its processes, exact to the nanosecond counter
-    peak_memory: int  # bytes, high-water mark of the job's cgroup (memory + page cache it caused)
+    peak_memory: int  # bytes, high-water mark of the job's cgroup: memory, page cache, its files
     wall_seconds: float  # start to exit, including time suspended
     suspended_seconds: float
     stdout: bytes

@@ -40,6 +40,7 @@ MAX_PATH_BYTES = 1024
 MAX_COMPONENT_BYTES = 255
 MAX_IMAGE_LEN = 255
 DEFAULT_DISK_FILES = 65536
+OUTPUT_STREAMS = 2  # stdout and stderr, each kept up to limits.output_bytes
 MAX_DISK_FILES = 1 << 24  # each costs the worker about a KiB of kernel memory (charged to the job)
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -73,7 +74,9 @@ class Limits:
     pids: int = 256  # processes and threads of the job itself (the sandbox's own are extra)
     gpus: int = 0
     network: Network = Network.NONE
-    output_bytes: int = 1 * MiB  # stdout and stderr kept, each; the rest is drained and dropped
+    # stdout and stderr kept, each; the rest is drained and dropped. The worker holds them in its
+    # own memory, so they count against `memory`: the job's processes get the rest (job_memory).
+    output_bytes: int = 1 * MiB
 
     def __post_init__(self) -> None:
         _check_number("limits.cpus", self.cpus, 0.01, 1024.0)
@@ -88,6 +91,27 @@ class Limits:
         if not isinstance(self.network, Network):
             raise SpecError("limits.network", f"must be one of {_choices(Network)}")
         _check_int("limits.output_bytes", self.output_bytes, 0, 64 * MiB)
+        if self.output_memory > self.memory // 2:
+            # Else a job of 4 MiB could have the worker hold 128 MiB for it (its RSS rose from
+            # 0.1 to 1.3 GB with a few such jobs).
+            raise SpecError(
+                "limits.output_bytes",
+                f"{self.output_bytes} bytes for each of stdout and stderr count against "
+                f"limits.memory ({self.memory}), and may take at most half of it: ask for at "
+                f"most {self.memory // 2 // OUTPUT_STREAMS} bytes, or for "
+                "more memory",
+            )
+
+    @property
+    def output_memory(self) -> int:
+        """What the worker may hold of the job's output: its buffers for stdout and stderr."""
+        return OUTPUT_STREAMS * self.output_bytes
+
+    @property
+    def job_memory(self) -> int:
+        """The memory wall of the job itself (its processes and files): `memory` less the
+        worker's buffers for its output, which count against the same limit."""
+        return self.memory - self.output_memory
 
     def to_wire(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import trio
 
-from sandbox import cgroups, hostfs, jobdir, seccomp_filter
+from sandbox import cgroups, hostfs, jobdir, output, seccomp_filter
 from sandbox.cgroups import CgroupLayout, CgroupLimits, JobCgroup, Mkdir, MountEntry, Write
 from sandbox.docker_backend import FrameDecoder, container_config, host_image_tar
 from sandbox.errors import SandboxFailure, SpecError
@@ -327,7 +327,27 @@ def test_output_buffer_caps_and_streams() -> None:
         assert buf.value(Stream.STDOUT) == b"0123456789"
         assert buf.truncated(Stream.STDOUT) and not buf.truncated(Stream.STDERR)
         assert seen == [b"0123456", b"789", b"e"]
-        assert [c.data async for c in buf.chunks()] == seen  # late readers get it all
+        # Late readers get it all, in the same order (in fewer chunks).
+        late = [(c.stream, c.data) async for c in buf.chunks()]
+        assert late == [(Stream.STDOUT, b"0123456789"), (Stream.STDERR, b"e")]
+
+    trio.run(main)
+
+
+def test_output_buffer_memory_is_bounded_however_the_job_writes() -> None:
+    async def main() -> None:
+        buf = OutputBuffer(cap=1 << 20)
+        # A stream switch every byte: each would be a chunk (and an object) of its own.
+        for i in range(2 * output.MAX_MARKS):
+            buf.feed((Stream.STDOUT, Stream.STDERR)[i % 2], b"x")
+        buf.close()
+        out, err = buf.value(Stream.STDOUT), buf.value(Stream.STDERR)
+        # Then only the stream that wrote last goes on; the other is dropped, as past its cap.
+        half = output.MAX_MARKS // 2
+        assert (len(out), len(err)) == (half, 2 * half)
+        assert buf.truncated(Stream.STDOUT) and not buf.truncated(Stream.STDERR)
+        assert len([c async for c in buf.chunks()]) == output.MAX_MARKS
+        assert buf.value(Stream.STDOUT) is out  # one bytes object, the result's own
 
     trio.run(main)
 

@@ -68,6 +68,9 @@ def test_a_full_spec_survives_msgpack() -> None:
         (lambda: Limits(gpus=-1), "limits.gpus"),
         (lambda: Limits(network="internet"), "limits.network"),  # type: ignore[arg-type]
         (lambda: Limits(disk_files=0), "limits.disk_files"),
+        # Buffers of 2 x 64 MiB for a job of 4 MiB: the worker's RSS rose from 0.1 to 1.3 GB.
+        (lambda: Limits(memory=4 << 20, output_bytes=64 << 20), "limits.output_bytes"),
+        (lambda: Limits(memory=64 << 20, output_bytes=(16 << 20) + 1), "limits.output_bytes"),
         (lambda: Limits(disk_files=1 << 30), "limits.disk_files"),
         (
             lambda: JobSpec.create(["t"], inputs={"a": b"x" * 70_000}, limits=Limits(disk=65536)),
@@ -97,6 +100,14 @@ def test_limits_errors_speak_the_users_units() -> None:
         SpecError, match=r"make 3 files and directories, more than limits.disk_files"
     ):
         JobSpec.create(["t"], inputs={"d/a": b"", "d/b": b""}, limits=Limits(disk_files=2))
+
+
+def test_output_buffers_count_against_memory() -> None:
+    lim = Limits(memory=64 << 20, output_bytes=16 << 20)  # at most half for the buffers
+    assert (lim.output_memory, lim.job_memory) == (32 << 20, 32 << 20)
+    assert Limits(memory=4 << 20).job_memory == 2 << 20  # the smallest job, default buffers
+    with pytest.raises(SpecError, match=r"ask for at most 1048576 bytes, or for more memory$"):
+        Limits(memory=4 << 20, output_bytes=64 << 20)
 
 
 def test_the_files_limit_keeps_the_wire_format_of_older_nodes() -> None:

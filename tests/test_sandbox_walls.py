@@ -427,3 +427,14 @@ def test_files_in_job_count_against_the_memory_limit(backend: Backend) -> None:
     r = run_and_clean(backend, spec)
     assert r.reason is Reason.OUT_OF_MEMORY, r
     assert r.peak_memory <= 64 * MiB
+
+
+def test_output_buffers_count_against_the_memory_limit(backend: Backend) -> None:
+    # The worker holds up to 2 x 16 MiB of this job's output: the job keeps the other 32 MiB.
+    spec = JobSpec.create(
+        [PYTHON, "-c", "b = b'x' * (40 << 20)"],
+        limits=Limits(memory=64 * MiB, output_bytes=16 * MiB),
+    )
+    r = run(backend.run, spec)
+    assert r.reason is Reason.OUT_OF_MEMORY, r
+    assert r.peak_memory <= 32 * MiB
