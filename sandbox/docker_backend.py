@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import trio
 
-from sandbox import cgroups, hostfs, jobdir, seccomp_filter
+from sandbox import cgroups, hostfs, jobdir, seccomp_filter, startfail
 from sandbox.config import SandboxConfig
 from sandbox.errors import BackendUnavailable, ImageUnavailable, SandboxFailure
 from sandbox.job import Accounting, Backend, Job
@@ -207,6 +207,12 @@ def container_config(
 
 class DockerBackend(Backend):
     name = "docker"
+    launcher_words = startfail.LauncherWords(  # the engine's init, tini
+        start=b"[FATAL tini (",
+        before=rb"\[FATAL tini \(\d+\)\] exec ",
+        after=rb" failed: ",
+        exit_codes=frozenset({126, 127}),
+    )
 
     def __init__(
         self,

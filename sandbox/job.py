@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import trio
 
-from sandbox import jobdir
+from sandbox import jobdir, startfail
 from sandbox.config import SandboxConfig
 from sandbox.errors import JobStateError, SandboxFailure, SpecError
 from sandbox.output import OutputBuffer, OutputChunk, Stream
@@ -90,6 +90,8 @@ class Job(abc.ABC):
         self.staged_inputs: tuple[tuple[str, Path], ...] = ()
         self._dir: jobdir.JobDir | None = None  # made by the backend's _launch
         self._output = OutputBuffer(spec.limits.output_bytes)
+        # Between the two: the launcher's words for a command it could not start, rewritten.
+        self._start = startfail.StartWatch(backend.launcher_words, spec.argv[0], self._output.feed)
         self._state = JobState.STARTING
         self._exited = trio.Event()
         self._done = trio.Event()
@@ -244,11 +246,12 @@ class Job(abc.ABC):
         try:
             async with trio.open_nursery() as io:
                 io.start_soon(self._watch_exit)
-                io.start_soon(self._read_output, self._output.feed)
+                io.start_soon(self._read_output, self._start.feed)
                 await self._watch_limits()
                 # The job has ended; what it wrote last may still be in the pipes.
                 io.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT
         finally:
+            self._start.close()
             self._output.close()
             await self._finish()
 
@@ -360,6 +363,7 @@ class Job(abc.ABC):
         exit_code, sig = (None, None)
         if self._returncode is not None:
             exit_code, sig = split_status(self._returncode)
+            exit_code = self._start.exit_code(exit_code)
         cpu_seconds = acct.cpu_ns / 1e9
         obs = Observation(
             exit_code=exit_code,
@@ -422,6 +426,7 @@ class Backend(abc.ABC):
     """A way of running jobs behind walls. Subclasses: `NativeBackend`, `DockerBackend`."""
 
     name: ClassVar[str]
+    launcher_words: ClassVar[startfail.LauncherWords]  # how it says a command did not start
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from sandbox import cgroups, child, hostfs, jobdir, seccomp_filter
+from sandbox import cgroups, child, hostfs, jobdir, seccomp_filter, startfail
 from sandbox.config import SandboxConfig, untraversable
 from sandbox.errors import BackendUnavailable, SandboxFailure
 from sandbox.job import Accounting, Backend, Job
@@ -195,6 +195,9 @@ def clamp_rlimit(soft: int, hard: int, current: tuple[int, int]) -> tuple[int, i
 
 class NativeBackend(Backend):
     name = "native"
+    launcher_words = startfail.LauncherWords(
+        start=b"bwrap: execvp ", before=rb"bwrap: execvp ", after=rb": ", exit_codes=frozenset({1})
+    )
 
     def __init__(
         self,

@@ -18,9 +18,18 @@ from sandbox import cgroups, hostfs, jobdir, output, seccomp_filter
 from sandbox.cgroups import CgroupLayout, CgroupLimits, JobCgroup, Mkdir, MountEntry, Write
 from sandbox.docker_backend import FrameDecoder, container_config, host_image_tar
 from sandbox.errors import SandboxFailure, SpecError
-from sandbox.native import BwrapFds, LaunchTools, bwrap_argv, clamp_rlimit, launcher_argv, rlimits
+from sandbox.native import (
+    BwrapFds,
+    LaunchTools,
+    NativeBackend,
+    bwrap_argv,
+    clamp_rlimit,
+    launcher_argv,
+    rlimits,
+)
 from sandbox.output import OutputBuffer, Stream
 from sandbox.spec import InputFile, JobSpec, Limits, Network
+from sandbox.startfail import StartFailure, StartWatch
 from tests.sandbox_helpers import require_root
 
 HYBRID_MOUNTINFO = """\
@@ -350,6 +359,38 @@ def test_output_buffer_memory_is_bounded_however_the_job_writes() -> None:
         assert buf.value(Stream.STDOUT) is out  # one bytes object, the result's own
 
     trio.run(main)
+
+
+def watch(command: str) -> tuple[StartWatch, list[tuple[Stream, bytes]]]:
+    fed: list[tuple[Stream, bytes]] = []
+    return StartWatch(NativeBackend.launcher_words, command, lambda s, d: fed.append((s, d))), fed
+
+
+def test_a_command_that_did_not_start_is_told_from_the_jobs_own_output() -> None:
+    # bwrap writes its words in three pieces; the exit status says the rest.
+    w, fed = watch("nosuchcmd")
+    for piece in (b"bwrap: ", b"execvp nosuchcmd", b": No such file or directory\n"):
+        w.feed(Stream.STDERR, piece)
+    assert fed == [(Stream.STDERR, b"command not found: nosuchcmd\n")]
+    assert (w.failure, w.exit_code(1), w.exit_code(3)) == (StartFailure.NOT_FOUND, 127, 3)
+    w, fed = watch("./x")
+    w.feed(Stream.STDERR, b"bwrap: execvp ./x: Permission denied\nmore")
+    w.close()
+    assert fed == [(Stream.STDERR, b"command not executable: ./x\nmore")]
+    assert w.exit_code(1) == 126
+    # The job's own words pass at once; only the launcher's start is ever held, and not long.
+    for command, first in [
+        ("ls", b"ls: cannot access"),
+        ("ls", b"bwrap: execvp other: No such file or directory\n"),
+        ("ls", b"bwrap: execvp " + b"x" * 1000),
+    ]:
+        w, fed = watch(command)
+        w.feed(Stream.STDERR, first)
+        assert fed == [(Stream.STDERR, first)] and w.failure is None and w.exit_code(1) == 1
+    w, fed = watch("ls")
+    w.feed(Stream.STDERR, b"bwrap: ex")
+    w.feed(Stream.STDOUT, b"out")  # the command did start
+    assert fed == [(Stream.STDERR, b"bwrap: ex"), (Stream.STDOUT, b"out")]
 
 
 def test_job_directory_inputs(tmp_path: Path) -> None:

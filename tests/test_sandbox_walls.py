@@ -438,3 +438,19 @@ def test_output_buffers_count_against_the_memory_limit(backend: Backend) -> None
     r = run(backend.run, spec)
     assert r.reason is Reason.OUT_OF_MEMORY, r
     assert r.peak_memory <= 32 * MiB
+
+
+def test_a_missing_command_exits_127_and_says_so(backend: Backend) -> None:
+    for image in {None, image_for(backend)}:
+        r = run(backend.run, JobSpec.create(["nosuchcmd", "x"], image=image))
+        assert (r.reason, r.exit_code, r.stderr) == (
+            Reason.NONZERO_EXIT,
+            127,
+            b"command not found: nosuchcmd\n",
+        ), r
+        data = JobSpec.create(["./data"], image=image, inputs={"data": b"not a program"})
+        r = run(backend.run, data)
+        assert (r.exit_code, r.stderr) == (126, b"command not executable: ./data\n"), r
+    # What a job that did start writes and exits with is its own.
+    r = run(backend.run, JobSpec.create(["sh", "-c", "echo nosuchcmd: not here >&2; exit 127"]))
+    assert (r.exit_code, r.stderr) == (127, b"nosuchcmd: not here\n")
