@@ -10,7 +10,8 @@ The node's entry points:
 `guest_cpu_seconds(config)` is the total CPU time of every job ever run (for the idle policy), and
 `sweep(config)` removes what a crashed node left. Modules: `spec` (the job), `policy` (what the
 owner allows), `result` (verdicts), `job` (lifecycle), `native` and `docker_backend` (the walls),
-`cgroups`, `seccomp_filter`, `jobdir`, `hostfs`, `output`, `select`, `selftest`, `cleanup`.
+`cgroups`, `seccomp_filter`, `jobdir`, `hostfs`, `output`, `startfail`, `select`, `selftest`,
+`cleanup`.
 """
 
 from __future__ import annotations

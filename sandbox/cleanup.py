@@ -1,10 +1,10 @@
 """Sweeping what jobs of a previous run of the node left behind (after a crash or power loss).
 
 A job's processes die with the node (each launch chain carries a parent-death signal), but its
-cgroup, its job directory and, for Docker, its container outlive a node that was killed before it
-could tear them down. The node calls `sweep()` at start, before it runs any job: everything under
-the sandbox's cgroup parent, its work directory and every container with the sandbox's label is
-then a leftover, and is killed and removed.
+cgroup, its job directory (and the file system mounted on it) and, for Docker, its container
+outlive a node that was killed before it could tear them down. The node calls `sweep()` at start,
+before it runs any job: everything under the sandbox's cgroup parent, its work directory and every
+container with the sandbox's label is then a leftover, and is killed and removed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import cgroups
+from sandbox import cgroups, jobdir
 from sandbox.config import SandboxConfig
 
 
@@ -43,6 +43,11 @@ def sweep(config: SandboxConfig, *, docker_api: Any | None = None) -> SweepRepor
                 report.errors.append(f"cgroup {name}: {exc}")
     if config.workdir.is_dir():
         for entry in sorted(config.workdir.iterdir()):
+            try:
+                jobdir.unmount(entry)
+            except Exception as exc:
+                report.errors.append(f"job directory {entry}: {exc}")
+                continue
             shutil.rmtree(entry, ignore_errors=True)
             if entry.exists():
                 report.errors.append(f"job directory {entry} could not be removed")

@@ -1,11 +1,12 @@
 """The Docker backend: each job is a container of a local Docker engine, with every wall set.
 
 A job's container has no network (unless the owner's policy allows and the job asks), a read-only
-root, a tmpfs /tmp of the disk limit, memory+swap, pids and CPU limits, no capabilities,
-no-new-privileges, the sandbox's seccomp profile (the same deny list as the native backend; Docker's
-default leaves ptrace open), a distinct unprivileged uid, an init process (so signals such as
-SIGXCPU reach the job), rlimits, and no log driver (the sandbox reads the output itself, so a
-chatty job cannot fill the engine's disk).
+root, /job and /tmp on the job's own file system of its disk limits (`sandbox.jobdir`),
+memory+swap, pids and CPU limits, no capabilities, no-new-privileges, the sandbox's seccomp
+profile (the same deny list as the native backend; Docker's default leaves ptrace open), a
+distinct unprivileged uid, an init process (so signals such as SIGXCPU reach the job), rlimits,
+and no log driver (the sandbox reads the output itself, so a chatty job cannot fill the engine's
+disk).
 
 Its cgroup parent is a cgroup the sandbox made for the job (`rainnet/<job-id>`), holding the
 memory wall and read for CPU-seconds: the engine removes the container's own cgroup the moment it
@@ -38,7 +39,7 @@ from typing import Any, cast
 
 import trio
 
-from sandbox import cgroups, hostfs, jobdir, seccomp_filter
+from sandbox import cgroups, hostfs, jobdir, seccomp_filter, startfail
 from sandbox.config import SandboxConfig
 from sandbox.errors import BackendUnavailable, ImageUnavailable, SandboxFailure
 from sandbox.job import Accounting, Backend, Job
@@ -142,6 +143,7 @@ def container_config(
     job_dir: Path,
     cgroup_parent: str,
     host: hostfs.HostFs | None,
+    tmp_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(create_container keyword arguments, create_host_config keyword arguments) for `spec`.
 
@@ -150,6 +152,12 @@ def container_config(
     """
     lim = spec.limits
     binds: dict[str, dict[str, str]] = {str(job_dir): {"bind": "/job", "mode": "rw"}}
+    tmpfs = {}
+    if tmp_dir is not None:
+        binds[str(tmp_dir)] = {"bind": "/tmp", "mode": "rw"}
+    else:
+        # No file system of the job's own (a node that is not root): /tmp bounded by itself.
+        tmpfs["/tmp"] = f"rw,nosuid,nodev,size={lim.disk}"
     if host is not None:
         binds.update(host_binds(host))
     env = hostfs.job_env(spec.env_dict) if host is not None else spec.env_dict | {"HOME": "/job"}
@@ -167,9 +175,9 @@ def container_config(
     host_config = {
         "network_mode": "bridge" if networked else "none",
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={lim.disk}"},
-        "mem_limit": lim.memory + MEMORY_SLACK,
-        "memswap_limit": lim.memory + MEMORY_SLACK,
+        "tmpfs": tmpfs,
+        "mem_limit": lim.job_memory + MEMORY_SLACK,
+        "memswap_limit": lim.job_memory + MEMORY_SLACK,
         "pids_limit": lim.pids + OVERHEAD_PIDS,
         "nano_cpus": max(1, round(lim.cpus * 1e9)),
         "cap_drop": ["ALL"],
@@ -199,6 +207,12 @@ def container_config(
 
 class DockerBackend(Backend):
     name = "docker"
+    launcher_words = startfail.LauncherWords(  # the engine's init, tini
+        start=b"[FATAL tini (",
+        before=rb"\[FATAL tini \(\d+\)\] exec ",
+        after=rb" failed: ",
+        exit_codes=frozenset({126, 127}),
+    )
 
     def __init__(
         self,
@@ -336,7 +350,6 @@ class DockerJob(Job):
     ) -> None:
         super().__init__(backend, spec, job_id, result_dir)
         self.backend = backend
-        self._dir: jobdir.JobDir | None = None
         self._cgroup: cgroups.JobCgroup | None = None
         self._container: str | None = None
         self._sock: trio.socket.SocketType | None = None
@@ -360,11 +373,12 @@ class DockerJob(Job):
             uid,
             uid,
             self.staged_inputs,
+            jobdir.DiskLimits.of(lim),
         )
         self._cgroup = cgroups.JobCgroup.create(
             b.layout,
             self.cgroup_path,
-            cgroups.CgroupLimits(memory=lim.memory),
+            cgroups.CgroupLimits(memory=lim.job_memory),
             (cgroups.MEMORY, cgroups.PIDS, cgroups.CPUACCT),
         )
         create, host_config = container_config(
@@ -375,6 +389,7 @@ class DockerJob(Job):
             job_dir=self._dir.path,
             cgroup_parent="/" + str(self.cgroup_path),
             host=b.host if self.spec.image is None else None,
+            tmp_dir=self._dir.tmp,
         )
         try:
             hc = b.api.create_host_config(**host_config)
@@ -472,9 +487,6 @@ class DockerJob(Job):
             oom_kills=max(cg.oom_kills(), int(self._oom_killed)),
             pids_limit_hits=max(cg.pids_limit_hits(), self._leaf_pids_hits),
         )
-
-    def _job_dir(self) -> Path | None:
-        return self._dir.path if self._dir is not None else None
 
     async def _teardown(self) -> None:
         import docker.errors

@@ -6,8 +6,9 @@ cancel, suspend and resume, and read its CPU-seconds while it runs. Leaving the 
 files copied to `result_dir`) remain. `Backend.run(spec)` does all of that in one call.
 
 One supervisor task per job owns the lifecycle: it launches the job through the backend's hooks,
-enforces the wall-time and CPU-time limits (wall time counts only time not suspended; CPU time is
-read from the job's cgroup, the same counter credit is paid by), notices the exit, then reads the
+enforces the wall-time, CPU-time and disk limits (wall time counts only time not suspended; CPU time
+is read from the job's cgroup, the same counter credit is paid by; the kernel refuses writes past
+the disk limits, and a job that went past them is ended), notices the exit, then reads the
 counters, collects outputs and tears down. Every wait is bounded: killing, draining output, reading
 counters and teardown each have a deadline, and teardown runs even when the rest failed.
 """
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import trio
 
+from sandbox import jobdir, startfail
 from sandbox.config import SandboxConfig
 from sandbox.errors import JobStateError, SandboxFailure, SpecError
 from sandbox.output import OutputBuffer, OutputChunk, Stream
@@ -86,7 +88,10 @@ class Job(abc.ABC):
         self.uid: int | None = None  # the uid the job runs as, once started
         # Inputs on the node's disk, (path in the job, host file): see jobdir.prepare.
         self.staged_inputs: tuple[tuple[str, Path], ...] = ()
+        self._dir: jobdir.JobDir | None = None  # made by the backend's _launch
         self._output = OutputBuffer(spec.limits.output_bytes)
+        # Between the two: the launcher's words for a command it could not start, rewritten.
+        self._start = startfail.StartWatch(backend.launcher_words, spec.argv[0], self._output.feed)
         self._state = JobState.STARTING
         self._exited = trio.Event()
         self._done = trio.Event()
@@ -213,10 +218,6 @@ class Job(abc.ABC):
         """Make sure nothing of the job runs any more, then read its final counters."""
 
     @abc.abstractmethod
-    def _job_dir(self) -> Path | None:
-        """The host directory that was /job, if it was made."""
-
-    @abc.abstractmethod
     async def _teardown(self) -> None:
         """Remove everything the job had (processes, container, cgroups, directory, uid)."""
 
@@ -245,11 +246,12 @@ class Job(abc.ABC):
         try:
             async with trio.open_nursery() as io:
                 io.start_soon(self._watch_exit)
-                io.start_soon(self._read_output, self._output.feed)
+                io.start_soon(self._read_output, self._start.feed)
                 await self._watch_limits()
                 # The job has ended; what it wrote last may still be in the pipes.
                 io.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT
         finally:
+            self._start.close()
             self._output.close()
             await self._finish()
 
@@ -279,6 +281,11 @@ class Job(abc.ABC):
                     # The job cannot burn CPU faster than `cpus` cores: sleep until it could
                     # first have reached its limit, so the overshoot stays within milliseconds.
                     timeout = min(timeout, max(0.002, cpu_left / cpus))
+                if self._disk_over():
+                    # The kernel refused the write past the limit already; ending the job says so
+                    # at once rather than at its wall limit.
+                    await self._kill_for(KillCause.DISK_LIMIT)
+                    continue
                 self._sample()
             with trio.move_on_after(timeout):
                 await self._wake.wait()
@@ -324,9 +331,10 @@ class Job(abc.ABC):
                 self._final_cpu_ns = acct.cpu_ns
                 outputs: tuple[OutputFile, ...] = ()
                 missing: tuple[str, ...] = tuple(self.spec.outputs)
-                job_dir = self._job_dir()
-                if job_dir is not None and self.spec.outputs:
-                    outputs, missing = await trio.to_thread.run_sync(self._collect_outputs, job_dir)
+                if self._dir is not None and self.spec.outputs:
+                    outputs, missing = await trio.to_thread.run_sync(
+                        jobdir.collect, self._dir, tuple(self.spec.outputs), self.result_dir
+                    )
                 result = self._build_result(acct, outputs, missing)
             except trio.Cancelled:
                 raise  # our own deadline: the scope catches it
@@ -349,19 +357,13 @@ class Job(abc.ABC):
         self._state = JobState.DONE
         self._done.set()
 
-    def _collect_outputs(self, job_dir: Path) -> tuple[tuple[OutputFile, ...], tuple[str, ...]]:
-        from sandbox import jobdir  # the module, not the hook of the same name
-
-        return jobdir.collect(
-            jobdir.JobDir(job_dir, -1, -1), tuple(self.spec.outputs), self.result_dir
-        )
-
     def _build_result(
         self, acct: Accounting, outputs: tuple[OutputFile, ...], missing: tuple[str, ...]
     ) -> JobResult:
         exit_code, sig = (None, None)
         if self._returncode is not None:
             exit_code, sig = split_status(self._returncode)
+            exit_code = self._start.exit_code(exit_code)
         cpu_seconds = acct.cpu_ns / 1e9
         obs = Observation(
             exit_code=exit_code,
@@ -370,6 +372,7 @@ class Job(abc.ABC):
             cpu_seconds=cpu_seconds,
             cpu_limit=self.spec.limits.cpu_seconds,
             oom_kills=acct.oom_kills,
+            disk_over=self._disk_over(),
         )
         started = self._started_at or trio.current_time()
         ended = self._exited_at or trio.current_time()
@@ -395,6 +398,14 @@ class Job(abc.ABC):
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _disk_over(self) -> bool:
+        if self._dir is None:
+            return False
+        try:
+            return jobdir.exceeded(self._dir)
+        except OSError:
+            return False  # not mounted any more: teardown has begun
+
     def _running_seconds(self, now: float) -> float:
         assert self._started_at is not None
         suspended = self._suspended_total
@@ -415,6 +426,7 @@ class Backend(abc.ABC):
     """A way of running jobs behind walls. Subclasses: `NativeBackend`, `DockerBackend`."""
 
     name: ClassVar[str]
+    launcher_words: ClassVar[startfail.LauncherWords]  # how it says a command did not start
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config

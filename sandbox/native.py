@@ -4,9 +4,11 @@ The walls, outermost first:
 - a distinct unprivileged uid per job (the launcher drops to it before bwrap runs: bwrap run by root
   with `--uid` would leave the job kernel-uid 0, RLIMIT_NPROC not biting, its files owned by root);
 - bubblewrap with every namespace unshared (its own network with only a loopback, pids, mounts,
-  IPC, UTS, cgroup, user), no capabilities, a read-only view of /usr and a few /etc files, a private
-  /tmp (a tmpfs of the disk limit) and the job directory as /job; nothing else of the host;
-- the job's cgroup: memory+swap limit, pids limit, CPU quota; the CPU-time counter credit is paid
+  IPC, UTS, cgroup, user), no capabilities, a read-only view of /usr and a few /etc files, and
+  the job directory as /job and a private /tmp, both on the job's own file system of its disk
+  limits (`sandbox.jobdir`); nothing else of the host;
+- the job's cgroup: memory+swap limit (less the worker's buffers for its output), pids limit,
+  CPU quota; the CPU-time counter credit is paid
   by; the freezer that suspends it;
 - rlimits as a backstop (file size, core dumps, processes per uid, CPU time);
 - a seccomp filter (`sandbox.seccomp_filter`) loaded by bwrap last, just before the job's exec.
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from sandbox import cgroups, child, hostfs, jobdir, seccomp_filter
+from sandbox import cgroups, child, hostfs, jobdir, seccomp_filter, startfail
 from sandbox.config import SandboxConfig, untraversable
 from sandbox.errors import BackendUnavailable, SandboxFailure
 from sandbox.job import Accounting, Backend, Job
@@ -56,6 +58,7 @@ class BwrapFds:
     passwd: int
     group: int
     job_dir: int
+    tmp_dir: int | None = None  # /tmp on the job's own file system; None: a tmpfs of bwrap's
 
 
 def bwrap_argv(
@@ -101,12 +104,13 @@ def bwrap_argv(
         "/proc",
         "--dev",
         "/dev",
-        "--size",
-        str(spec.limits.disk),
-        "--perms",
-        "1777",
-        "--tmpfs",
-        "/tmp",
+    ]
+    if fds.tmp_dir is None:
+        # No file system of the job's own (a node that is not root): /tmp bounded by itself.
+        argv += ["--size", str(spec.limits.disk), "--perms", "1777", "--tmpfs", "/tmp"]
+    else:
+        argv += ["--bind-fd", str(fds.tmp_dir), "/tmp"]
+    argv += [
         "--bind-fd",  # by descriptor: the job's uid need not be able to walk to the directory
         str(fds.job_dir),
         "/job",
@@ -191,6 +195,9 @@ def clamp_rlimit(soft: int, hard: int, current: tuple[int, int]) -> tuple[int, i
 
 class NativeBackend(Backend):
     name = "native"
+    launcher_words = startfail.LauncherWords(
+        start=b"bwrap: execvp ", before=rb"bwrap: execvp ", after=rb": ", exit_codes=frozenset({1})
+    )
 
     def __init__(
         self,
@@ -284,7 +291,6 @@ class NativeJob(Job):
     ) -> None:
         super().__init__(backend, spec, job_id, result_dir)
         self.backend = backend
-        self._dir: jobdir.JobDir | None = None
         self._cgroup: cgroups.JobCgroup | None = None
         self._proc: child.ChildProcess | None = None
         self._peak_sampled = 0
@@ -294,7 +300,15 @@ class NativeJob(Job):
         lim = self.spec.limits
         uid = self.uid = b.uids.acquire()
         gid = uid
-        args = (self._config.workdir, self.id, self.spec.inputs, uid, gid, self.staged_inputs)
+        args = (
+            self._config.workdir,
+            self.id,
+            self.spec.inputs,
+            uid,
+            gid,
+            self.staged_inputs,
+            jobdir.DiskLimits.of(lim),
+        )
         if self.staged_inputs or sum(len(f.data) for f in self.spec.inputs) > SMALL_INPUTS:
             self._dir = await trio.to_thread.run_sync(jobdir.prepare, *args)
         else:
@@ -304,7 +318,9 @@ class NativeJob(Job):
         self._cgroup = cgroups.JobCgroup.create(
             b.layout,
             self.cgroup_path,
-            cgroups.CgroupLimits(memory=lim.memory, pids=lim.pids + OVERHEAD_PIDS, cpus=lim.cpus),
+            cgroups.CgroupLimits(
+                memory=lim.job_memory, pids=lim.pids + OVERHEAD_PIDS, cpus=lim.cpus
+            ),
         )
         passwd, group = hostfs.passwd_lines(uid, gid)
         child_fds: list[int] = []
@@ -315,9 +331,10 @@ class NativeJob(Job):
                 seccomp=_data_fd(seccomp_filter.bpf_program(), child_fds),
                 passwd=_data_fd(passwd, child_fds),
                 group=_data_fd(group, child_fds),
-                job_dir=_keep(
-                    os.open(self._dir.path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW), child_fds
-                ),
+                job_dir=_keep(_open_dir(self._dir.path), child_fds),
+                tmp_dir=None
+                if self._dir.tmp is None
+                else _keep(_open_dir(self._dir.tmp), child_fds),
             )
             argv = launcher_argv(b.tools, uid, gid) + bwrap_argv(
                 b.bwrap, self.spec, b.host, uid, gid, fds
@@ -426,9 +443,6 @@ class NativeJob(Job):
             pids_limit_hits=cg.pids_limit_hits(),
         )
 
-    def _job_dir(self) -> Path | None:
-        return self._dir.path if self._dir is not None else None
-
     async def _teardown(self) -> None:
         errors: list[BaseException] = []
         if self._proc is not None:
@@ -478,6 +492,10 @@ def _data_fd(data: bytes, keep: list[int]) -> int:
         os.close(write_end)
     keep.append(read_end)
     return read_end
+
+
+def _open_dir(path: Path) -> int:
+    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
 
 
 def _keep(fd: int, keep: list[int]) -> int:

@@ -22,7 +22,8 @@ class Reason(enum.StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     WALL_TIME = "wall_time"
     CPU_LIMIT = "cpu_limit"
-    KILLED = "killed"  # by a signal the sandbox did not send (the job itself, SIGXFSZ, the admin)
+    DISK_LIMIT = "disk_limit"  # it went past its bytes or files in /job and /tmp (or RLIMIT_FSIZE)
+    KILLED = "killed"  # by a signal the sandbox did not send (the job itself, the admin)
     CANCELLED = "cancelled"
 
 
@@ -31,6 +32,7 @@ class KillCause(enum.StrEnum):
 
     WALL_TIME = "wall_time"
     CPU_LIMIT = "cpu_limit"
+    DISK_LIMIT = "disk_limit"
     CANCELLED = "cancelled"
 
 
@@ -44,6 +46,7 @@ class Observation:
     cpu_seconds: float
     cpu_limit: float | None
     oom_kills: int
+    disk_over: bool = False  # its files went past the disk limits (a write was refused for it)
 
 
 def split_status(returncode: int) -> tuple[int | None, int | None]:
@@ -68,6 +71,14 @@ def verdict(obs: Observation) -> Reason:
         return Reason.WALL_TIME
     if obs.kill_cause is KillCause.CPU_LIMIT:
         return Reason.CPU_LIMIT
+    if obs.kill_cause is KillCause.DISK_LIMIT or obs.disk_over:
+        # Whatever its exit status: a write of it was refused, so its files are not what it
+        # meant them to be. (Seen by the watcher, the job is killed for it; seen only at its end,
+        # after it exited of itself, the verdict is the same.)
+        return Reason.DISK_LIMIT
+    if obs.signal == signal_module.SIGXFSZ:
+        # One file past RLIMIT_FSIZE (the disk limit, per file): the same wall, met one way.
+        return Reason.DISK_LIMIT
     succeeded = obs.exit_code == 0 and obs.signal is None
     if obs.signal == signal_module.SIGXCPU:
         # The RLIMIT_CPU backstop fired before the cgroup watcher (it fires early on some VMs).
@@ -103,7 +114,7 @@ class JobResult:
     exit_code: int | None
     signal: int | None
     cpu_seconds: float  # from the job's cgroup, all its processes, exact to the nanosecond counter
-    peak_memory: int  # bytes, high-water mark of the job's cgroup (memory + page cache it caused)
+    peak_memory: int  # bytes, high-water mark of the job's cgroup: memory, page cache, its files
     wall_seconds: float  # start to exit, including time suspended
     suspended_seconds: float
     stdout: bytes

@@ -3,9 +3,10 @@
 Each check runs a small hostile job and looks, from outside, at whether the wall held: the job
 tries to reach a port listening on the host's loopback, to write outside its directory, to call
 ptrace, mount, keyctl and unshare, to fork past its pids limit, to allocate past its memory limit,
-to outlast its CPU and wall limits; the sandbox's own CPU-seconds are compared with the job's own
-process clock; a suspended job must use no CPU; a cancelled job must leave nothing behind. Jobs run
-the host's programs (sh, bash, python3 from /usr) on both backends.
+to write past its disk limit in files each under it, to outlast its CPU and wall limits; the
+sandbox's own CPU-seconds are compared with the job's own process clock; a suspended job must use
+no CPU; a cancelled job must leave nothing behind. Jobs run the host's programs (sh, bash, python3
+from /usr) on both backends.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ async def run_all(backend: Backend) -> list[WallCheck]:
         check_uid,
         check_network,
         check_filesystem,
+        check_disk,
         check_syscalls,
         check_pids,
         check_memory,
@@ -171,6 +173,15 @@ async def check_filesystem(backend: Backend) -> WallCheck:
         return WallCheck("filesystem", ok, detail)
     finally:
         shutil.rmtree(canary, ignore_errors=True)
+
+
+async def check_disk(backend: Backend) -> WallCheck:
+    # Four files of half the limit each, in /job and /tmp: only a total over both stops them.
+    script = "for f in /job/a /tmp/b /job/c /tmp/d; do head -c 524288 </dev/zero >$f || exit; done"
+    spec = JobSpec.create(["/bin/sh", "-c", script], limits=Limits(disk=1 * MiB, wall_seconds=20))
+    r = await backend.run(spec)
+    ok = r.reason is Reason.DISK_LIMIT
+    return WallCheck("disk", ok, f"2 MiB in four files under a 1 MiB limit: {r.reason}")
 
 
 async def check_syscalls(backend: Backend) -> WallCheck:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,9 @@ MAX_OUTPUTS = 256
 MAX_PATH_BYTES = 1024
 MAX_COMPONENT_BYTES = 255
 MAX_IMAGE_LEN = 255
+DEFAULT_DISK_FILES = 65536
+OUTPUT_STREAMS = 2  # stdout and stderr, each kept up to limits.output_bytes
+MAX_DISK_FILES = 1 << 24  # each costs the worker about a KiB of kernel memory (charged to the job)
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A Docker image reference, loosely: [registry[:port]/]name[/name...][:tag][@digest]. The engine
@@ -63,11 +66,17 @@ class Limits:
     memory: int = 512 * MiB  # memory + swap
     wall_seconds: float = 3600.0  # running time, not counting time suspended by the owner
     cpu_seconds: float | None = None  # total CPU time across all the job's processes
-    disk: int = 1 * GiB  # largest file the job may write (RLIMIT_FSIZE) and the size of its /tmp
+    # The job's files, /job and /tmp together, inputs included: their bytes (in whole pages, as the
+    # kernel counts them) and how many there are (files, directories and links). They are held in
+    # memory, so they count against `memory` too (see sandbox.jobdir).
+    disk: int = 1 * GiB
+    disk_files: int = DEFAULT_DISK_FILES
     pids: int = 256  # processes and threads of the job itself (the sandbox's own are extra)
     gpus: int = 0
     network: Network = Network.NONE
-    output_bytes: int = 1 * MiB  # stdout and stderr kept, each; the rest is drained and dropped
+    # stdout and stderr kept, each; the rest is drained and dropped. The worker holds them in its
+    # own memory, so they count against `memory`: the job's processes get the rest (job_memory).
+    output_bytes: int = 1 * MiB
 
     def __post_init__(self) -> None:
         _check_number("limits.cpus", self.cpus, 0.01, 1024.0)
@@ -76,11 +85,33 @@ class Limits:
         if self.cpu_seconds is not None:
             _check_number("limits.cpu_seconds", self.cpu_seconds, 0.1, 1024 * 7 * 86400.0)
         _check_int("limits.disk", self.disk, 64 * KiB, 1 << 40)
+        _check_int("limits.disk_files", self.disk_files, 1, MAX_DISK_FILES, unit="files")
         _check_int("limits.pids", self.pids, 1, 1 << 16)
         _check_int("limits.gpus", self.gpus, 0, 64)
         if not isinstance(self.network, Network):
             raise SpecError("limits.network", f"must be one of {_choices(Network)}")
         _check_int("limits.output_bytes", self.output_bytes, 0, 64 * MiB)
+        if self.output_memory > self.memory // 2:
+            # Else a job of 4 MiB could have the worker hold 128 MiB for it (its RSS rose from
+            # 0.1 to 1.3 GB with a few such jobs).
+            raise SpecError(
+                "limits.output_bytes",
+                f"{self.output_bytes} bytes for each of stdout and stderr count against "
+                f"limits.memory ({self.memory}), and may take at most half of it: ask for at "
+                f"most {self.memory // 2 // OUTPUT_STREAMS} bytes, or for "
+                "more memory",
+            )
+
+    @property
+    def output_memory(self) -> int:
+        """What the worker may hold of the job's output: its buffers for stdout and stderr."""
+        return OUTPUT_STREAMS * self.output_bytes
+
+    @property
+    def job_memory(self) -> int:
+        """The memory wall of the job itself (its processes and files): `memory` less the
+        worker's buffers for its output, which count against the same limit."""
+        return self.memory - self.output_memory
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -89,6 +120,9 @@ class Limits:
             "wall_seconds": self.wall_seconds,
             "cpu_seconds": self.cpu_seconds,
             "disk": self.disk,
+            # Sent only when asked for: a worker that predates it refuses the key (it could not
+            # honour it), and leaving it out keeps every other spec readable there.
+            **({"disk_files": self.disk_files} if self.disk_files != DEFAULT_DISK_FILES else {}),
             "pids": self.pids,
             "gpus": self.gpus,
             "network": self.network.value,
@@ -121,6 +155,7 @@ _LIMIT_FIELDS = {
     "wall_seconds": "float",
     "cpu_seconds": "float?",
     "disk": "int",
+    "disk_files": "int",
     "pids": "int",
     "gpus": "int",
     "network": "network",
@@ -167,6 +202,7 @@ class JobSpec:
         self._check_outputs()
         if not isinstance(self.limits, Limits):
             raise SpecError("limits", "must be a Limits")
+        self._check_inputs_fit()
 
     @classmethod
     def create(
@@ -275,6 +311,21 @@ class JobSpec:
                 if parent in files:
                     raise SpecError(f"inputs[{path!r}]", f"lies under the input file {parent!r}")
 
+    def _check_inputs_fit(self) -> None:
+        # Inputs live in the job's file system, under its disk limits (staged inputs, which the
+        # spec does not carry, are checked when they are placed: sandbox.jobdir).
+        lim = self.limits
+        size = sum(len(f.data) for f in self.inputs)
+        if size > lim.disk:
+            raise SpecError("inputs", f"carry {size} bytes, more than limits.disk ({lim.disk})")
+        names = input_names(f.path for f in self.inputs)
+        if names > lim.disk_files:
+            raise SpecError(
+                "inputs",
+                f"make {names} files and directories, more than limits.disk_files "
+                f"({lim.disk_files})",
+            )
+
     def _check_outputs(self) -> None:
         if not isinstance(self.outputs, tuple):
             raise SpecError("outputs", "must be a list of paths")
@@ -353,6 +404,15 @@ class JobSpec:
         )
 
 
+def input_names(paths: Iterable[str]) -> int:
+    """How many files and directories placing inputs at `paths` makes (each counts once)."""
+    made: set[str] = set()
+    for path in paths:
+        parts = path.split("/")
+        made.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return len(made)
+
+
 def check_relative_path(where: str, path: object) -> str:
     """A path inside the job directory: relative, normalised, no `..`, bounded. Returns it."""
     if not isinstance(path, str):
@@ -399,11 +459,12 @@ def _check_number(where: str, value: object, low: float, high: float) -> None:
         raise SpecError(where, f"{value!r} is outside {low:g}..{high:g}")
 
 
-def _check_int(where: str, value: object, low: int, high: int) -> None:
+def _check_int(where: str, value: object, low: int, high: int, unit: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(where, "must be a whole number")
     if not low <= value <= high:
-        raise SpecError(where, f"{value} is outside {low}..{high}")
+        units = f" {unit}" if unit else ""
+        raise SpecError(where, f"{value}{units} is outside {low}..{high}{units}")
 
 
 def _expect_map(where: str, obj: object, allowed: set[str]) -> dict[str, Any]:

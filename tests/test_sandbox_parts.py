@@ -14,13 +14,23 @@ from pathlib import Path, PurePosixPath
 import pytest
 import trio
 
-from sandbox import cgroups, hostfs, jobdir, seccomp_filter
+from sandbox import cgroups, hostfs, jobdir, output, seccomp_filter
 from sandbox.cgroups import CgroupLayout, CgroupLimits, JobCgroup, Mkdir, MountEntry, Write
 from sandbox.docker_backend import FrameDecoder, container_config, host_image_tar
-from sandbox.errors import SandboxFailure
-from sandbox.native import BwrapFds, LaunchTools, bwrap_argv, clamp_rlimit, launcher_argv, rlimits
+from sandbox.errors import SandboxFailure, SpecError
+from sandbox.native import (
+    BwrapFds,
+    LaunchTools,
+    NativeBackend,
+    bwrap_argv,
+    clamp_rlimit,
+    launcher_argv,
+    rlimits,
+)
 from sandbox.output import OutputBuffer, Stream
 from sandbox.spec import InputFile, JobSpec, Limits, Network
+from sandbox.startfail import StartFailure, StartWatch
+from tests.sandbox_helpers import require_root
 
 HYBRID_MOUNTINFO = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -201,7 +211,9 @@ def test_bwrap_command_line() -> None:
     assert "--ro-bind /usr /usr" in joined and "--symlink usr/bin /bin" in joined
     assert "--ro-bind /lib32 /lib32" in joined and "--ro-bind-try /etc/ld.so.cache" in joined
     assert "--bind-fd 10 /job" in joined and "--seccomp 7" in joined
-    assert "--size 1048576 --perms 1777 --tmpfs /tmp" in joined
+    assert "--size 1048576 --perms 1777 --tmpfs /tmp" in joined  # no file system of its own
+    own = bwrap_argv("bwrap", spec_for_argv(), host, 1, 1, BwrapFds(7, 8, 9, 10, tmp_dir=11))
+    assert "--bind-fd 11 /tmp" in " ".join(own) and "--tmpfs" not in own
     assert "--setenv SECRET s" in joined and "--clearenv" in argv
     assert argv.index("--remount-ro") > argv.index("--tmpfs")  # after every mount is made
     assert argv[argv.index("--") + 1 :] == ["python3", "-c", "print(1)"]
@@ -253,8 +265,13 @@ def test_container_settings() -> None:
     assert {"ptrace", "mount", "keyctl", "unshare", "setns", "bpf"} <= denied
     assert hc["memswap_limit"] == hc["mem_limit"] > 64 << 20  # the parent cgroup's wall bites first
     assert hc["cgroup_parent"] == "/rainnet/j1" and hc["log_config"]["type"] == "none"
-    assert hc["tmpfs"]["/tmp"].endswith(f"size={1 << 20}")
+    assert hc["tmpfs"]["/tmp"].endswith(f"size={1 << 20}")  # no file system of its own
     assert hc["binds"]["/w/j1"] == {"bind": "/job", "mode": "rw"}
+    _, own = container_config(
+        spec_for_argv(), job_id="j1", uid=1, gid=1, job_dir=Path("/w/j1/job"),
+        cgroup_parent="/x", host=host, tmp_dir=Path("/w/j1/tmp"),
+    )  # fmt: skip
+    assert own["binds"]["/w/j1/tmp"] == {"bind": "/tmp", "mode": "rw"} and own["tmpfs"] == {}
     assert hc["binds"]["/usr"]["mode"] == hc["binds"]["/etc/ssl"]["mode"] == "ro"
     assert {u["name"] for u in hc["ulimits"]} >= {"fsize", "core", "cpu", "nproc"}
     net = JobSpec.create(["true"], image="busybox:1", limits=Limits(network=Network.INTERNET))
@@ -319,9 +336,61 @@ def test_output_buffer_caps_and_streams() -> None:
         assert buf.value(Stream.STDOUT) == b"0123456789"
         assert buf.truncated(Stream.STDOUT) and not buf.truncated(Stream.STDERR)
         assert seen == [b"0123456", b"789", b"e"]
-        assert [c.data async for c in buf.chunks()] == seen  # late readers get it all
+        # Late readers get it all, in the same order (in fewer chunks).
+        late = [(c.stream, c.data) async for c in buf.chunks()]
+        assert late == [(Stream.STDOUT, b"0123456789"), (Stream.STDERR, b"e")]
 
     trio.run(main)
+
+
+def test_output_buffer_memory_is_bounded_however_the_job_writes() -> None:
+    async def main() -> None:
+        buf = OutputBuffer(cap=1 << 20)
+        # A stream switch every byte: each would be a chunk (and an object) of its own.
+        for i in range(2 * output.MAX_MARKS):
+            buf.feed((Stream.STDOUT, Stream.STDERR)[i % 2], b"x")
+        buf.close()
+        out, err = buf.value(Stream.STDOUT), buf.value(Stream.STDERR)
+        # Then only the stream that wrote last goes on; the other is dropped, as past its cap.
+        half = output.MAX_MARKS // 2
+        assert (len(out), len(err)) == (half, 2 * half)
+        assert buf.truncated(Stream.STDOUT) and not buf.truncated(Stream.STDERR)
+        assert len([c async for c in buf.chunks()]) == output.MAX_MARKS
+        assert buf.value(Stream.STDOUT) is out  # one bytes object, the result's own
+
+    trio.run(main)
+
+
+def watch(command: str) -> tuple[StartWatch, list[tuple[Stream, bytes]]]:
+    fed: list[tuple[Stream, bytes]] = []
+    return StartWatch(NativeBackend.launcher_words, command, lambda s, d: fed.append((s, d))), fed
+
+
+def test_a_command_that_did_not_start_is_told_from_the_jobs_own_output() -> None:
+    # bwrap writes its words in three pieces; the exit status says the rest.
+    w, fed = watch("nosuchcmd")
+    for piece in (b"bwrap: ", b"execvp nosuchcmd", b": No such file or directory\n"):
+        w.feed(Stream.STDERR, piece)
+    assert fed == [(Stream.STDERR, b"command not found: nosuchcmd\n")]
+    assert (w.failure, w.exit_code(1), w.exit_code(3)) == (StartFailure.NOT_FOUND, 127, 3)
+    w, fed = watch("./x")
+    w.feed(Stream.STDERR, b"bwrap: execvp ./x: Permission denied\nmore")
+    w.close()
+    assert fed == [(Stream.STDERR, b"command not executable: ./x\nmore")]
+    assert w.exit_code(1) == 126
+    # The job's own words pass at once; only the launcher's start is ever held, and not long.
+    for command, first in [
+        ("ls", b"ls: cannot access"),
+        ("ls", b"bwrap: execvp other: No such file or directory\n"),
+        ("ls", b"bwrap: execvp " + b"x" * 1000),
+    ]:
+        w, fed = watch(command)
+        w.feed(Stream.STDERR, first)
+        assert fed == [(Stream.STDERR, first)] and w.failure is None and w.exit_code(1) == 1
+    w, fed = watch("ls")
+    w.feed(Stream.STDERR, b"bwrap: ex")
+    w.feed(Stream.STDOUT, b"out")  # the command did start
+    assert fed == [(Stream.STDERR, b"bwrap: ex"), (Stream.STDOUT, b"out")]
 
 
 def test_job_directory_inputs(tmp_path: Path) -> None:
@@ -341,6 +410,33 @@ def test_job_directory_inputs(tmp_path: Path) -> None:
     os.chmod(d.path / "a", 0)  # a job may lock its own directories; removal still works
     jobdir.remove(d)
     assert not d.path.exists()
+
+
+def test_the_job_file_system_bounds_inputs_and_goes_at_once(tmp_path: Path) -> None:
+    require_root()  # mounting
+    disk = jobdir.DiskLimits.of(Limits(disk=64 * 1024, disk_files=4))
+    d = jobdir.prepare(tmp_path, "j1", (InputFile("a/b", b"x" * 5000),), 4242, 4242, (), disk)
+    try:
+        assert os.path.ismount(tmp_path / "j1") and d.path == tmp_path / "j1/job"
+        assert d.tmp == tmp_path / "j1/tmp" and stat.S_IMODE(d.tmp.stat().st_mode) == 0o1777
+        assert (d.path.stat().st_uid, d.tmp.stat().st_uid) == (4242, 4242)
+        assert jobdir.usage(d) == jobdir.DiskUsage(bytes=2 * jobdir.PAGE, files=2)
+        (d.tmp / "c").write_bytes(b"")
+        (d.path / "d").write_bytes(b"x" * (14 * jobdir.PAGE))  # 16 pages, 4 files: at the limits
+        assert not jobdir.exceeded(d)
+        (d.tmp / "e").write_bytes(b"")  # one more: the slack, past the limit
+        assert jobdir.exceeded(d)
+        with pytest.raises(OSError, match="No space"):
+            (d.tmp / "f").write_bytes(b"")
+    finally:
+        jobdir.remove(d)
+    assert not (tmp_path / "j1").exists() and not os.path.ismount(tmp_path / "j1")
+    # Staged inputs the spec could not check: more than the job asked room for.
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (70 * 1024))
+    with pytest.raises(SpecError, match="inputs: do not fit"):
+        jobdir.prepare(tmp_path, "j2", (), 4242, 4242, (("big", big),), disk)
+    assert not (tmp_path / "j2").exists()
 
 
 def test_output_collection_resists_a_hostile_job(tmp_path: Path) -> None:

@@ -67,6 +67,21 @@ def test_a_full_spec_survives_msgpack() -> None:
         (lambda: Limits(pids=True), "limits.pids"),
         (lambda: Limits(gpus=-1), "limits.gpus"),
         (lambda: Limits(network="internet"), "limits.network"),  # type: ignore[arg-type]
+        (lambda: Limits(disk_files=0), "limits.disk_files"),
+        # Buffers of 2 x 64 MiB for a job of 4 MiB: the worker's RSS rose from 0.1 to 1.3 GB.
+        (lambda: Limits(memory=4 << 20, output_bytes=64 << 20), "limits.output_bytes"),
+        (lambda: Limits(memory=64 << 20, output_bytes=(16 << 20) + 1), "limits.output_bytes"),
+        (lambda: Limits(disk_files=1 << 30), "limits.disk_files"),
+        (
+            lambda: JobSpec.create(["t"], inputs={"a": b"x" * 70_000}, limits=Limits(disk=65536)),
+            "inputs",
+        ),
+        (
+            lambda: JobSpec.create(
+                ["t"], inputs={"d/a": b"", "d/b": b""}, limits=Limits(disk_files=2)
+            ),
+            "inputs",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field(build: object, field: str) -> None:
@@ -74,6 +89,37 @@ def test_invalid_specs_name_the_field(build: object, field: str) -> None:
         build()  # type: ignore[operator]
     assert info.value.field == field
     assert str(info.value).startswith(field + ": ")
+
+
+def test_limits_errors_speak_the_users_units() -> None:
+    with pytest.raises(
+        SpecError, match=r"^limits.disk_files: 0 files is outside 1\.\.16777216 files$"
+    ):
+        Limits(disk_files=0)
+    with pytest.raises(
+        SpecError, match=r"make 3 files and directories, more than limits.disk_files"
+    ):
+        JobSpec.create(["t"], inputs={"d/a": b"", "d/b": b""}, limits=Limits(disk_files=2))
+
+
+def test_output_buffers_count_against_memory() -> None:
+    lim = Limits(memory=64 << 20, output_bytes=16 << 20)  # at most half for the buffers
+    assert (lim.output_memory, lim.job_memory) == (32 << 20, 32 << 20)
+    assert Limits(memory=4 << 20).job_memory == 2 << 20  # the smallest job, default buffers
+    with pytest.raises(SpecError, match=r"ask for at most 1048576 bytes, or for more memory$"):
+        Limits(memory=4 << 20, output_bytes=64 << 20)
+
+
+def test_the_files_limit_keeps_the_wire_format_of_older_nodes() -> None:
+    # What a node before `disk_files` sends and accepts: exactly these limit keys.
+    older = {"cpus", "memory", "wall_seconds", "cpu_seconds", "disk", "pids", "gpus", "network"}
+    older |= {"output_bytes"}
+    assert set(Limits().to_wire()) == older  # the default is not sent: older workers take it
+    from_older = JobSpec.create(["true"]).to_wire()
+    assert JobSpec.from_wire(from_older).limits.disk_files == Limits().disk_files
+    asked = JobSpec.create(["true"], limits=Limits(disk_files=100))
+    assert set(asked.limits.to_wire()) == older | {"disk_files"}  # refused there, as it must be
+    assert wire_roundtrip(asked) == asked
 
 
 def valid_wire() -> dict[str, object]:
@@ -100,6 +146,7 @@ def valid_wire() -> dict[str, object]:
         (lambda w: w.update(limits={"network": "host"}), "limits.network"),
         (lambda w: w.update(limits={"network": 0}), "limits.network"),
         (lambda w: w.update(limits={"turbo": 1}), "limits.turbo"),
+        (lambda w: w.update(limits={"disk_files": "many"}), "limits.disk_files"),
         (lambda w: w.update(limits=[]), "limits"),
     ],
 )
@@ -167,6 +214,11 @@ def obs(**kw: object) -> Observation:
             obs(exit_code=137, signal=9, kill_cause=KillCause.CANCELLED, oom_kills=1),
             Reason.CANCELLED,
         ),
+        (obs(exit_code=137, signal=9, kill_cause=KillCause.DISK_LIMIT), Reason.DISK_LIMIT),
+        (obs(exit_code=1, disk_over=True), Reason.DISK_LIMIT),
+        (obs(exit_code=0, disk_over=True), Reason.DISK_LIMIT),  # a write of it was refused
+        (obs(exit_code=1, disk_over=True, oom_kills=1), Reason.DISK_LIMIT),
+        (obs(exit_code=153, signal=signal.SIGXFSZ), Reason.DISK_LIMIT),
     ],
 )
 def test_verdicts(observation: Observation, reason: Reason) -> None:

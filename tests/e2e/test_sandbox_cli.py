@@ -54,6 +54,14 @@ def test_run_prints_the_result(
     assert "rain: out_of_memory (exit 137) on native" in p.stderr
     p = rain(home, "run", "--time", "1s", "--", "sh", "-c", "echo hi; exit 4")
     assert p.returncode == 4 and p.stdout == "hi\n" and "nonzero_exit" in p.stderr
+    for backend, docker in [("native", "unix:///nonexistent.sock"), ("docker", dockerd.url)]:
+        p = rain(home, "run", "--backend", backend, "--", "nosuchcmd", docker=docker)
+        assert p.returncode == 127, p.stderr
+        assert p.stderr.startswith("command not found: nosuchcmd\n"), p.stderr
+        assert f"rain: nonzero_exit (exit 127) on {backend}" in p.stderr
+    many = "for f in a b c; do head -c 500000 /dev/zero > $f; done"  # each under the limit
+    p = rain(home, "run", "--disk", "1M", "--", "sh", "-c", many)
+    assert p.returncode != 0 and "rain: disk_limit" in p.stderr, p.stderr
 
 
 def test_run_refuses_bad_input_in_one_line(native_backend: Backend, sandbox_root: Path) -> None:

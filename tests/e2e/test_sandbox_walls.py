@@ -21,10 +21,10 @@ from pathlib import Path
 import msgpack
 import trio
 
-from sandbox import guest_cpu_seconds
+from sandbox import guest_cpu_seconds, jobdir
 from sandbox.job import Backend, JobState
 from sandbox.output import Stream
-from sandbox.result import Reason
+from sandbox.result import JobResult, Reason
 from sandbox.selftest import _FORK_PROBE, _SYSCALL_PROBE, keyctl_number
 from sandbox.spec import InputFile, JobSpec, Limits, MiB
 from tests.e2e.sandbox_helpers import BURN, PYTHON, image_for, leftovers, run
@@ -334,3 +334,123 @@ def test_the_environment_is_the_specs_and_nothing_of_the_hosts(backend: Backend)
     env = dict(line.split("=", 1) for line in r.stdout.decode().splitlines() if "=" in line)
     assert env["GREETING"] == "hello there" and env["HOME"] == "/job"
     assert "RAINNET_HOST_SECRET" not in env
+
+
+# Writes 64 KiB blocks to files of 1 MiB, in turn in each directory of argv[2] (`/job,/tmp`), until
+# a write fails or it has written argv[1] MiB; prints how much it wrote and the errno it stopped at.
+_FILL_BYTES = r"""
+import os, sys
+wrote, failure = 0, 0
+dirs = sys.argv[2].split(",")
+try:
+    for i in range(int(sys.argv[1])):
+        with open(f"{dirs[i % len(dirs)]}/f{i}", "wb") as f:
+            for _ in range(16):
+                wrote += f.write(b"x" * 65536)
+except OSError as e:
+    failure = e.errno
+print(wrote, failure)
+sys.exit(1 if failure else 0)
+"""
+
+# Creates empty files, alternately in /job and /tmp, until refused or argv[1] of them exist.
+_FILL_FILES = r"""
+import os, sys
+made, failure = 0, 0
+try:
+    for i in range(int(sys.argv[1])):
+        os.close(os.open(f"{('/job', '/tmp')[i % 2]}/e{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+        made += 1
+except OSError as e:
+    failure = e.errno
+print(made, failure)
+sys.exit(1 if failure else 0)
+"""
+
+
+def run_and_clean(backend: Backend, spec: JobSpec) -> JobResult:
+    """Run `spec` and check that nothing of it is left (its file system included)."""
+
+    async def main() -> JobResult:
+        async with backend.open_job(spec) as job:
+            r = await job.wait()
+        assert leftovers(backend, job) == []
+        return r
+
+    result: JobResult = run(main)
+    return result
+
+
+def test_the_disk_limit_bounds_the_bytes_of_job_and_tmp_together(backend: Backend) -> None:
+    # Every file is well under the limit: the per-file cap alone let 2.7 GB through a 1 GiB limit.
+    disk = 8 * MiB
+    argv = [PYTHON, "-c", _FILL_BYTES, "64", "/job,/tmp"]
+    r = run_and_clean(backend, JobSpec.create(argv, limits=Limits(disk=disk)))
+    wrote, failure = map(int, r.stdout.split())
+    # /job and /tmp share the one limit; a page past it is how the sandbox knows it was passed.
+    assert disk - MiB <= wrote <= disk + jobdir.PAGE, r
+    assert failure == errno.ENOSPC
+    assert r.reason is Reason.DISK_LIMIT
+
+
+def test_the_disk_limit_bounds_the_number_of_files(backend: Backend) -> None:
+    # 400,000 files in 12 s got through before; the default limit is 65536 files.
+    r = run_and_clean(backend, JobSpec.create([PYTHON, "-c", _FILL_FILES, "100000"]))
+    made, failure = map(int, r.stdout.split())
+    assert 65536 - 8 <= made <= 65536 + 1, r  # (the one file past the limit, as for bytes)
+    assert failure == errno.ENOSPC
+    assert r.reason is Reason.DISK_LIMIT
+
+
+def test_outputs_up_to_the_disk_limit_are_collected(backend: Backend, tmp_path: Path) -> None:
+    disk = 8 * MiB
+    script = f"head -c {disk - 64 * 1024} /dev/zero > out.bin && echo small > /tmp/x"
+    spec = JobSpec.create(
+        ["sh", "-c", script],
+        image=image_for(backend),
+        outputs=["out.bin"],
+        limits=Limits(disk=disk),
+    )
+    r = run(partial(backend.run, spec, result_dir=tmp_path))
+    assert r.reason is Reason.OK, r
+    assert [(o.path, o.size) for o in r.outputs] == [("out.bin", disk - 64 * 1024)]
+    assert (tmp_path / "out.bin").stat().st_size == disk - 64 * 1024
+
+
+def test_files_in_job_count_against_the_memory_limit(backend: Backend) -> None:
+    # They are held in memory (a tmpfs charged to the job's memory cgroup), as /tmp's always
+    # were: a job cannot use its disk allowance to take more of the worker's memory than its
+    # memory limit.
+    spec = JobSpec.create(
+        [PYTHON, "-c", _FILL_BYTES, "128", "/job"], limits=Limits(memory=64 * MiB, disk=1 << 30)
+    )
+    r = run_and_clean(backend, spec)
+    assert r.reason is Reason.OUT_OF_MEMORY, r
+    assert r.peak_memory <= 64 * MiB
+
+
+def test_output_buffers_count_against_the_memory_limit(backend: Backend) -> None:
+    # The worker holds up to 2 x 16 MiB of this job's output: the job keeps the other 32 MiB.
+    spec = JobSpec.create(
+        [PYTHON, "-c", "b = b'x' * (40 << 20)"],
+        limits=Limits(memory=64 * MiB, output_bytes=16 * MiB),
+    )
+    r = run(backend.run, spec)
+    assert r.reason is Reason.OUT_OF_MEMORY, r
+    assert r.peak_memory <= 32 * MiB
+
+
+def test_a_missing_command_exits_127_and_says_so(backend: Backend) -> None:
+    for image in {None, image_for(backend)}:
+        r = run(backend.run, JobSpec.create(["nosuchcmd", "x"], image=image))
+        assert (r.reason, r.exit_code, r.stderr) == (
+            Reason.NONZERO_EXIT,
+            127,
+            b"command not found: nosuchcmd\n",
+        ), r
+        data = JobSpec.create(["./data"], image=image, inputs={"data": b"not a program"})
+        r = run(backend.run, data)
+        assert (r.exit_code, r.stderr) == (126, b"command not executable: ./data\n"), r
+    # What a job that did start writes and exits with is its own.
+    r = run(backend.run, JobSpec.create(["sh", "-c", "echo nosuchcmd: not here >&2; exit 127"]))
+    assert (r.exit_code, r.stderr) == (127, b"nosuchcmd: not here\n")
