@@ -30,7 +30,7 @@ from sandbox.native import (
 from sandbox.output import OutputBuffer, Stream
 from sandbox.spec import InputFile, JobSpec, Limits, Network
 from sandbox.startfail import StartFailure, StartWatch
-from tests.sandbox_helpers import require_root
+from tests.e2e.sandbox_helpers import require_root
 
 HYBRID_MOUNTINFO = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
