@@ -180,8 +180,16 @@ def test_an_array_moves_to_done_and_the_credit_follows(
     assert page.locator('#plot polyline[data-series="balance"]').count() == 1
     expect(page.locator("#credit-spent")).not_to_have_text("0.00")
     page.screenshot(path=str(tmp_path / "panel.png"), full_page=True)
-    if os.environ.get("RAIN_PANEL_SCREENSHOT"):
+    if os.environ.get("RAIN_PANEL_SCREENSHOT"):  # the README's, with a user light or two on
+        lit = network.nodes[1:3]
+        for node, light in zip(lit, ("user1", "user2"), strict=True):
+            node.rain("light", light, "on")
+        for node, light in zip(lit, ("user1", "user2"), strict=True):
+            led = page.locator(f'.node[data-peer="{node.peer_id}"] .led[data-light="{light}"]')
+            expect(led).to_have_attribute("data-value", "on")
         page.screenshot(path=os.environ["RAIN_PANEL_SCREENSHOT"], full_page=True)
+        for node, light in zip(lit, ("user1", "user2"), strict=True):
+            node.rain("light", light, "off")
 
 
 def test_a_user_light_set_on_one_node_shows_on_anothers_page(

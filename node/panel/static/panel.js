@@ -12,9 +12,9 @@ const nodeEls = new Map();
 let selfId = null;
 let retries = 0;
 
-// For tests and benchmarks: the last messages applied, and when each node's and job's state
-// last changed on the page (seconds since the epoch).
-const probe = (window.__rain = { seq: 0, messages: 0, applied: [], events: [] });
+// For tests and benchmarks: the view as the page holds it, the last messages applied (size,
+// time to apply), and when each node's and job's state changed on the page (epoch seconds).
+const probe = (window.__rain = { seq: 0, messages: 0, applied: [], events: [], view });
 function note(list, item, max) {
   list.push(item);
   if (list.length > max) list.splice(0, list.length - max);
@@ -59,7 +59,7 @@ function clock(t) {
 function connect() {
   const ws = new WebSocket(`ws://${location.host}/live`);
   ws.onopen = () => { retries = 0; setConn("live"); };
-  ws.onmessage = (event) => apply(JSON.parse(event.data));
+  ws.onmessage = (event) => apply(JSON.parse(event.data), event.data.length);
   ws.onclose = () => {
     setConn("reconnecting");
     const wait = Math.min(5000, 500 * 2 ** retries++);
@@ -72,7 +72,7 @@ function setConn(state) {
   c.textContent = state;
 }
 
-function apply(msg) {
+function apply(msg, bytes) {
   const started = performance.now();
   let changed;
   if (msg.type === "view") {
@@ -98,7 +98,7 @@ function apply(msg) {
   if (changed.exchanges) drawExchanges();
   probe.seq = msg.seq;
   probe.messages++;
-  note(probe.applied, { seq: msg.seq, type: msg.type, at: Date.now() / 1000,
+  note(probe.applied, { seq: msg.seq, type: msg.type, at: Date.now() / 1000, bytes,
     ms: performance.now() - started }, 200);
 }
 
@@ -339,6 +339,7 @@ function setup() {
     }
   }
   setInterval(tickElapsed, 1000);
+  setInterval(() => document.body.classList.toggle("blink-off"), 500);
   connect();
 }
 
