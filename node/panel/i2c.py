@@ -38,7 +38,12 @@ class LinuxI2CBus:
 
     def __init__(self, bus: int) -> None:
         self.path = f"/dev/i2c-{bus}"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"front panel: cannot open {self.path}: {exc.strerror}"
+            ) from None
         self._address: int | None = None
 
     def _select(self, address: int) -> None:
