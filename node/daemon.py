@@ -3,7 +3,8 @@
 - node.owner: the idle policy's watch, which sets our state and freezes guests;
 - node.jobs: the requester and worker ends of the job protocol;
 - node.ledger_link: the ledger and its protocol; node.control: the control API;
-- node.snapshot: one picture of the node that the control API (and the panel) read.
+- node.snapshot: one picture of the node that the control API (and the panel) read;
+- node.panel: the local panel (web page, hardware front panel) and this node's lights.
 
 `Node(config)` does no I/O; `open()` reads the home (identity, ledger, job store) and `run()`
 starts everything in one nursery and runs until cancelled.
@@ -22,13 +23,16 @@ from typing import Any
 
 import trio
 
+from ledger.balance import Balance
 from ledger.service import Ledger
+from ledger.store import HistoryRow
 from node import capabilities
 from node.control import channel as control
 from node.control.ops import ControlOps
 from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
 from node.jobs.core import scheduler
 from node.jobs.requester import Requester
+from node.jobs.requester.record import JobRecord
 from node.jobs.requester.store import JOBS_FILE, JobStore
 from node.jobs.worker import Worker
 from node.jobs.worker import sessions as task_session
@@ -36,7 +40,20 @@ from node.ledger_link import LedgerLink
 from node.owner.config import PolicyConfig
 from node.owner.policy import Decision, IdlePolicy
 from node.owner.signals import PolicyWatch, Sampler
-from node.snapshot import CreditView, JobsView, NodeSnapshot, PeerView, PolicyView, SelfView
+from node.panel.lights import NodeLights, UserLight
+from node.panel.server import Panel, PanelConfig
+from node.snapshot import (
+    CreditView,
+    DetailView,
+    ExchangeRow,
+    GuestRow,
+    JobRow,
+    JobsView,
+    NodeSnapshot,
+    PeerView,
+    PolicyView,
+    SelfView,
+)
 from rainnet import __version__, identity, jobproto, records, wire
 from rainnet.ledgerproto import LEDGER, LEDGER_MAX_FRAME, LedgerFrame
 from rainnet.network import Description, NetworkConfig, PeerNetwork
@@ -45,6 +62,7 @@ from rainnet.streams import FramedStream, StreamGone
 log = logging.getLogger("rainnet.node")
 
 GOSSIP_TIMEOUT = 30.0
+EXCHANGES_IN_DETAIL = 200  # the recent exchanges the panel's list and plot show
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,7 @@ class NodeConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     sandbox: str = "auto"  # auto, native, docker or none
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    panel: PanelConfig = field(default_factory=PanelConfig)
 
 
 class Node:
@@ -67,6 +86,8 @@ class Node:
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._opened = False
+        self._job_root: Path | None = None  # where guests' jobs run (they may set our lights)
+        self._exchanges: tuple[Balance | None, tuple[ExchangeRow, ...]] = (None, ())
 
     def open(self) -> None:
         """Read the home: our identity, the ledger and the job store (created on first use)."""
@@ -83,11 +104,13 @@ class Node:
             JobStore(home / JOBS_FILE),
         )
         self.control = ControlOps(self)
+        self.lights = NodeLights(self.config.policy.max_temperature, self.network.record_changed)
         self._opened = True
 
     # ----- what our record says ---------------------------------------------------------------
 
     def _describe(self) -> Description:
+        lights = self.lights.for_record()
         return Description(
             cpus=self.caps.cpus,
             memory=self.caps.memory,
@@ -95,7 +118,14 @@ class Node:
             backends=self.caps.backends,
             state=self.state,
             lends=self.config.policy.lend != "never" and bool(self.backends),
+            user1=lights.user1,
+            user2=lights.user2,
+            hot=lights.hot,
+            load=lights.load,
         )
+
+    def set_user_light(self, which: UserLight, light: records.Light) -> None:
+        self.lights.set_user(which, light)
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -128,6 +158,7 @@ class Node:
                 await nursery.start(control.serve, sock_path, self.control.handle)
                 if self.worker is not None:
                     nursery.start_soon(self.worker.claims.retry_held, self._live_peer_ids)
+                await self._start_panel(nursery)
                 self._write_node_info(sock_path)
                 # Everything made so far (libp2p's ~100k objects of modules and services) lives
                 # as long as the node: out of the collector's sight, a full collection scans
@@ -144,12 +175,37 @@ class Node:
             self.ledger.close()
             self.requester.store.close()
 
+    async def _start_panel(self, nursery: trio.Nursery) -> None:
+        """Our lights, and the panels that show them: the web page, the hardware's LEDs."""
+        nursery.start_soon(self.lights.run, self._load_and_heat, self._running_guest_dirs)
+        panel = self.config.panel
+        if panel.port is not None:
+            web = Panel(panel, self.config.home, lambda: self.snapshot(True), self.control.handle)
+            await nursery.start(web.run)
+        if panel.front_panel is not None:
+            from node.panel.front import FrontPanel
+
+            front = FrontPanel(panel.front_panel.open_bus(), panel.front_panel.address)
+            live = self.network.membership.live_peers
+            nursery.start_soon(
+                front.run, lambda: self.lights.panel(self.network.addrs, bool(live()))
+            )
+
+    def _load_and_heat(self) -> tuple[float | None, float | None]:
+        signals = self.idle.signals if self.idle else None
+        return (signals.host_load, signals.temperature) if signals else (None, None)
+
+    def _running_guest_dirs(self) -> list[Path]:
+        root = self._job_root
+        return [root / job.id for b in self.backends.values() for job in b.jobs()] if root else []
+
     async def _open_sandbox(self) -> None:
         """Open every sandbox backend that works here, and the idle policy that gates them."""
         from sandbox import SandboxConfig, guest_cpu_seconds, probe, sweep
         from sandbox.select import BACKENDS, no_isolation_message
 
         sandbox_config = SandboxConfig.for_home(self.config.home)
+        self._job_root = sandbox_config.workdir
         if self.config.sandbox != "none":
             # Leftovers of a crashed run (processes, cgroups, job directories) go first.
             await trio.to_thread.run_sync(sweep, sandbox_config)
@@ -250,10 +306,12 @@ class Node:
     def policy_report(self) -> dict[str, Any] | None:
         return self.idle.report() if self.idle else None
 
-    async def snapshot(self) -> NodeSnapshot:
+    async def snapshot(self, detail: bool = False) -> NodeSnapshot:
+        """The node now; with `detail`, what the panel shows besides (node.snapshot)."""
         now = time.time()
         balance = await self.ledger.balance()
         decision = self.idle.decision if self.idle else None
+        lights = self.lights
         me = SelfView(
             peer_id=self.me.peer_id,
             addrs=tuple(self.network.addrs),
@@ -268,6 +326,10 @@ class Node:
             uptime=now - self.started_at,
             pid=os.getpid(),
             streams=self.network.open_streams(),
+            user1=lights.user(UserLight.USER1),
+            user2=lights.user(UserLight.USER2),
+            hot=lights.hot,
+            load=lights.load,
         )
         return NodeSnapshot(
             taken_at=now,
@@ -288,6 +350,29 @@ class Node:
                 state=decision.state if decision else None,
                 start_allowed=bool(decision and decision.start_allowed),
                 reason=decision.reason if decision else "no sample yet",
+            ),
+            detail=await self._detail(balance) if detail else None,
+        )
+
+    async def _detail(self, balance: Balance) -> DetailView:
+        if self._exchanges[0] != balance:  # the ledger is read again only when it moved
+            rows = await self.ledger.history(EXCHANGES_IN_DETAIL)
+            self._exchanges = (balance, tuple(_exchange_row(r) for r in rows))
+        guests = self.worker.running.values() if self.worker else ()
+        return DetailView(
+            jobs=tuple(_job_row(j) for j in self.requester.jobs.values()),
+            guests=tuple(
+                GuestRow(
+                    g.job_id, g.requester, g.needs.cpus, g.needs.memory, g.started, g.in_sandbox
+                )
+                for g in guests
+            ),
+            exchanges=self._exchanges[1],
+            mpi_groups=(),  # (node.mpi, to come)
+            left=tuple(
+                _peer_view(p)
+                for p in self.network.membership.peers.values()
+                if not p.live and p.last_seen is not None
             ),
         )
 
@@ -335,4 +420,39 @@ def _peer_view(p: Any) -> PeerView:
         last_seen=p.last_seen,
         rtt_ms=round(p.rtt * 1000, 2) if p.rtt is not None else None,
         source=p.source.value,
+        user1=rec.user1 if rec else records.Light.OFF,
+        user2=rec.user2 if rec else records.Light.OFF,
+        hot=rec.hot if rec else False,
+        load=rec.load if rec else 0,
+    )
+
+
+def _job_row(j: JobRecord) -> JobRow:
+    task = j.spec.env_dict.get("RAIN_ARRAY_TASK_ID")
+    return JobRow(
+        job_id=j.job_id,
+        state=j.state.value,
+        worker=j.worker,
+        submitted=j.submitted,
+        started=j.started,
+        ended=j.ended,
+        cpu_seconds=j.cpu_seconds,
+        credit=j.credit,
+        command=" ".join(j.spec.argv)[:200],
+        array_task=int(task) if task is not None and task.isdigit() else None,
+    )
+
+
+def _exchange_row(r: HistoryRow) -> ExchangeRow:
+    try:
+        peer = identity.peer_id_from_public_bytes(r.peer)
+    except ValueError:
+        peer = r.peer.hex()
+    return ExchangeRow(
+        sequence=r.sequence,
+        time=r.time_ms / 1000,
+        peer=peer,
+        job_id=r.job_id,
+        amount=r.amount_milli / 1000,
+        role=r.role,
     )

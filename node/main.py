@@ -71,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds without an answer before a peer leaves",
     )
+    panel = p.add_mutually_exclusive_group()
+    panel.add_argument(
+        "--panel",
+        type=int,
+        metavar="PORT",
+        help="serve the local panel on 127.0.0.1:PORT (0: any free port; default 4080, or a "
+        "free port if that is taken); `rain panel` prints its URL",
+    )
+    panel.add_argument("--no-panel", action="store_true", help="serve no local panel")
+    p.add_argument(
+        "--front-panel",
+        metavar="i2c:BUS:ADDR",
+        help="mirror this node's lights on a hardware front panel: an MCP23017 GPIO expander "
+        "at ADDR on /dev/i2c-BUS (e.g. i2c:1:0x20)",
+    )
     p.add_argument(
         "--log-level",
         default=os.environ.get("RAIN_LOG", "info"),
@@ -145,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from node.daemon import Node, NodeConfig
     from node.owner.config import ConfigError, load_policy_config
+    from node.panel.front import FrontPanelSpec
+    from node.panel.server import DEFAULT_PORT, PanelConfig
     from rainnet import host as rhost
     from rainnet import relay as rrelay
     from rainnet.network import NetworkConfig
@@ -162,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rhost.bootstrap_info(addr)
         for addr in args.relay_via:
             rrelay.relay_info(addr)
+        front = FrontPanelSpec.parse(args.front_panel) if args.front_panel else None
+        if args.panel is not None and not 0 <= args.panel <= 65535:
+            raise ValueError(f"--panel {args.panel}: a port is 0 to 65535")
     except ValueError as exc:
         print(f"rain-node: {exc}", file=sys.stderr)
         return 2
@@ -180,7 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         relay=args.relay,
         relay_via=tuple(args.relay_via),
     )
-    config = NodeConfig(home=home, network=network, sandbox=args.sandbox, policy=policy)
+    panel = PanelConfig(
+        port=None if args.no_panel else DEFAULT_PORT if args.panel is None else args.panel,
+        port_given=args.panel is not None,
+        front_panel=front,
+    )
+    config = NodeConfig(
+        home=home, network=network, sandbox=args.sandbox, policy=policy, panel=panel
+    )
 
     async def run() -> None:
         node = Node(config)

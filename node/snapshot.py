@@ -3,6 +3,11 @@
 `rain status`, `rain peers` and the panel all read this one picture (node.control.ops makes it
 from the node's live state), so they never disagree. Frozen and made of plain values: it can be
 kept, compared with the next one (the panel sends what changed) and turned into JSON.
+
+The panel asks for more (`detail`): each of our jobs, the guests' jobs running here, the recent
+exchanges of credit, the MPI groups, and the peers that left the view but are still remembered.
+Lights and load are as the records say them (rainnet.records: user lights are "off", "on" or
+"blink"; load is in eighths of the machine).
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ class SelfView:
     uptime: float
     pid: int
     streams: int
+    user1: str = "off"
+    user2: str = "off"
+    hot: bool = False
+    load: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,10 @@ class PeerView:
     last_seen: float | None
     rtt_ms: float | None
     source: str
+    user1: str = "off"
+    user2: str = "off"
+    hot: bool = False
+    load: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,62 @@ class PolicyView:
 
 
 @dataclass(frozen=True)
+class JobRow:
+    """One job we submitted; a task of an array has its index."""
+
+    job_id: str
+    state: str
+    worker: str | None
+    submitted: float
+    started: float | None
+    ended: float | None
+    cpu_seconds: float
+    credit: float
+    command: str  # its argv, joined and cut short
+    array_task: int | None
+
+
+@dataclass(frozen=True)
+class GuestRow:
+    """A job (or task session) we run for another node."""
+
+    job_id: str
+    requester: str
+    cpus: float
+    memory: int
+    started: float
+    in_sandbox: bool  # False once it has ended and is being settled
+
+
+@dataclass(frozen=True)
+class ExchangeRow:
+    """One exchange in our ledger, newest first: what we earned from or spent with a peer."""
+
+    sequence: int
+    time: float
+    peer: str
+    job_id: str
+    amount: float  # credits: positive earned, negative spent
+    role: str  # "earned", "pending" (not agreed yet) or "spent"
+
+
+@dataclass(frozen=True)
+class MpiGroupRow:
+    group_id: str
+    state: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DetailView:
+    jobs: tuple[JobRow, ...]
+    guests: tuple[GuestRow, ...]
+    exchanges: tuple[ExchangeRow, ...]
+    mpi_groups: tuple[MpiGroupRow, ...]
+    left: tuple[PeerView, ...]  # peers that left the view, while it still remembers them
+
+
+@dataclass(frozen=True)
 class NodeSnapshot:
     taken_at: float
     me: SelfView
@@ -82,6 +151,7 @@ class NodeSnapshot:
     jobs: JobsView
     credit: CreditView
     policy: PolicyView
+    detail: DetailView | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

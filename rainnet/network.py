@@ -56,6 +56,11 @@ class Description:
     backends: tuple[str, ...]
     state: str
     lends: bool  # whether we announce ourselves as a worker in the DHT
+    # What the panels show of us (records.NodeRecord): user lights, too hot, load in eighths.
+    user1: str = records.Light.OFF.value
+    user2: str = records.Light.OFF.value
+    hot: bool = False
+    load: int = 0
 
 
 class PeerNetwork:
@@ -108,6 +113,10 @@ class PeerNetwork:
             seq=self.seq,
             issued_at=now,
             ttl=self.config.record_ttl,
+            user1=d.user1,
+            user2=d.user2,
+            hot=d.hot,
+            load=d.load,
         )
         self._signed = records.sign_record(self.me, rec)
         return self._signed

@@ -1,7 +1,8 @@
 """Node records: what a node says about itself, signed, with a sequence number and an expiry.
 
 A record names the node's peer id, addresses, CPUs, memory, GPUs, sandbox backends, software version
-and state (idle, busy, owner, suspended...). It is published in the DHT under `/rain/node/<peer id>`
+and state (idle, busy, owner, suspended...), and what the panels show of it: its two user lights,
+whether it runs too hot, and its load. It is published in the DHT under `/rain/node/<peer id>`
 and handed over directly in the hello exchange. Anyone can check it: the signature is by the key
 inlined in the peer id. Records expire (`issued_at + ttl`); stale ones are ignored, and a higher
 sequence number replaces a lower one.
@@ -12,6 +13,7 @@ Pure code: signing takes an Identity, checking takes bytes and the current time.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 from dataclasses import dataclass, field
 
@@ -30,6 +32,18 @@ MAX_RECORD_BYTES = 8192
 
 STATES = ("starting", "idle", "busy", "owner", "suspended", "stopping")
 _PEER_ID_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{40,60}$")
+LOAD_STEPS = 8  # a record's load is in eighths of the machine, as a bar of eight lights
+
+
+class Light(enum.StrEnum):
+    """A user light, as the front panels' programmer-chosen LEDs (`rain light`, or a job)."""
+
+    OFF = "off"
+    ON = "on"
+    BLINK = "blink"
+
+
+_LIGHTS = frozenset(Light)
 
 
 class RecordError(Exception):
@@ -50,6 +64,12 @@ class NodeRecord(wire.Message):
     seq: int
     issued_at: float
     ttl: float
+    # Added with the panel: optional, so that an older node's record (without them) still
+    # parses here, and ours there (unknown keys are tolerated by the codec).
+    user1: str = field(default=Light.OFF.value, metadata=wire.limit(8))
+    user2: str = field(default=Light.OFF.value, metadata=wire.limit(8))
+    hot: bool = False  # too hot to run at full speed (the owner's temperature limit holds)
+    load: int = 0  # how busy the machine is, guests included, in eighths
 
     def __post_init__(self) -> None:
         if not _PEER_ID_RE.match(self.peer_id):
@@ -63,6 +83,10 @@ class NodeRecord(wire.Message):
         for addr in self.addrs:
             if len(addr) > 256 or not addr.startswith("/"):
                 raise ValueError(f"address {addr[:64]!r} is not a multiaddr")
+        if self.user1 not in _LIGHTS or self.user2 not in _LIGHTS:
+            raise ValueError(f"user lights must be one of {', '.join(Light)}")
+        if not 0 <= self.load <= LOAD_STEPS:
+            raise ValueError(f"load must be in 0..{LOAD_STEPS}")
 
     @property
     def expires_at(self) -> float:

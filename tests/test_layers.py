@@ -9,10 +9,14 @@ import which. Every import in the source tree counts, at module level or inside 
                            (ledger and rainnet messages, sandbox specs, node.faults only)
       node.jobs.requester  never imports node.jobs.worker, nor the worker the requester:
       node.jobs.worker     what they share is in node.jobs.core
+      node.jobs            never imports node.panel (the panel reads the jobs, not the reverse)
       node.cli             the `rain` commands: never the daemon, the job ends, libp2p or the
                            network (a command costs Python's start-up, not libp2p's second)
       node.owner           owner first: the sandbox, units and config only, none of the jobs
       node.snapshot        plain values: imports nothing of ours
+      node.panel           the local panel: reads node.snapshot (and the records' vocabulary);
+                           its actions go through the control operations handed to it, never
+                           to the job ends, the daemon, the ledger or the sandbox directly
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ RULES: list[tuple[str, tuple[str, ...] | None, tuple[str, ...]]] = [
         ("node.jobs.core", "node.faults", "ledger", "rainnet", "sandbox"),
         ("trio", "libp2p", "rainnet.host", "rainnet.network", "rainnet.streams"),
     ),
-    ("node.jobs.requester", None, ("node.jobs.worker",)),
-    ("node.jobs.worker", None, ("node.jobs.requester",)),
+    ("node.jobs.requester", None, ("node.jobs.worker", "node.panel")),
+    ("node.jobs.worker", None, ("node.jobs.requester", "node.panel")),
+    ("node.jobs", None, ("node.panel",)),
     (
         "node.cli",
         None,
@@ -52,6 +57,7 @@ RULES: list[tuple[str, tuple[str, ...] | None, tuple[str, ...]]] = [
     ),
     ("node.owner", ("node.owner", "node.units", "sandbox"), ()),
     ("node.snapshot", (), ()),
+    ("node.panel", ("node.panel", "node.snapshot", "rainnet.records"), ()),
 ]
 
 
@@ -123,6 +129,9 @@ def test_every_package_keeps_to_its_layer() -> None:
         ("node.jobs.requester.settle", {"node.jobs.worker.claims"}),
         ("node.cli.status", {"libp2p.peer.id"}),
         ("node.owner.policy", {"node.jobs.core.scheduler"}),
+        ("node.panel.view", {"node.jobs.requester.record"}),
+        ("node.panel.app", {"node.daemon"}),
+        ("node.jobs.worker.worker", {"node.panel.lights"}),
     ],
 )
 def test_the_rule_catches_a_layer_broken(module: str, imports: set[str]) -> None:

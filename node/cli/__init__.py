@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "logs": "node.cli.jobs",
     "get": "node.cli.jobs",
     "cancel": "node.cli.jobs",
+    "panel": "node.cli.panel",
+    "light": "node.cli.light",
+    "top": "node.cli.top",
 }
 
 

@@ -2,8 +2,10 @@
 
 `ControlOps.handle(request)` answers one request of the control channel (node.control.channel):
 status and peers (views of node.snapshot), the whole snapshot, the lending policy's report,
-another peer's chain fetched and verified, workers found in the DHT, and the job operations
-(node.control.jobs). Requests come from this node's user only (a user-only Unix socket).
+another peer's chain fetched and verified, workers found in the DHT, the job operations
+(node.control.jobs), and the panel's: this node's user lights (`rain light`, the page's buttons)
+and the panel's view (`rain top`). Requests come from this node's user only (a user-only Unix
+socket, or the token-guarded panel).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from node.control import jobs as job_control
 from node.control.channel import refusal
 from node.jobs.requester import Requester
 from node.ledger_link import LedgerLink
+from node.panel.lights import UserLight
 from node.snapshot import NodeSnapshot
 from rainnet import identity, records, wire
 from rainnet.ledgerproto import LEDGER, LEDGER_MAX_FRAME, LedgerFrame
@@ -27,7 +30,9 @@ class NodeView(Protocol):
     requester: Requester
     ledger: LedgerLink
 
-    async def snapshot(self) -> NodeSnapshot: ...
+    async def snapshot(self, detail: bool = False) -> NodeSnapshot: ...
+
+    def set_user_light(self, which: UserLight, light: records.Light) -> None: ...
 
     def policy_report(self) -> dict[str, Any] | None: ...
 
@@ -46,6 +51,8 @@ class ControlOps:
             "policy": self._policy,
             "fetch-chain": self._fetch_chain,
             "workers": self._workers,
+            "light": self._light,
+            "view": self._view,
         }
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +71,21 @@ class ControlOps:
 
     async def _snapshot(self, req: dict[str, Any]) -> dict[str, Any]:
         return (await self._node.snapshot()).as_dict()
+
+    async def _light(self, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            which = UserLight(str(req.get("which")))
+            light = records.Light(str(req.get("light")))
+        except ValueError:
+            return refusal("light: which is user1 or user2, light is off, on or blink")
+        self._node.set_user_light(which, light)
+        return {"which": which, "light": light}
+
+    async def _view(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The panel's view (node.panel.view) of the node now: what `rain top` draws."""
+        from node.panel import view
+
+        return {"view": view.as_json(view.build(await self._node.snapshot(detail=True)))}
 
     async def _policy(self, req: dict[str, Any]) -> dict[str, Any]:
         report = self._node.policy_report()
