@@ -297,7 +297,14 @@ def test_a_task_session_runs_batches_and_settles_a_group() -> None:
     assert isinstance(offered, ResultOffered) and req.claimed == []
     allowed = {t: LIMITS.max_cpu_ms for t in ("t1", "t2")}
     assert (
-        results.group_payment_problem(finished, proposal.block, allowed, WORKER.public_raw, 1 << 20)
+        results.group_payment_problem(
+            finished,
+            proposal.block,
+            allowed,
+            WORKER.public_raw,
+            1 << 20,
+            dict.fromkeys(allowed, 60.0),
+        )
         is None
     )
     wrk.receive(req.settle(_agree(proposal)))

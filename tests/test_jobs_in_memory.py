@@ -15,7 +15,7 @@ import trio.testing
 from node.jobs.core.conversation import Kind, OfferReceived
 from node.jobs.requester.record import JobRecord, JobState
 from node.jobs.stream import JobStream
-from node.testing import JobWorld, job_world
+from node.testing import JobWorld, job_world, until
 from rainnet import jobproto
 from rainnet.identity import Identity
 from sandbox import JobSpec, Limits
@@ -35,13 +35,6 @@ async def _ended(*jobs: JobRecord, within: float = 600) -> None:
     with trio.fail_after(within):
         for job in jobs:
             await job.finished.wait()
-
-
-async def _until(ready: Callable[[], bool], within: float = 60) -> None:
-    """Poll (trio time) until `ready()`: the states watched here have no event of their own."""
-    with trio.fail_after(within):
-        while not ready():  # noqa: ASYNC110
-            await trio.sleep(0.1)
 
 
 async def _balance(ledger: Any) -> float:
@@ -144,11 +137,11 @@ def test_cancel_while_queued_running_and_riding(tmp_path: Path) -> None:
             assert queued.state is JobState.CANCELLED
             side.owner_back = None
             [running] = await world.requester.submit([_spec("cpu:25")])
-            await _until(lambda: running.state is JobState.RUNNING and bool(side.worker.running))
+            await until(lambda: running.state is JobState.RUNNING and bool(side.worker.running))
             running.cancel.set()
             await _ended(running)
             assert running.state is JobState.CANCELLED
-            await _until(lambda: not side.worker.running)  # the worker stopped it, let it go
+            await until(lambda: not side.worker.running)  # the worker stopped it, let it go
             # Tasks of an array in a session: cancel them mid-way, the rest complete.
             jobs = await world.requester.submit([_spec("cpu:2") for _ in range(6)])
             await trio.sleep(3)
@@ -176,7 +169,7 @@ def test_a_worker_silent_past_the_lease_loses_the_job_to_another(tmp_path: Path)
             mute.handle(jobproto.JOB, silent)
             _enroll(world, mute.peer_id, cpus=2)
             [job] = await world.requester.submit([_spec("out:x")])
-            await _until(lambda: job.state is JobState.RUNNING)
+            await until(lambda: job.state is JobState.RUNNING)
             assert job.worker == mute.peer_id
             world.records[honest.me.peer_id] = known
             await _ended(job)
@@ -190,7 +183,7 @@ def test_a_vanished_worker_loses_the_job_to_another(tmp_path: Path) -> None:
     async def main() -> None:
         async with job_world(tmp_path, workers=2) as world:
             [job] = await world.requester.submit([_spec("cpu:20")])
-            await _until(lambda: job.state is JobState.RUNNING)
+            await until(lambda: job.state is JobState.RUNNING)
             first = job.worker
             assert first is not None
             await world.net.vanish(first)
@@ -207,9 +200,9 @@ def test_a_vanished_requester_is_paid_for_later_once(tmp_path: Path) -> None:
         async with job_world(tmp_path) as world:
             side = world.workers[0]
             [job] = await world.requester.submit([_spec("out:held", "cpu:5")])
-            await _until(lambda: job.state is JobState.RUNNING)
+            await until(lambda: job.state is JobState.RUNNING)
             await world.net.vanish(world.me.peer_id)
-            await _until(lambda: bool(side.worker.held.job_ids()))  # ran on; result held
+            await until(lambda: bool(side.worker.held.job_ids()))  # ran on; result held
             world.net.come_back(world.me.peer_id)
             await side.worker.deliver_held(world.me.peer_id)  # (a hello would do this)
             await _ended(job)

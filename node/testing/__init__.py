@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,6 +164,14 @@ def _made(path: Path) -> Path:
     return path
 
 
+async def until(ready: Callable[[], bool], within: float = 60) -> None:
+    """Poll (trio time) until `ready()`, at most `within` seconds: for states that have no
+    event of their own (who is untrusted, what a worker holds)."""
+    with trio.fail_after(within):
+        while not ready():  # noqa: ASYNC110
+            await trio.sleep(0.1)
+
+
 __all__ = [
     "JobWorld",
     "MemoryNetwork",
@@ -171,5 +179,6 @@ __all__ = [
     "WorkerSide",
     "job_world",
     "temporary_ledger",
+    "until",
     "worker_record",
 ]

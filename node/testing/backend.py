@@ -50,6 +50,8 @@ class ScriptedBackend(Backend):
     def __init__(self, config: SandboxConfig) -> None:
         super().__init__(config)
         self.started: list[str] = []  # job ids, in the order they started
+        # CPU-seconds each job's account claims beyond what it used: a dishonest worker's.
+        self.overbill_seconds = 0.0
 
     def _check_supported(self, spec: JobSpec) -> None:
         if spec.image is not None:
@@ -141,7 +143,8 @@ class ScriptedJob(Job):
         return self._cpu_ns + round(busy * 1e9)
 
     async def _account(self) -> Accounting:
-        return Accounting(cpu_ns=self._cpu_ns, peak_memory=1 << 20, oom_kills=0, pids_limit_hits=0)
+        cpu_ns = self._cpu_ns + round(self._scripted.overbill_seconds * 1e9)
+        return Accounting(cpu_ns=cpu_ns, peak_memory=1 << 20, oom_kills=0, pids_limit_hits=0)
 
     def _job_dir(self) -> Path | None:
         return None

@@ -107,12 +107,38 @@ def group_problem(
     return None
 
 
+# A claim may exceed CPUs x the time we saw the job run by this much (accounting granularity,
+# the start-up inside the sandbox before our clock's view of it, a scheduler tick).
+CLAIM_SLACK_SECONDS = 2.0
+CLAIM_SLACK_RATIO = 0.1
+
+
+def overclaim_problem(cpu_ms: int, cpus_milli: int, observed_seconds: float) -> str | None:
+    """Why a claim of `cpu_ms` is more than a job of `cpus_milli` could have used in the
+    `observed_seconds` the requester saw it run (from the worker's Accept to its result); None
+    if it is plausible. The ledger bounds a claim by the job's limits only: a 0.1 s job may not
+    be billed its whole time limit."""
+    most = cpus_milli * (observed_seconds + CLAIM_SLACK_SECONDS) * (1 + CLAIM_SLACK_RATIO)
+    if cpu_ms <= most:
+        return None
+    return (
+        f"claims {cpu_ms / 1000:.3f} CPU-seconds for a job of {cpus_milli / 1000:g} CPUs seen "
+        f"running {observed_seconds:.1f} s: more than it could have used"
+    )
+
+
 def job_problem(
-    finished: Finished, proposal: HalfBlock, job_id: str, worker_key: bytes, max_bytes: int
+    finished: Finished,
+    proposal: HalfBlock,
+    job_id: str,
+    worker_key: bytes,
+    max_bytes: int,
+    observed_seconds: float,
 ) -> str | None:
     """Why one job's result (`finished`, with the worker's signed `proposal`) must not be paid
     for; None if it may. The announced files must hash to the result the worker signs, for this
-    job, signed by the worker we gave it to, within `max_bytes` and a safe layout."""
+    job, signed by the worker we gave it to, within `max_bytes` and a safe layout, claiming no
+    more than the job could have used in the time we saw it run."""
     verdict = Verdict(finished.exit_code, finished.reason)
     if result_hash(verdict, finished.outputs) != finished.result_hash:
         return "the announced result does not hash to the signed hash"
@@ -122,6 +148,10 @@ def job_problem(
         return "the proposal is not signed by the worker"
     if proposal.transaction.job_id != job_id:
         return "the proposal is for another job"
+    tx = proposal.transaction
+    overclaim = overclaim_problem(tx.cpu_ms, tx.limits.cpus_milli, observed_seconds)
+    if overclaim is not None:
+        return overclaim
     return _release_problem(finished, max_bytes) or (
         None
         if safe_layout(finished.outputs)
@@ -135,18 +165,33 @@ def group_payment_problem(
     allowed_ms: Mapping[str, int],
     worker_key: bytes,
     max_bytes: int,
+    observed_seconds: Mapping[str, float],
 ) -> str | None:
     """Why a task session's group (`finished` and the worker's signed `proposal`) must not be
-    paid for, given the tasks we may pay for and each one's most CPU-ms (`allowed_ms`); None if
-    it may."""
+    paid for, given the tasks we may pay for and each one's most CPU-ms (`allowed_ms`), and how
+    long we saw each run (its batch's time: `observed_seconds`); None if it may."""
     tx = proposal.transaction
     problem = group_problem(finished, tx.result_hash, tx.cpu_ms, allowed_ms)
     if problem is None and proposal.public_key != worker_key:
         problem = "the proposal is not signed by the worker"
+    for t in finished.tasks if problem is None else ():
+        seen = observed_seconds.get(t.job_id, 0.0)
+        why = overclaim_problem(t.cpu_ms, tx.limits.cpus_milli, seen)
+        if why is not None:
+            return f"task {t.job_id}: {why}"
     return problem or _release_problem(finished, max_bytes)
+
+
+TOO_LARGE = "the result is larger than this node accepts"  # (ours to set: no fault of the worker)
 
 
 def _release_problem(finished: Finished, max_bytes: int) -> str | None:
     if sum(f.size for f in finished.outputs) > max_bytes:
-        return "the result is larger than this node accepts"
+        return TOO_LARGE
     return None
+
+
+def blames_worker(problem: str) -> bool:
+    """Whether a payment problem proves the worker wrong (a result that does not match what it
+    signed, another job's claim, more CPU than it could have used...), not a limit of ours."""
+    return problem != TOO_LARGE

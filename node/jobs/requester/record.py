@@ -58,6 +58,9 @@ class JobRecord:
     worker: str | None = None
     attempts: int = 0
     started: float | None = None
+    # When (trio time) a worker first accepted it in this process: how long it may have run,
+    # for checking a claim (wall time since `started` after a restart).
+    accepted_at: float | None = None
     ended: float | None = None
     cpu_seconds: float = 0.0
     credit: float = 0.0
@@ -86,6 +89,12 @@ class JobRecord:
     def rideable(self) -> bool:
         """Whether a task session can carry the job: one copy, no files in or out."""
         return self.replicas == 1 and not (self.inputs or terms.has_files(self.spec))
+
+    def seen_running(self) -> float:
+        """The longest it may have been running: since a worker first accepted it."""
+        if self.accepted_at is not None:
+            return trio.current_time() - self.accepted_at
+        return max(0.0, time.time() - (self.started or self.submitted))
 
     def touch(self) -> None:
         self.changed.set()

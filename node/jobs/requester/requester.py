@@ -70,7 +70,9 @@ MAX_QUEUE = 7 * 86400.0  # busy workers only delay a job, but not forever
 DECLINE_PAUSE = 0.2  # after every known worker declined: first pause, doubling...
 MAX_DECLINE_PAUSE = 5.0  # ...up to this
 MAX_EXTRA_REPLICAS = 2  # runs beyond --replicas to break a disagreement
-RESULT_WAIT = 3600.0  # paid for a result whose transfer broke: how long to wait for it again
+# Paid for a result whose transfer broke: how long to wait for the worker to offer it again
+# (it does at once when it is back) before the job fails and the worker is distrusted.
+RESULT_WAIT = 120.0
 RESUME_GRACE = 20.0  # after a restart, how long a job that was running waits for its worker
 CANCEL_GRACE = 30.0  # a job cancelled at its worker: how long its claim may take to settle
 MAX_JOBS_KEPT = 10_000
@@ -274,9 +276,15 @@ class Requester:
                 )
                 with trio.move_on_after(RESULT_WAIT):
                     await job.finished.wait()
-                await self._end(
-                    job, JobState.FAILED, "paid, but the worker never delivered the result"
-                )
+                if not job.finished.is_set():
+                    why = f"paid, but it withheld the result for {RESULT_WAIT:.0f} s"
+                    await self.settlement.distrust(worker, job.job_id, why)
+                    await self._end(
+                        job,
+                        JobState.FAILED,
+                        f"paid {worker[-8:]}, which has not delivered the result (it is "
+                        "untrusted until it does; the job is done if it still comes)",
+                    )
                 return
             except AttemptLost as exc:
                 lost_attempts += 1
@@ -373,6 +381,9 @@ class Requester:
         await self.offers.offer(
             stream, worker, job.job_id, job.attempts, job.spec_bytes, job.inputs
         )
+        seen_from = trio.current_time()  # what a claim is checked against (overcharging)
+        if job.accepted_at is None:
+            job.accepted_at = seen_from
         slot.release()
         job.state, job.started = JobState.RUNNING, time.time()
         job.accepted_by.add(worker)
@@ -409,7 +420,8 @@ class Requester:
         finally:
             watch.cancel()
         load.release()  # the job has ended there: its CPUs are free for the next
-        await self.settlement.job(job, worker, stream, event, vote)
+        seen = trio.current_time() - seen_from
+        await self.settlement.job(job, worker, stream, event, vote, seen)
 
     # ----- results held for us ------------------------------------------------------------------
 
@@ -433,7 +445,7 @@ class Requester:
         log.info("job %s: %s offers the result it held for us", claim_id, worker)
         job.worker = worker
         try:
-            await self.settlement.job(job, worker, stream, event, None)
+            await self.settlement.job(job, worker, stream, event, None, job.seen_running())
         finally:
             await stream.close()
 
@@ -451,7 +463,8 @@ class Requester:
             return
         log.info("%s offers the results of %d jobs it held for us", worker, len(mine))
         try:
-            conclude = await self.settlement.group(worker, stream, event, mine)
+            seen = {j: job.seen_running() for j, job in mine.items()}
+            conclude = await self.settlement.group(worker, stream, event, mine, seen)
         finally:
             await stream.close()
         await conclude()
@@ -459,11 +472,15 @@ class Requester:
 
 def _owes_held(job: JobRecord, worker: str) -> bool:
     """Whether a result `worker` held for us is one we owe: of a job of one copy it ran, not
-    settled since, and unfinished, or cancelled by us before it was paid (what it used is
-    owed)."""
+    settled since, and unfinished; or cancelled by us before it was paid (what it used is
+    owed); or paid to it, and failed for want of its files (they come at last)."""
     if job.replicas > 1 or job.settling or worker not in job.accepted_by:
         return False
-    return not job.finished.is_set() or (job.state is JobState.CANCELLED and job.claim is None)
+    if not job.finished.is_set():
+        return True
+    if job.state is JobState.CANCELLED:
+        return job.claim is None
+    return job.state is JobState.FAILED and job.claim == job.job_id and job.worker == worker
 
 
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -60,6 +60,7 @@ class Ride:
     job: JobRecord
     load: Load
     ended: trio.Event = field(default_factory=trio.Event)
+    seen_running: float = 0.0  # how long its batch took: what its claim is checked against
     error: Exception | None = None
 
     def end(self, error: Exception | None = None) -> None:
@@ -270,9 +271,12 @@ class TaskSessions:
             return []
         tasks = tuple(jobproto.Task(r.job.job_id, r.job.spec_bytes) for r in rides)
         await stream.send(jobproto.Tasks(tasks=tasks))
+        sent_at = trio.current_time()
         for ride in rides:
             job = ride.job
             job.attempts += 1
+            if job.accepted_at is None:
+                job.accepted_at = sent_at
             job.state, job.started, job.worker = JobState.RUNNING, time.time(), session.worker
         # Their owner may cancel them meanwhile: the Cancel goes out beside our reading.
         watches = [trio.CancelScope() for _ in rides]
@@ -307,6 +311,7 @@ class TaskSessions:
                 watch.cancel()
         claimed = []
         for ride, done in zip(rides, msg.done, strict=True):
+            ride.seen_running = trio.current_time() - sent_at
             ride.load.release()  # its CPUs there are free for the next
             # (A job may have ended meanwhile: a result held for us from before a restart, or
             # its owner's cancel. Its state stays; a group with a job paid for is refused.)
@@ -328,7 +333,8 @@ class TaskSessions:
         await session.stream.send(jobproto.Collect())
         event = await session.stream.receive_a(ResultOffered, LEASE)
         jobs = {r.job.job_id: r.job for r in claimed}
-        conclude = await self._settlement.group(session.worker, session.stream, event, jobs)
+        seen = {r.job.job_id: r.seen_running for r in claimed}
+        conclude = await self._settlement.group(session.worker, session.stream, event, jobs, seen)
 
         async def conclude_then_end() -> None:
             # Beside the session's next task: storing the results is not on its path.

@@ -17,7 +17,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import trio
@@ -91,6 +91,18 @@ class Settlement:
         self.untrusted = untrusted
         self._end = end
 
+    async def distrust(self, worker: str, job_id: str, reason: str) -> None:
+        """Offer `worker` nothing more for a while (store.UNTRUSTED_FOR): caught out on
+        `job_id`."""
+        log.warning("job %s: %s is untrusted from now: %s", job_id, worker, reason)
+        self.untrusted.add(worker)
+        await blocking.run(self._store.distrust, worker, job_id, time.time(), reason)
+
+    async def forgive(self, worker: str) -> bool:
+        """Trust `worker` again; whether it was untrusted."""
+        self.untrusted.discard(worker)
+        return await blocking.run(self._store.forgive, worker)
+
     async def _refuse(self, stream: JobStream, claim_id: str, problem: str) -> None:
         await stream.settle(Refuse(claim_id, problem))
 
@@ -103,9 +115,11 @@ class Settlement:
         stream: JobStream,
         event: ResultOffered,
         vote: Vote | None,
+        observed_seconds: float,
     ) -> None:
-        """Settle one job's result offered on `stream`; the job is done when this returns,
-        unless it is a replica paid but not fetched. RemoteProtocolError if refused,
+        """Settle one job's result offered on `stream`, the job having been seen running
+        `observed_seconds`; the job is done when this returns, unless it is a replica paid but
+        not fetched. RemoteProtocolError if refused (a worker proven wrong is distrusted),
         PaidAwaitingResult if paid and its files did not arrive."""
         # Replicas settle side by side, by design; a job of one copy settles one result at once.
         with contextlib.nullcontext() if vote is not None else _settling(job):
@@ -118,17 +132,18 @@ class Settlement:
                 job.job_id,
                 identity.public_bytes_from_peer_id(worker),
                 MAX_RESULT_BYTES,
+                observed_seconds,
             )
+            if problem is not None and results.blames_worker(problem):
+                await self.distrust(worker, job.job_id, problem)
             role, payees = "fetch", 1
             if problem is None and vote is not None:
                 # Wait for the other replicas (they run side by side, within the same limits).
                 with trio.fail_after(job.spec.limits.wall_seconds + VOTE_SLACK):
                     role, payees = await vote.cast(worker, finished.result_hash)
                 if role == "refuse":
-                    self.untrusted.add(worker)
-                    await blocking.run(self._store.distrust, worker, job.job_id, time.time())
-                    log.warning("job %s: %s was outvoted by the other replicas", job.job_id, worker)
                     problem = "outvoted: your result differs from the other replicas' majority"
+                    await self.distrust(worker, job.job_id, problem)
                     await self._refuse(stream, job.job_id, problem)
                     await stream.close()
                     return
@@ -164,8 +179,13 @@ class Settlement:
             )
             job.outputs = [e.path for e in finished.outputs[2:]]
             job.exit_code, job.reason = finished.exit_code, finished.reason
-            if job.finished.is_set():  # cancelled, then paid for what it used: kept so
+            if job.finished.is_set():
+                if job.state is JobState.FAILED:  # paid, given up waiting: here at last
+                    await self.forgive(worker)
+                    job.state, job.error, job.ended = JobState.DONE, None, time.time()
+                # (else: cancelled, then paid for what it used: kept so)
                 await self._saver.save(job)
+                job.touch()
             else:
                 cancelled = job.cancel.is_set()
                 await self._end(job, JobState.CANCELLED if cancelled else JobState.DONE, None)
@@ -173,11 +193,17 @@ class Settlement:
     # ----- a task session's group -----------------------------------------------------------
 
     async def group(
-        self, worker: str, stream: JobStream, event: ResultOffered, jobs: dict[str, JobRecord]
+        self,
+        worker: str,
+        stream: JobStream,
+        event: ResultOffered,
+        jobs: dict[str, JobRecord],
+        observed: Mapping[str, float],
     ) -> Callable[[], Awaitable[None]]:
         """Check and pay a group of tasks (one claim), then receive their results; what stores
         them and ends their jobs (the caller awaits it, or lets it run beside the next task).
-        `jobs` are the tasks we may pay for: run by this worker, never paid elsewhere."""
+        `jobs` are the tasks we may pay for: run by this worker, never paid elsewhere;
+        `observed`: how long we saw each run."""
         finished, proposal = event.finished, event.proposal
         claim_id = proposal.block.transaction.job_id
         allowed = {j: terms.max_cpu_ms(job.spec) for j, job in jobs.items()}
@@ -187,7 +213,10 @@ class Settlement:
             allowed,
             identity.public_bytes_from_peer_id(worker),
             MAX_RESULT_BYTES,
+            observed,
         )
+        if problem is not None and results.blames_worker(problem):
+            await self.distrust(worker, claim_id, problem)
         if problem is None and any(
             job.settling or (job.finished.is_set() and job.state is not JobState.CANCELLED)
             for job in jobs.values()

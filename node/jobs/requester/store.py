@@ -51,14 +51,25 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs     TEXT NOT NULL,   -- JSON list of output paths
     claim       TEXT             -- the ledger exchange that paid it (a task session's group)
 ) STRICT;
-CREATE TABLE IF NOT EXISTS untrusted (  -- workers outvoted by replicas: offered nothing again
+CREATE TABLE IF NOT EXISTS untrusted (  -- workers caught out: offered nothing again, a while
     peer_id     TEXT PRIMARY KEY,
-    job_id      TEXT NOT NULL,   -- the job whose result it got wrong
-    since       REAL NOT NULL
+    job_id      TEXT NOT NULL,   -- the job it was caught out on
+    since       REAL NOT NULL,
+    reason      TEXT NOT NULL DEFAULT ''  -- what it did (outvoted, overcharged, withheld...)
 ) STRICT;
 """
 MAX_UNTRUSTED = 10_000  # the oldest are forgotten beyond this
-UNTRUSTED_FOR = 30 * 86400.0  # seconds a worker outvoted stays untrusted
+UNTRUSTED_FOR = 3 * 86400.0  # seconds a worker caught out stays untrusted (unless forgiven)
+
+
+@dataclass(frozen=True)
+class Untrusted:
+    """A worker this requester offers nothing for now, and why."""
+
+    peer_id: str
+    job_id: str
+    since: float
+    reason: str
 
 
 class JobStore:
@@ -72,6 +83,11 @@ class JobStore:
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(jobs)")}
             if "claim" not in columns:  # a store from before task sessions
                 self._conn.execute("ALTER TABLE jobs ADD COLUMN claim TEXT")
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(untrusted)")}
+            if "reason" not in columns:  # a store from before reasons were kept
+                self._conn.execute(
+                    "ALTER TABLE untrusted ADD COLUMN reason TEXT NOT NULL DEFAULT ''"
+                )
 
     def save_all(self, jobs: Sequence[JobRecord]) -> None:
         """Store these jobs' states in one transaction (from the thread that owns them)."""
@@ -97,11 +113,13 @@ class JobStore:
             rows = self._conn.execute("SELECT * FROM jobs ORDER BY submitted").fetchall()
         return [_record(r) for r in rows]
 
-    def distrust(self, peer_id: str, job_id: str, now: float) -> None:
-        """Remember that `peer_id` returned a result for `job_id` its replicas outvoted."""
+    def distrust(self, peer_id: str, job_id: str, now: float, reason: str = "") -> None:
+        """Remember that `peer_id` was caught out on `job_id` (outvoted by the job's replicas,
+        overcharging, withholding a result it was paid for)."""
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO untrusted VALUES (?, ?, ?)", (peer_id, job_id, now)
+                "INSERT OR REPLACE INTO untrusted VALUES (?, ?, ?, ?)",
+                (peer_id, job_id, now, reason),
             )
             self._conn.execute(
                 "DELETE FROM untrusted WHERE peer_id NOT IN "
@@ -110,13 +128,24 @@ class JobStore:
             )
 
     def untrusted(self, now: float) -> set[str]:
-        """The workers outvoted within UNTRUSTED_FOR of `now` (a nondeterministic job can
-        outvote an honest worker too: the mark does not last for ever)."""
+        """The workers caught out within UNTRUSTED_FOR of `now` (the mark does not last for
+        ever: an honest worker may be outvoted by a job that is not deterministic)."""
+        return {u.peer_id for u in self.untrusted_list(now)}
+
+    def untrusted_list(self, now: float) -> list[Untrusted]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT peer_id FROM untrusted WHERE since > ?", (now - UNTRUSTED_FOR,)
-            )
-            return {r[0] for r in rows}
+                "SELECT peer_id, job_id, since, reason FROM untrusted WHERE since > ? "
+                "ORDER BY since DESC",
+                (now - UNTRUSTED_FOR,),
+            ).fetchall()
+        return [Untrusted(*row) for row in rows]
+
+    def forgive(self, peer_id: str) -> bool:
+        """Trust `peer_id` again; whether it was untrusted."""
+        with self._lock:
+            cur = self._conn.execute("DELETE FROM untrusted WHERE peer_id = ?", (peer_id,))
+            return cur.rowcount > 0
 
     def forget_all(self, job_ids: Sequence[str]) -> None:
         with self._lock:
