@@ -86,7 +86,6 @@ class Node:
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._opened = False
-        self._job_root: Path | None = None  # where guests' jobs run (they may set our lights)
         self._exchanges: tuple[Balance | None, tuple[ExchangeRow, ...]] = (None, ())
 
     def open(self) -> None:
@@ -196,8 +195,9 @@ class Node:
         return (signals.host_load, signals.temperature) if signals else (None, None)
 
     def _running_guest_dirs(self) -> list[Path]:
-        root = self._job_root
-        return [root / job.id for b in self.backends.values() for job in b.jobs()] if root else []
+        # (The job's own directory: with disk limits it is below a file system of its own.)
+        jobs = (job for b in self.backends.values() for job in b.jobs())
+        return [d for job in jobs if (d := job.directory) is not None]
 
     async def _open_sandbox(self) -> None:
         """Open every sandbox backend that works here, and the idle policy that gates them."""
@@ -205,7 +205,6 @@ class Node:
         from sandbox.select import BACKENDS, no_isolation_message
 
         sandbox_config = SandboxConfig.for_home(self.config.home)
-        self._job_root = sandbox_config.workdir
         if self.config.sandbox != "none":
             # Leftovers of a crashed run (processes, cgroups, job directories) go first.
             await trio.to_thread.run_sync(sweep, sandbox_config)

@@ -146,8 +146,5 @@ class ScriptedJob(Job):
         cpu_ns = self._cpu_ns + round(self._scripted.overbill_seconds * 1e9)
         return Accounting(cpu_ns=cpu_ns, peak_memory=1 << 20, oom_kills=0, pids_limit_hits=0)
 
-    def _job_dir(self) -> Path | None:
-        return None
-
     async def _teardown(self) -> None:
         return None
