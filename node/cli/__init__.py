@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "logs": "node.cli.jobs",
     "get": "node.cli.jobs",
     "cancel": "node.cli.jobs",
+    "workers": "node.cli.workers",
+    "forgive": "node.cli.workers",
     "panel": "node.cli.panel",
     "light": "node.cli.light",
     "top": "node.cli.top",

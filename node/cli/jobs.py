@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator
@@ -17,19 +18,33 @@ from typing import Any
 
 from node.cli import CliError, duration_arg, size_arg
 from node.cli.status import ask
-from node.units import parse_duration, parse_size
+from node.units import format_size, parse_duration, parse_size
 
 LONG_POLL = 4.0  # the node answers as soon as there is output or the job ends
 MAX_WAIT_POLLS = 10_000_000  # bounded, though --wait follows a job as long as it runs
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("submit", help="run a command on an idle peer, paid in credit")
+    p = sub.add_parser(
+        "submit",
+        help="run a command on an idle peer, paid in credit",
+        description="Run a command on an idle peer, paid in credit. With --wait, Ctrl-C "
+        "cancels the job (as srun does).",
+        epilog=JOB_FILE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--file", type=Path, metavar="JOB.toml", help="job file; flags override it")
     p.add_argument("--cpus", type=float, help="CPUs (default 1)")
     p.add_argument("--mem", type=size_arg, help="memory, like 512M or 2G (default 512M)")
     p.add_argument("--time", type=duration_arg, help="wall time limit (default 10m)")
     p.add_argument("--gpus", type=int, help="GPUs (default 0)")
+    p.add_argument(
+        "--log-cap",
+        type=size_arg,
+        metavar="SIZE",
+        help="stdout and stderr are each kept up to SIZE (default 1M, at most 64M; both count "
+        "against --mem)",
+    )
     p.add_argument(
         "--array",
         metavar="RANGE",
@@ -79,6 +94,24 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_cancel)
 
 
+JOB_FILE_HELP = """\
+a job file (--file JOB.toml) holds the same as the flags:
+  command = ["python3", "sim.py", "--steps", "100"]   # or one string, split as a shell
+                                                     # would (no shell runs it)
+  cpus = 2
+  mem = "2G"
+  time = "30m"
+  gpus = 0
+  log_cap = "4M"
+  image = "python:3.12"          # a Docker image on the worker
+  replicas = 2
+  array = "0-9"
+  inputs = ["data.csv", "local/path:name-in-job"]
+  outputs = ["result.json"]
+  [env]
+  SEED = "42"
+"""
+
 # 10 minutes by default: a worker admits a job only if its worst case (CPUs x time) keeps the
 # requester above its credit floor, so a long default would lock new identities out after a job.
 SUBMIT_DEFAULTS: dict[str, Any] = {
@@ -89,6 +122,7 @@ SUBMIT_DEFAULTS: dict[str, Any] = {
     "replicas": 1,
     "image": None,
     "array": None,
+    "log_cap": None,
 }
 MAX_ARRAY = 10_000
 BATCH = 1000  # array tasks per submit request, and jobs per `finished` request (job_control)
@@ -110,6 +144,12 @@ def parse_array(text: str) -> list[int]:
     return sorted(set(out))
 
 
+JOB_FILE_FIELDS = frozenset(
+    {"command", "cpus", "mem", "time", "gpus", "log_cap", "image", "replicas", "array"}
+    | {"inputs", "outputs", "env"}
+)
+
+
 def _job_file(path: Path) -> dict[str, Any]:
     """The fields of a TOML job file: command = [...], cpus, mem = "2G", time = "10m", gpus,
     image, replicas, array = "0-9", inputs = ["path[:name]", ...], outputs = [...], [env]."""
@@ -119,16 +159,29 @@ def _job_file(path: Path) -> dict[str, Any]:
         doc = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CliError(f"{path}: {exc}") from None
-    known = {"command", "cpus", "mem", "time", "gpus", "image", "replicas", "array"}
-    known |= {"inputs", "outputs", "env"}
-    unknown = set(doc) - known
+    unknown = set(doc) - JOB_FILE_FIELDS
     if unknown:
-        raise CliError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise CliError(
+            f"{path}: unknown field(s) {', '.join(sorted(unknown))}; a job file may have "
+            f"{', '.join(sorted(JOB_FILE_FIELDS))} (see rain submit --help)"
+        )
+    command = doc.get("command")
+    if isinstance(command, str):
+        try:
+            doc["command"] = shlex.split(command)  # as a shell splits it; no shell runs it
+        except ValueError as exc:
+            raise CliError(f"{path}: command {command!r}: {exc}") from None
+    elif command is not None and not (
+        isinstance(command, list) and all(isinstance(a, str) for a in command)
+    ):
+        raise CliError(f"{path}: command: a string, or a list of strings")
     try:
         if "mem" in doc:
             doc["mem"] = parse_size(str(doc["mem"]))
         if "time" in doc:
             doc["time"] = parse_duration(str(doc["time"]))
+        if "log_cap" in doc:
+            doc["log_cap"] = parse_size(str(doc["log_cap"]))
     except ValueError as exc:
         raise CliError(f"{path}: {exc}") from None
     return doc
@@ -159,6 +212,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "memory": fields["mem"],
         "wall_seconds": fields["time"],
         "gpus": fields["gpus"],
+        "output_bytes": fields["log_cap"],
         "replicas": fields["replicas"],
         "image": fields["image"],
         "inputs": inputs,
@@ -178,6 +232,36 @@ def cmd_submit(args: argparse.Namespace) -> int:
         else:
             print("\n".join(job_ids))
         return 0
+    print(f"rain: submitted {_ids_text(job_ids)}", file=sys.stderr)
+    try:
+        return _wait_for(args, job_ids, bool(fields["array"]))
+    except KeyboardInterrupt:
+        # As srun: interrupting the wait cancels what it waited for (and says so).
+        cancelled = [j for j in job_ids if _cancel_quietly(args, j)]
+        if cancelled:
+            print(f"\nrain: cancelled {_ids_text(cancelled)} (Ctrl-C)", file=sys.stderr)
+        else:
+            print(f"\nrain: could not cancel {_ids_text(job_ids)}", file=sys.stderr)
+        return 130
+
+
+def _ids_text(job_ids: list[str]) -> str:
+    if len(job_ids) == 1:
+        return f"job {job_ids[0]}"
+    return f"{len(job_ids)} jobs ({job_ids[0]} .. {job_ids[-1]})"
+
+
+def _cancel_quietly(args: argparse.Namespace, job_id: str) -> bool:
+    try:
+        st = ask(args, "cancel", job_id=job_id)
+    except (CliError, OSError, KeyboardInterrupt):
+        return False
+    return "job_id" in st
+
+
+def _wait_for(args: argparse.Namespace, job_ids: list[str], array: bool) -> int:
+    """Follow the jobs to their ends, printing their output; the exit code (the first failed
+    job's)."""
     code = 0
     finals = []
     for final in _follow_all(args, job_ids, echo=not args.json):
@@ -191,7 +275,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         elif final.get("exit_code"):
             code = code or int(final["exit_code"])
     if args.json:
-        print(json.dumps(finals if fields["array"] else finals[0], indent=2))
+        print(json.dumps(finals if array else finals[0], indent=2))
     return code
 
 
@@ -208,27 +292,53 @@ def _follow_all(
             if not ended:
                 break
             for st in ended:
-                if echo:
-                    sys.stdout.write(st["stdout"])
-                    sys.stderr.write(st["stderr"])
-                    sys.stdout.flush()
-                yield st
+                _print_output(st, echo)
+                yield _read_rest(args, st, echo)
             del pending[: len(ended)]
 
 
 def _follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]:
-    """Poll the job, printing new output, until it ends; its final state."""
+    """Poll the job, printing new output, until it ends; its final state (with all its output
+    printed: what came live, then the rest from its stored files)."""
     offsets = {"stdout_from": 0, "stderr_from": 0}
     for _ in range(MAX_WAIT_POLLS):
         st = ask(args, "job", job_id=job_id, wait=LONG_POLL, **offsets)
-        if echo:
-            sys.stdout.write(st["stdout"])
-            sys.stderr.write(st["stderr"])
-            sys.stdout.flush()
+        _print_output(st, echo)
         offsets = {"stdout_from": st["stdout_next"], "stderr_from": st["stderr_next"]}
         if st["finished"]:
-            return st
+            return _read_rest(args, st, echo)
     raise CliError(f"stopped following job {job_id}")
+
+
+def _read_rest(args: argparse.Namespace, st: dict[str, Any], echo: bool) -> dict[str, Any]:
+    """Print what an ended job's output has past the part `st` carried (an answer carries a
+    chunk of each stream); then say where a stream was cut by the job's cap."""
+    for _ in range(MAX_WAIT_POLLS):
+        if st["stdout_next"] >= st["stdout_size"] and st["stderr_next"] >= st["stderr_size"]:
+            break
+        st = ask(
+            args,
+            "job",
+            job_id=st["job_id"],
+            stdout_from=st["stdout_next"],
+            stderr_from=st["stderr_next"],
+        )
+        _print_output(st, echo)
+    for name in ("stdout", "stderr"):
+        if echo and st.get(f"{name}_cap"):
+            print(
+                f"rain: job {st['job_id']}: {name} was cut at {format_size(st[f'{name}_cap'])}, "
+                "the job's cap (submit with --log-cap SIZE, at most 64M)",
+                file=sys.stderr,
+            )
+    return st
+
+
+def _print_output(st: dict[str, Any], echo: bool) -> None:
+    if echo:
+        sys.stdout.write(st["stdout"])
+        sys.stderr.write(st["stderr"])
+        sys.stdout.flush()
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -260,8 +370,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
         _follow(args, args.job_id, echo=True)
         return 0
     st = ask(args, "job", job_id=args.job_id)
-    sys.stdout.write(st["stdout"])
-    sys.stderr.write(st["stderr"])
+    _print_output(st, True)
+    _read_rest(args, st, True)
     return 0
 
 

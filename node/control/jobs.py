@@ -1,5 +1,5 @@
 """The control API's job operations: submit, job (state and new output), finished (the states of
-jobs that have ended, at once), jobs, cancel.
+jobs that have ended, at once), jobs, cancel; workers (those distrusted) and forgive.
 
 Requests come from the local user through the control socket (JSON). A submission names input
 files by local path; the node reads them (it runs as the same user) into the job spec.
@@ -8,6 +8,8 @@ files by local path; the node reads them (it runs as the same user) into the job
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ import msgpack
 import trio
 
 from node.control import channel as control
-from node.jobs import transfer
+from node.jobs import blocking, transfer
 from node.jobs.requester import Requester
 from node.jobs.requester.record import JobRecord
+from node.jobs.requester.store import UNTRUSTED_FOR
 from rainnet.jobproto import MAX_SPEC_BYTES, FileEntry
 from sandbox import JobSpec, Limits, SpecError
 from sandbox.spec import check_relative_path
@@ -49,7 +52,7 @@ def build_spec(req: dict[str, Any]) -> tuple[JobSpec, tuple[tuple[FileEntry, Pat
             raise SpecError("inputs", f"cannot read {src}: {exc.strerror}") from None
     if len({e.path for e, _ in inputs}) != len(inputs):
         raise SpecError("inputs", "two inputs have the same name in the job")
-    limit_keys = ("cpus", "memory", "wall_seconds", "gpus")
+    limit_keys = ("cpus", "memory", "wall_seconds", "gpus", "output_bytes")
     limits = {k: req[k] for k in limit_keys if req.get(k) is not None}
     try:
         spec = JobSpec.create(
@@ -124,23 +127,45 @@ async def job_status(requester: Requester, req: dict[str, Any]) -> dict[str, Any
             with trio.move_on_after(min(float(wait), MAX_WAIT)):
                 await job.changed.wait()
     await requester.load_output(job)
-    return _status(requester, job, req.get("stdout_from", 0), req.get("stderr_from", 0))
+    return await _status(requester, job, req.get("stdout_from", 0), req.get("stderr_from", 0))
 
 
-def _status(
+async def _status(
     requester: Requester, job: JobRecord, stdout_from: Any, stderr_from: Any
 ) -> dict[str, Any]:
+    """The job's state and its output from the offsets on, MAX_LOG_CHUNK at most each: while it
+    runs, what came live (kept in memory up to MAX_KEPT_OUTPUT); once ended, from its stored
+    files, whole. `NAME_size` says how much there is; `NAME_cap` is there when the stream
+    reached the job's cap (the worker kept no more)."""
     out = job.as_dict()
+    folder = requester.jobs_dir / job.job_id
     for name, buf, start in (
         ("stdout", job.stdout, stdout_from),
         ("stderr", job.stderr, stderr_from),
     ):
         start = start if isinstance(start, int) and start >= 0 else 0
-        out[name] = buf[start : start + MAX_LOG_CHUNK].decode("utf-8", "replace")
-        out[f"{name}_next"] = min(len(buf), start + MAX_LOG_CHUNK)
+        stored = await blocking.run(_read_stored, folder / name, start)
+        data, size = stored or (bytes(buf[start : start + MAX_LOG_CHUNK]), len(buf))
+        out[name] = data.decode("utf-8", "replace")
+        out[f"{name}_next"] = start + len(data)
+        out[f"{name}_size"] = size
+        if size >= job.spec.limits.output_bytes:
+            out[f"{name}_cap"] = job.spec.limits.output_bytes
     out["finished"] = job.finished.is_set()
-    out["result_dir"] = str(requester.jobs_dir / job.job_id)
+    out["result_dir"] = str(folder)
     return out
+
+
+def _read_stored(path: Path, start: int) -> tuple[bytes, int] | None:
+    """(MAX_LOG_CHUNK bytes from `start`, the whole size) of a stored output; None if there is
+    none (the job has not ended, or ended without a result)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(start)
+            return f.read(MAX_LOG_CHUNK), size
+    except FileNotFoundError:
+        return None
 
 
 async def finished(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +181,7 @@ async def finished(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
         if job is None or not job.finished.is_set() or (out and size > MAX_BATCH_OUTPUT):
             break
         await requester.load_output(job)
-        out.append(_status(requester, job, 0, 0))
+        out.append(await _status(requester, job, 0, 0))
         size += len(out[-1]["stdout"]) + len(out[-1]["stderr"])
     return {"jobs": out}
 
@@ -174,10 +199,35 @@ async def cancel(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job.job_id, "state": job.state}
 
 
+async def workers(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
+    """The workers this node offers nothing for now: who, caught on which job, why, until."""
+    rows = await blocking.run(requester.store.untrusted_list, time.time())
+    return {
+        "untrusted": [{**dataclasses.asdict(u), "until": u.since + UNTRUSTED_FOR} for u in rows]
+    }
+
+
+async def forgive(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
+    """Trust a worker again (`peer_id`: its id, or a unique end or start of it)."""
+    given = req.get("peer_id")
+    if not isinstance(given, str) or not given:
+        return control.refusal("peer_id: the worker's id (see `rain workers`)")
+    rows = await blocking.run(requester.store.untrusted_list, time.time())
+    matches = {u.peer_id for u in rows if u.peer_id.startswith(given) or u.peer_id.endswith(given)}
+    if len(matches) != 1:
+        known = "no distrusted worker" if not matches else f"{len(matches)} distrusted workers"
+        return control.refusal(f"{given!r} names {known} (see `rain workers`)")
+    [peer_id] = matches
+    await requester.settlement.forgive(peer_id)
+    return {"peer_id": peer_id}
+
+
 OPS: dict[str, Callable[[Requester, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "submit": submit,
     "job": job_status,
     "finished": finished,
     "jobs": jobs,
     "cancel": cancel,
+    "workers": workers,
+    "forgive": forgive,
 }

@@ -214,7 +214,8 @@ class Requester:
         async def verdict() -> None:
             await vote.decided.wait()
             if vote.tally is not None and vote.tally.failed:
-                await self._end(job, JobState.FAILED, "the replicas' results disagree")
+                # Ended once every run is paid (the lanes all return), not cancelled midway.
+                job.error = vote.tally.differ_message(vote.results)
 
         async with trio.open_nursery() as lanes:
             for _ in range(job.replicas):

@@ -69,6 +69,8 @@ class Vote:
         assert self.tally is not None
         if worker not in self.tally.winners:
             return "refuse", 0
+        if self.tally.failed:
+            return "pay", len(self.tally.winners)
         if self._fetcher is None:
             self._fetcher = worker
         return ("fetch" if self._fetcher == worker else "pay"), len(self.tally.winners)

@@ -1,0 +1,91 @@
+"""Jobs that tell the truth, as a new user meets them through `rain` (real nodes on 127.0.0.1):
+a job file's command as one string, output past every cap it used to be cut at silently,
+Ctrl-C on `rain submit --wait`, and who is distrusted (`rain workers`, `rain forgive`). Each
+test is one bug a new user hit."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.e2e.nodes import PYTHON, Cluster, NodeProcess, requester_and_workers, wait_until
+
+
+def test_a_job_file_command_may_be_one_string(cluster: Cluster, tmp_path: Path) -> None:
+    """`command = "echo hi"` ran `e c h o ...` (the string split into characters)."""
+    requester, _ = requester_and_workers(cluster, 1)
+    job = tmp_path / "job.toml"
+    job.write_text('command = "sh -c \'echo \\"$0 and $1\\"\' one \'two words\'"\ntime = "1m"\n')
+    res = requester.rain("submit", "--file", str(job), "--wait", timeout=60)
+    assert res.stdout == "one and two words\n"
+    job.write_text('command = ["true"]\nmemory = "1G"\n')
+    bad = requester.rain("submit", "--file", str(job), check=False)
+    assert bad.returncode == 1
+    assert "unknown field(s) memory; a job file may have" in bad.stderr and "mem," in bad.stderr
+    job.write_text("command = 3\n")
+    bad = requester.rain("submit", "--file", str(job), check=False)
+    assert "command: a string, or a list of strings" in bad.stderr
+    usage = requester.rain("submit", "--help").stdout
+    assert "job file" in usage and "command =" in usage
+
+
+def test_output_beyond_the_old_caps_arrives_whole_or_says_where_it_was_cut(
+    cluster: Cluster,
+) -> None:
+    """stdout was cut at 1 MiB for --wait and at 256 KiB for `rain logs`, silently."""
+    requester, _ = requester_and_workers(cluster, 1)
+    # 3 MiB of numbered lines under a 4 MiB cap: all of it, in order, both ways.
+    make = "seq 1 400000 | head -c 3145728"
+    expected = subprocess.run(["sh", "-c", make], capture_output=True).stdout
+    res = requester.rain(
+        "submit", "--log-cap", "4M", "--mem", "256M", "--wait", "--", "sh", "-c", make, timeout=90
+    )
+    assert len(res.stdout) == len(expected)
+    assert hashlib.sha256(res.stdout.encode()).digest() == hashlib.sha256(expected).digest()
+    job_id = requester.rain_json("jobs")[0]["job_id"]
+    logs = requester.rain("logs", job_id).stdout
+    assert logs.encode() == expected
+    # Past the cap (the default 1 MiB), the job's owner is told where and how to keep more.
+    res = requester.rain("submit", "--wait", "--", "sh", "-c", make, timeout=90)
+    assert len(res.stdout) == 1 << 20
+    assert "stdout was cut at 1M, the job's cap (submit with --log-cap SIZE" in res.stderr
+
+
+def _submit_and_interrupt(requester: NodeProcess) -> subprocess.CompletedProcess[str]:
+    cmd = [PYTHON, "-m", "node.cli", "--home", str(requester.home), "submit", "--wait"]
+    proc = subprocess.Popen(
+        [*cmd, "--", "sh", "-c", "echo started; sleep 300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"  # it runs, and its output streams
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_ctrl_c_on_submit_wait_cancels_the_job_and_says_so(cluster: Cluster) -> None:
+    """Ctrl-C printed a traceback and left the job running, unannounced."""
+    requester, _ = requester_and_workers(cluster, 1)
+    res = _submit_and_interrupt(requester)
+    [job] = requester.rain_json("jobs")
+    assert f"rain: submitted job {job['job_id']}" in res.stderr
+    assert res.returncode == 130 and "Traceback" not in res.stderr
+    assert f"rain: cancelled job {job['job_id']} (Ctrl-C)" in res.stderr
+    wait_until(lambda: requester.rain_json("jobs")[0]["state"] == "cancelled", 30, "cancelled")
+
+
+def test_workers_shows_none_distrusted_and_forgive_names_a_worker(cluster: Cluster) -> None:
+    """Who is distrusted shaped placement, unseen (the in-memory tests make one distrusted)."""
+    requester, [worker] = requester_and_workers(cluster, 1)
+    assert requester.rain_json("workers") == []
+    assert "no worker is distrusted" in requester.rain("workers").stdout
+    res = requester.rain("forgive", worker.peer_id[-8:], check=False)
+    assert res.returncode == 1 and "names no distrusted worker" in res.stderr
