@@ -110,9 +110,12 @@ class Node:
 
     def _describe(self) -> Description:
         lights = self.lights.for_record()
+        # What it lends (the guests' share), not the machine: what requesters place jobs by.
+        # (A record counts whole CPUs: a share of 1.5 says 1.)
+        lent = self.worker.capacity if self.worker else None
         return Description(
-            cpus=self.caps.cpus,
-            memory=self.caps.memory,
+            cpus=int(lent.cpus + 1e-9) if lent else self.caps.cpus,
+            memory=lent.memory if lent else self.caps.memory,
             gpus=self.caps.gpus,
             backends=self.caps.backends,
             state=self.state,

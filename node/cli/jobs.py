@@ -51,6 +51,14 @@ def register(sub: Any) -> None:
         help="one job per index, like 0-9 or 1,3,5-7; each sees RAIN_ARRAY_TASK_ID",
     )
     p.add_argument("--image", help="a Docker image on the worker (default: the host's /usr)")
+    p.add_argument("--name", help="a name for the job, shown by rain jobs")
+    p.add_argument(
+        "--queue-limit",
+        type=duration_arg,
+        metavar="DURATION",
+        help="how long it may wait for a worker before it fails (default 1d); one no known "
+        "worker could ever run fails at once",
+    )
     p.add_argument(
         "--replicas",
         type=int,
@@ -103,6 +111,8 @@ a job file (--file JOB.toml) holds the same as the flags:
   time = "30m"
   gpus = 0
   log_cap = "4M"
+  name = "sweep"
+  queue_limit = "2h"             # how long it may wait for a worker
   image = "python:3.12"          # a Docker image on the worker
   replicas = 2
   array = "0-9"
@@ -123,6 +133,8 @@ SUBMIT_DEFAULTS: dict[str, Any] = {
     "image": None,
     "array": None,
     "log_cap": None,
+    "name": None,
+    "queue_limit": None,
 }
 MAX_ARRAY = 10_000
 BATCH = 1000  # array tasks per submit request, and jobs per `finished` request (job_control)
@@ -145,8 +157,8 @@ def parse_array(text: str) -> list[int]:
 
 
 JOB_FILE_FIELDS = frozenset(
-    {"command", "cpus", "mem", "time", "gpus", "log_cap", "image", "replicas", "array"}
-    | {"inputs", "outputs", "env"}
+    {"command", "cpus", "mem", "time", "gpus", "log_cap", "image", "replicas", "array", "name"}
+    | {"queue_limit", "inputs", "outputs", "env"}
 )
 
 
@@ -182,6 +194,8 @@ def _job_file(path: Path) -> dict[str, Any]:
             doc["time"] = parse_duration(str(doc["time"]))
         if "log_cap" in doc:
             doc["log_cap"] = parse_size(str(doc["log_cap"]))
+        if "queue_limit" in doc:
+            doc["queue_limit"] = parse_duration(str(doc["queue_limit"]))
     except ValueError as exc:
         raise CliError(f"{path}: {exc}") from None
     return doc
@@ -213,6 +227,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "wall_seconds": fields["time"],
         "gpus": fields["gpus"],
         "output_bytes": fields["log_cap"],
+        "name": fields["name"],
+        "queue_limit": fields["queue_limit"],
         "replicas": fields["replicas"],
         "image": fields["image"],
         "inputs": inputs,
@@ -267,10 +283,9 @@ def _wait_for(args: argparse.Namespace, job_ids: list[str], array: bool) -> int:
     for final in _follow_all(args, job_ids, echo=not args.json):
         job_id = final["job_id"]
         finals.append(final)
+        if final["how"] != "done":  # one line when the end was not plain success
+            print(f"rain: job {job_id}: {final['how']}", file=sys.stderr)
         if final["state"] != "done":
-            print(
-                f"rain: job {job_id} {final['state']}: {final.get('error') or ''}", file=sys.stderr
-            )
             code = code or 1
         elif final.get("exit_code"):
             code = code or int(final["exit_code"])
@@ -301,9 +316,14 @@ def _follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]
     """Poll the job, printing new output, until it ends; its final state (with all its output
     printed: what came live, then the rest from its stored files)."""
     offsets = {"stdout_from": 0, "stderr_from": 0}
+    said = None
     for _ in range(MAX_WAIT_POLLS):
         st = ask(args, "job", job_id=job_id, wait=LONG_POLL, **offsets)
         _print_output(st, echo)
+        waiting = st.get("pending_reason")
+        if echo and waiting and waiting != said:  # as squeue's REASON, when it changes
+            print(f"rain: job {job_id} waiting: {waiting}", file=sys.stderr)
+        said = waiting
         offsets = {"stdout_from": st["stdout_next"], "stderr_from": st["stderr_next"]}
         if st["finished"]:
             return _read_rest(args, st, echo)
@@ -346,22 +366,26 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0
-    rows = [("JOB", "STATE", "WORKER", "ELAPSED", "CPU-S", "CREDIT", "COMMAND")]
+    rows = [("JOB", "NAME", "STATE", "EXIT", "WORKER", "ELAPSED", "CPU-S", "CREDIT", "REASON")]
     for j in jobs:
+        exit_code = j["exit_code"]
         rows.append(
             (
                 j["job_id"],
+                (j["name"] or " ".join(j["argv"]))[:24],
                 j["state"],
+                "-" if exit_code is None else str(exit_code),
                 (j["worker"] or "-")[-12:],
                 f"{j['elapsed']:.1f}s",
                 f"{j['cpu_seconds']:.3f}",
                 f"{j['credit']:.3f}",
-                " ".join(j["argv"])[:40],
+                j["pending_reason"] or j["how"] or "",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        cells = zip(row[:-1], widths, strict=True)
+        print(("  ".join(c.ljust(w) for c, w in cells) + "  " + row[-1]).rstrip())
     return 0
 
 

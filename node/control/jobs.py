@@ -20,7 +20,7 @@ import trio
 from node.control import channel as control
 from node.jobs import blocking, transfer
 from node.jobs.requester import Requester
-from node.jobs.requester.record import JobRecord
+from node.jobs.requester.record import MAX_QUEUE_LIMIT, QUEUE_LIMIT, JobRecord
 from node.jobs.requester.store import UNTRUSTED_FOR
 from rainnet.jobproto import MAX_SPEC_BYTES, FileEntry
 from sandbox import JobSpec, Limits, SpecError
@@ -28,6 +28,7 @@ from sandbox.spec import check_relative_path
 
 MAX_LOG_CHUNK = 256 * 1024
 MAX_REPLICAS = 16
+MAX_NAME = 64
 MAX_WAIT = 5.0  # a long-poll answers at least this often (the control socket's timeout is 10 s)
 MAX_BATCH = 1000  # array tasks submitted, or jobs asked about, in one request
 MAX_BATCH_OUTPUT = 8 << 20  # bytes of output one `finished` answer carries (at least one job's)
@@ -93,8 +94,19 @@ async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
         replicas = req.get("replicas", 1)
         if not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
             raise SpecError("replicas", f"a number from 1 to {MAX_REPLICAS}")
+        name = req.get("name")
+        if name is not None and not (isinstance(name, str) and 0 < len(name) <= MAX_NAME):
+            raise SpecError("name", f"1 to {MAX_NAME} characters")
+        queue_limit = req.get("queue_limit")
+        queue_limit = QUEUE_LIMIT if queue_limit is None else queue_limit
+        if not isinstance(queue_limit, int | float) or not 0 < queue_limit <= MAX_QUEUE_LIMIT:
+            raise SpecError("queue_limit", f"more than 0 s, at most {MAX_QUEUE_LIMIT / 86400:g}d")
+
+        async def accept(specs: list[JobSpec]) -> list[JobRecord]:
+            return await requester.submit(specs, inputs, replicas, name, float(queue_limit))
+
         if array is None:
-            return {"job_id": (await requester.submit([spec], inputs, replicas))[0].job_id}
+            return {"job_id": (await accept([spec]))[0].job_id}
         env = spec.env_dict
         specs = [
             dataclasses.replace(
@@ -102,7 +114,7 @@ async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
             )
             for i in array
         ]
-        jobs = await requester.submit(specs, inputs, replicas)
+        jobs = await accept(specs)
     except (SpecError, ValueError) as exc:
         return control.refusal(str(exc))
     return {"job_ids": [j.job_id for j in jobs]}

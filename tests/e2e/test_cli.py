@@ -84,6 +84,25 @@ def test_bad_arguments_get_a_clear_error(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "must end in /p2p/" in res.stderr
+    # A wrong option of a command shows that command's usage (it showed rain's own).
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "--home",
+            str(tmp_path),
+            "submit",
+            "--bogus",
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 2 and res.stderr.startswith("usage: rain submit")
+    assert "unrecognized arguments: --bogus" in res.stderr
 
 
 def test_a_port_in_use_gets_a_clear_error(cluster: Cluster) -> None:

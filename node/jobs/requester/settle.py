@@ -181,6 +181,7 @@ class Settlement:
             )
             job.outputs = [e.path for e in finished.outputs[2:]]
             job.exit_code, job.reason = finished.exit_code, finished.reason
+            job.peak_memory = finished.peak_memory
             if job.finished.is_set():
                 if job.state is JobState.FAILED:  # paid, given up waiting: here at last
                     await self.forgive(worker)
