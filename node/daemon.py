@@ -430,7 +430,6 @@ def _peer_view(p: Any) -> PeerView:
 
 
 def _job_row(j: JobRecord) -> JobRow:
-    task = j.spec.env_dict.get("RAIN_ARRAY_TASK_ID")
     return JobRow(
         job_id=j.job_id,
         state=j.state.value,
@@ -441,7 +440,8 @@ def _job_row(j: JobRecord) -> JobRow:
         cpu_seconds=j.cpu_seconds,
         credit=j.credit,
         command=" ".join(j.spec.argv)[:200],
-        array_task=int(task) if task is not None and task.isdigit() else None,
+        array_task=j.array_task,
+        array_id=j.array_id,
     )
 
 

@@ -101,6 +101,7 @@ class JobRow:
     credit: float
     command: str  # its argv, joined and cut short
     array_task: int | None
+    array_id: str | None = None  # the array it is a task of
 
 
 @dataclass(frozen=True)

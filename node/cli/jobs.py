@@ -12,6 +12,7 @@ import json
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,20 @@ def register(sub: Any) -> None:
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("jobs", help="this node's jobs, like squeue")
+    p = sub.add_parser(
+        "jobs",
+        help="this node's jobs, like squeue",
+        description="This node's jobs: those not ended, and those of the last day (--all: "
+        "every one kept). An array is one row with its progress (--expand: a row per task).",
+    )
     p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="every job kept, not just recent ones")
+    p.add_argument("--expand", action="store_true", help="a row per task of an array")
+    p.add_argument(
+        "--state", action="append", metavar="STATE", help="only jobs in STATE (repeatable)"
+    )
+    p.add_argument("--name", help="only jobs of this name")
+    p.add_argument("--since", type=duration_arg, metavar="DURATION", help="submitted since, ago")
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("logs", help="a job's stdout and stderr")
@@ -234,21 +247,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "inputs": inputs,
         "outputs": [*(from_file.get("outputs") or []), *args.output],
     }
+    array_of: str | None = None  # the array's id, once it has one
     if fields["array"] is None:
         job_ids = [ask(args, "submit", **req, env=env)["job_id"]]
     else:
         tasks = parse_array(str(fields["array"]))
         job_ids = []
-        for i in range(0, len(tasks), BATCH):  # (one request per BATCH tasks)
+        for i in range(0, len(tasks), BATCH):  # (one request per BATCH tasks, one array)
             part = tasks[i : i + BATCH]
-            job_ids += ask(args, "submit", **req, env=env, array=part)["job_ids"]
+            got = ask(args, "submit", **req, env=env, array=part, array_of=array_of)
+            job_ids += got["job_ids"]
+            array_of = got["array_id"]
     if not args.wait:
         if args.json:
-            print(json.dumps({"job_ids": job_ids} if fields["array"] else {"job_id": job_ids[0]}))
+            array = {"array_id": array_of, "job_ids": job_ids}
+            print(json.dumps(array if fields["array"] else {"job_id": job_ids[0]}))
         else:
-            print("\n".join(job_ids))
+            print(array_of if fields["array"] else job_ids[0])
         return 0
-    print(f"rain: submitted {_ids_text(job_ids)}", file=sys.stderr)
+    what = f"array {array_of} of {len(job_ids)} tasks" if fields["array"] else _ids_text(job_ids)
+    print(f"rain: submitted {what}", file=sys.stderr)
     try:
         return _wait_for(args, job_ids, bool(fields["array"]))
     except KeyboardInterrupt:
@@ -361,28 +379,96 @@ def _print_output(st: dict[str, Any], echo: bool) -> None:
         sys.stdout.flush()
 
 
+RECENT = 86400.0  # `rain jobs` shows ended jobs this recent (and every one not ended)
+
+
+def _selected(args: argparse.Namespace, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    now = time.time()
+    since = now - args.since if args.since is not None else None
+    if since is None and not args.all:
+        since = now - RECENT
+    out = []
+    for j in jobs:
+        ended = j["state"] in ENDED
+        if since is not None and j["submitted"] < since and (ended or args.since is not None):
+            continue
+        if args.state and j["state"] not in args.state:
+            continue
+        if args.name is not None and j["name"] != args.name:
+            continue
+        out.append(j)
+    return out
+
+
+ENDED = ("done", "failed", "cancelled")
+
+
+def _fold(jobs: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Table rows: a job's, or an array's (its tasks folded, with their progress)."""
+    rows: list[tuple[str, ...]] = []
+    arrays: dict[str, list[dict[str, Any]]] = {}
+    order: list[str | dict[str, Any]] = []
+    for j in jobs:
+        array = j["array_id"]
+        if array is None:
+            order.append(j)
+        else:
+            if array not in arrays:
+                arrays[array] = []
+                order.append(array)
+            arrays[array].append(j)
+    for item in order:
+        if isinstance(item, dict):
+            rows.append(_row(item))
+            continue
+        tasks = arrays[item]
+        states = [t["state"] for t in tasks]
+        done, failed = states.count("done"), states.count("failed")
+        progress = f"{done}/{len(tasks)} done" + (f", {failed} failed" if failed else "")
+        running = sum(s in ("running", "settling") for s in states)
+        if running:
+            progress += f", {running} running"
+        state = "ended" if all(s in ENDED for s in states) else "running" if running else "queued"
+        first = tasks[0]
+        rows.append(
+            (
+                f"{item}[{len(tasks)}]",
+                (first["name"] or " ".join(first["argv"]))[:24],
+                state,
+                "-",
+                f"{len({t['worker'] for t in tasks if t['worker']})} workers",
+                f"{max(t['elapsed'] for t in tasks):.1f}s",
+                f"{sum(t['cpu_seconds'] for t in tasks):.3f}",
+                f"{sum(t['credit'] for t in tasks):.3f}",
+                progress,
+            )
+        )
+    return rows
+
+
+def _row(j: dict[str, Any]) -> tuple[str, ...]:
+    exit_code = j["exit_code"]
+    return (
+        j["job_id"],
+        (j["name"] or " ".join(j["argv"]))[:24],
+        j["state"],
+        "-" if exit_code is None else str(exit_code),
+        (j["worker"] or "-")[-12:],
+        f"{j['elapsed']:.1f}s",
+        f"{j['cpu_seconds']:.3f}",
+        f"{j['credit']:.3f}",
+        j["pending_reason"] or j["how"] or "",
+    )
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = ask(args, "jobs")["jobs"]
+    jobs = _selected(args, ask(args, "jobs")["jobs"])
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0
-    rows = [("JOB", "NAME", "STATE", "EXIT", "WORKER", "ELAPSED", "CPU-S", "CREDIT", "REASON")]
-    for j in jobs:
-        exit_code = j["exit_code"]
-        rows.append(
-            (
-                j["job_id"],
-                (j["name"] or " ".join(j["argv"]))[:24],
-                j["state"],
-                "-" if exit_code is None else str(exit_code),
-                (j["worker"] or "-")[-12:],
-                f"{j['elapsed']:.1f}s",
-                f"{j['cpu_seconds']:.3f}",
-                f"{j['credit']:.3f}",
-                j["pending_reason"] or j["how"] or "",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    head = ("JOB", "NAME", "STATE", "EXIT", "WORKER", "ELAPSED", "CPU-S", "CREDIT", "REASON")
+    rows = [head, *([_row(j) for j in jobs] if args.expand else _fold(jobs))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
     for row in rows:
         cells = zip(row[:-1], widths, strict=True)
         print(("  ".join(c.ljust(w) for c, w in cells) + "  " + row[-1]).rstrip())
@@ -400,11 +486,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    st = ask(args, "job", job_id=args.job_id)
-    if st["state"] != "done":
-        raise CliError(f"job {args.job_id} is {st['state']}: no outputs yet")
-    src = Path(st["result_dir"])
+    job_ids = ask(args, "resolve", job_id=args.job_id)["job_ids"]
     dest = Path(args.to)
+    if len(job_ids) == 1:
+        _get_one(args, job_ids[0], dest)
+        return 0
+    missing = []
+    for job_id in job_ids:  # an array: a folder per task
+        try:
+            _get_one(args, job_id, dest / job_id)
+        except CliError as exc:
+            missing.append(str(exc))
+    if missing:
+        raise CliError(f"{len(missing)} of {len(job_ids)} tasks have no outputs: {missing[0]}")
+    return 0
+
+
+def _get_one(args: argparse.Namespace, job_id: str, dest: Path) -> None:
+    st = ask(args, "job", job_id=job_id)
+    if st["state"] != "done":
+        raise CliError(f"job {job_id} is {st['state']}: no outputs yet")
+    src = Path(st["result_dir"])
     dest.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((src / "manifest.json").read_text())
     for entry in manifest["files"]:
@@ -416,7 +518,6 @@ def cmd_get(args: argparse.Namespace) -> int:
         if digest != entry["sha256"]:
             raise CliError(f"{target}: sha256 {digest} differs from the signed {entry['sha256']}")
         print(target)
-    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -68,12 +68,45 @@ def build_spec(req: dict[str, Any]) -> tuple[JobSpec, tuple[tuple[FileEntry, Pat
     return spec, tuple(inputs)
 
 
+def _named(requester: Requester, given: object) -> list[JobRecord]:
+    """The jobs `given` names: a job's id, an array's (all its tasks, in order), or a unique
+    start of either. LookupError saying why if none, or if it is ambiguous."""
+    if not isinstance(given, str) or not given:
+        raise LookupError("name a job by its id (see `rain jobs`)")
+    jobs = requester.jobs
+    if given in jobs:
+        return [jobs[given]]
+    tasks = [j for j in jobs.values() if j.array_id == given]
+    if not tasks:
+        heads = {j.job_id for j in jobs.values() if j.job_id.startswith(given)}
+        arrays = {a for j in jobs.values() if (a := j.array_id) and a.startswith(given)}
+        if len(arrays) == 1 and all(h.startswith(f"{next(iter(arrays))}_") for h in heads):
+            return _named(requester, next(iter(arrays)))
+        if len(heads) == 1:
+            return [jobs[heads.pop()]]
+        if heads:
+            raise LookupError(f"{given!r} starts {len(heads)} job ids: give more of it")
+        raise LookupError(f"no job {given!r} on this node (see `rain jobs`)")
+    return sorted(tasks, key=lambda j: j.array_task or 0)
+
+
 def _job(requester: Requester, req: dict[str, Any]) -> JobRecord:
-    job_id = req.get("job_id")
-    job = requester.jobs.get(job_id) if isinstance(job_id, str) else None
-    if job is None:
-        raise LookupError(f"no job {job_id!r} on this node (see `rain jobs`)")
-    return job
+    """The one job `req["job_id"]` names (not an array of several)."""
+    found = _named(requester, req.get("job_id"))
+    if len(found) > 1:
+        first = found[0]
+        raise LookupError(
+            f"{first.array_id} is an array of {len(found)} tasks: name one, like {first.job_id}"
+        )
+    return found[0]
+
+
+async def resolve(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
+    """The ids of the jobs a name stands for (an array's tasks, a unique start of an id)."""
+    try:
+        return {"job_ids": [j.job_id for j in _named(requester, req.get("job_id"))]}
+    except LookupError as exc:
+        return control.refusal(str(exc))
 
 
 async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +121,7 @@ async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
         ):
             raise SpecError("array", f"a list of 1 to {MAX_BATCH} task indices")
         spec, inputs = await trio.to_thread.run_sync(build_spec, req)
-        room = MAX_SPEC_BYTES - (64 if array is not None else 0)  # (64: the task's index)
+        room = MAX_SPEC_BYTES - 160  # (160: the ids the requester adds to its environment)
         if len(msgpack.packb(spec.to_wire(), use_bin_type=True)) > room:
             raise SpecError("argv", f"command and environment exceed {MAX_SPEC_BYTES >> 10} KiB")
         replicas = req.get("replicas", 1)
@@ -102,22 +135,22 @@ async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(queue_limit, int | float) or not 0 < queue_limit <= MAX_QUEUE_LIMIT:
             raise SpecError("queue_limit", f"more than 0 s, at most {MAX_QUEUE_LIMIT / 86400:g}d")
 
-        async def accept(specs: list[JobSpec]) -> list[JobRecord]:
-            return await requester.submit(specs, inputs, replicas, name, float(queue_limit))
-
         if array is None:
-            return {"job_id": (await accept([spec]))[0].job_id}
-        env = spec.env_dict
-        specs = [
-            dataclasses.replace(
-                spec, env=tuple(sorted({**env, "RAIN_ARRAY_TASK_ID": str(i)}.items()))
-            )
-            for i in array
-        ]
-        jobs = await accept(specs)
+            [job] = await requester.submit([spec], inputs, replicas, name, float(queue_limit))
+            return {"job_id": job.job_id}
+        array_of = req.get("array_of")  # (more tasks of an array, sent a batch at a time)
+        jobs = await requester.submit(
+            [spec] * len(array),
+            inputs,
+            replicas,
+            name,
+            float(queue_limit),
+            array=array,
+            array_id=array_of if isinstance(array_of, str) else None,
+        )
     except (SpecError, ValueError) as exc:
         return control.refusal(str(exc))
-    return {"job_ids": [j.job_id for j in jobs]}
+    return {"job_ids": [j.job_id for j in jobs], "array_id": jobs[0].array_id}
 
 
 async def job_status(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
@@ -204,11 +237,17 @@ async def jobs(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
 
 async def cancel(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     try:
-        job = _job(requester, req)
+        jobs = _named(requester, req.get("job_id"))
     except LookupError as exc:
         return control.refusal(str(exc))
-    job.cancel.set()
-    return {"job_id": job.job_id, "state": job.state}
+    live = [j for j in jobs if not j.finished.is_set()]
+    for job in live:
+        job.cancel.set()
+    return {
+        "job_id": jobs[0].array_id if len(jobs) > 1 else jobs[0].job_id,
+        "state": jobs[0].state if len(jobs) == 1 else f"{len(live)} of {len(jobs)} tasks",
+        "cancelled": len(live),
+    }
 
 
 async def workers(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +279,7 @@ OPS: dict[str, Callable[[Requester, dict[str, Any]], Awaitable[dict[str, Any]]]]
     "finished": finished,
     "jobs": jobs,
     "cancel": cancel,
+    "resolve": resolve,
     "workers": workers,
     "forgive": forgive,
 }

@@ -89,3 +89,50 @@ def test_workers_shows_none_distrusted_and_forgive_names_a_worker(cluster: Clust
     assert "no worker is distrusted" in requester.rain("workers").stdout
     res = requester.rain("forgive", worker.peer_id[-8:], check=False)
     assert res.returncode == 1 and "names no distrusted worker" in res.stderr
+
+
+def test_an_array_is_one_job_with_an_id(cluster: Cluster, tmp_path: Path) -> None:
+    """An array was N unrelated ids: listed as N rows, cancelled one by one, fetched one by
+    one. Now it is ID with tasks ID_0..ID_N-1, as Slurm's arrays."""
+    requester, _ = requester_and_workers(cluster, 1)
+    script = 'echo "$RAIN_JOB_ID $RAIN_ARRAY_JOB_ID $RAIN_ARRAY_TASK_ID" > out.txt; cat out.txt'
+    array = requester.rain(
+        "submit", "--name", "sweep", "--array", "0-3", "--output", "out.txt",
+        "--wait", "--", "sh", "-c", script, timeout=90,
+    ).stderr  # fmt: skip
+    array_id = array.split("rain: submitted array ")[1].split()[0]
+    assert requester.rain("logs", f"{array_id}_2").stdout == f"{array_id}_2 {array_id} 2\n"
+    table = requester.rain("jobs").stdout.splitlines()
+    [row] = [line for line in table if line.startswith(array_id)]
+    assert row.startswith(f"{array_id}[4]") and "sweep" in row and "4/4 done" in row
+    expanded = requester.rain("jobs", "--expand").stdout
+    assert all(f"{array_id}_{i}" in expanded for i in range(4))
+    got = tmp_path / "got"
+    requester.rain("get", array_id, "--to", str(got))
+    for i in range(4):
+        assert (
+            got / f"{array_id}_{i}" / "out.txt"
+        ).read_text() == f"{array_id}_{i} {array_id} {i}\n"
+    logs = requester.rain("logs", array_id, check=False)
+    assert logs.returncode == 1 and f"name one, like {array_id}_0" in logs.stderr
+    # Cancel the rest mid-way: the array's id reaches every task not ended.
+    long = requester.rain(
+        "submit", "--array", "0-5", "--cpus", "2", "--", "sleep", "300"
+    ).stdout.strip()
+    wait_until(
+        lambda: any(
+            j["state"] == "running" for j in requester.rain_json("jobs", "--state", "running")
+        ),
+        30,
+        "a task runs",
+    )
+    said = requester.rain("cancel", long[:6]).stdout  # (a unique start of an id will do)
+    assert said.startswith(f"{long}: cancel sent (6 of 6 tasks")
+    wait_until(
+        lambda: all(
+            j["state"] == "cancelled" for j in requester.rain_json("jobs") if j["array_id"] == long
+        ),
+        30,
+        "every task cancelled",
+    )
+    assert requester.rain_json("jobs", "--name", "sweep", "--state", "done").__len__() == 4

@@ -96,6 +96,17 @@ class JobRecord:
         """Whether a task session can carry the job: one copy, no files in or out."""
         return self.replicas == 1 and not (self.inputs or terms.has_files(self.spec))
 
+    @property
+    def array_id(self) -> str | None:
+        """The array it is a task of (its id is ARRAY_INDEX), or None."""
+        base, sep, _ = self.job_id.partition("_")
+        return base if sep else None
+
+    @property
+    def array_task(self) -> int | None:
+        _, sep, index = self.job_id.partition("_")
+        return int(index) if sep and index.isdigit() else None
+
     def seen_running(self) -> float:
         """The longest it may have been running: since a worker first accepted it."""
         if self.accepted_at is not None:
@@ -142,6 +153,8 @@ class JobRecord:
             "outputs": self.outputs,
             "claim": self.claim,
             "name": self.name,
+            "array_id": self.array_id,
+            "array_task": self.array_task,
             "peak_memory": self.peak_memory,
             "pending_reason": self.pending if not self.finished.is_set() else None,
             "how": pending.ending(

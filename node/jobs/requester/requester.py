@@ -21,11 +21,12 @@ offers it through `handle_result`. A job is paid at most once (the ledger's `max
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,13 @@ class Requester:
         replicas: int = 1,
         name: str | None = None,
         queue_limit: float = QUEUE_LIMIT,
+        array: Sequence[int] | None = None,
+        array_id: str | None = None,
     ) -> list[JobRecord]:
-        """Accept jobs from the local user (the tasks of an array share their inputs): on disk,
-        in one transaction, before this returns; then driven."""
+        """Accept jobs from the local user: on disk, in one transaction, before this returns;
+        then driven. With `array` (an index per spec), they are the tasks of one array (sharing
+        their inputs), `ID_INDEX` each: of a new array, or of `array_id` (more of it). Each job
+        sees its id (RAIN_JOB_ID) and a task its array's and its index."""
         if self._nursery is None:
             raise RuntimeError("the requester is not running")
         room = MAX_JOBS_KEPT - len(specs)
@@ -152,10 +157,21 @@ class Requester:
             for old in done:
                 del self.jobs[old.job_id]
             await blocking.run(self.store.forget_all, [j.job_id for j in done])
+        if array is not None and len(array) != len(specs):
+            raise ValueError("an array needs one index per task")
+        if array_id is not None and not any(j.array_id == array_id for j in self.jobs.values()):
+            raise ValueError(f"no array {array_id!r} here to add tasks to")
+        base = array_id or secrets.token_hex(8)
+        if array is not None:
+            ids = [f"{base}_{i}" for i in array]
+        else:  # jobs of their own
+            ids = [base, *(secrets.token_hex(8) for _ in specs[1:])]
+        if len(set(ids)) != len(ids) or any(i in self.jobs for i in ids):
+            raise ValueError("an array's task indices must be new and distinct")
         jobs = [
             JobRecord(
-                job_id=secrets.token_hex(8),
-                spec=spec,
+                job_id=job_id,
+                spec=_with_ids(spec, job_id),
                 inputs=tuple(e for e, _ in inputs),
                 input_sources=tuple(p for _, p in inputs),
                 replicas=replicas,
@@ -163,7 +179,7 @@ class Requester:
                 queue_limit=queue_limit,
                 pending="looking for a worker",
             )
-            for spec in specs
+            for spec, job_id in zip(specs, ids, strict=True)
         ]
         await self._saver.save_now(jobs)
         for job in jobs:
@@ -498,6 +514,16 @@ def _owes_held(job: JobRecord, worker: str) -> bool:
     if job.state is JobState.CANCELLED:
         return job.claim is None
     return job.state is JobState.FAILED and job.claim == job.job_id and job.worker == worker
+
+
+def _with_ids(spec: JobSpec, job_id: str) -> JobSpec:
+    """The spec with the job's ids in its environment, as Slurm's SLURM_JOB_ID and
+    SLURM_ARRAY_TASK_ID: RAIN_JOB_ID, and for a task RAIN_ARRAY_JOB_ID and RAIN_ARRAY_TASK_ID."""
+    env = {**spec.env_dict, "RAIN_JOB_ID": job_id}
+    array_id, _, index = job_id.partition("_")
+    if index:
+        env |= {"RAIN_ARRAY_JOB_ID": array_id, "RAIN_ARRAY_TASK_ID": index}
+    return dataclasses.replace(spec, env=tuple(sorted(env.items())))
 
 
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
