@@ -16,6 +16,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ class NodeConfig:
     sandbox: str = "auto"  # auto, native, docker or none
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     panel: PanelConfig = field(default_factory=PanelConfig)
+    name: str = ""  # what `rain peers` calls this machine elsewhere (default: its hostname)
 
 
 class Node:
@@ -124,6 +126,7 @@ class Node:
             user2=lights.user2,
             hot=lights.hot,
             load=lights.load,
+            name=(self.config.name or socket.gethostname())[:64],
         )
 
     def set_user_light(self, which: UserLight, light: records.Light) -> None:
@@ -314,6 +317,7 @@ class Node:
         balance = await self.ledger.balance()
         decision = self.idle.decision if self.idle else None
         lights = self.lights
+        discovery = self.network.discovery
         me = SelfView(
             peer_id=self.me.peer_id,
             addrs=tuple(self.network.addrs),
@@ -332,6 +336,7 @@ class Node:
             user2=lights.user(UserLight.USER2),
             hot=lights.hot,
             load=lights.load,
+            unreachable_bootstrap=tuple(discovery.unreachable_bootstrap(now)) if discovery else (),
         )
         return NodeSnapshot(
             taken_at=now,
@@ -426,6 +431,8 @@ def _peer_view(p: Any) -> PeerView:
         user2=rec.user2 if rec else records.Light.OFF,
         hot=rec.hot if rec else False,
         load=rec.load if rec else 0,
+        name=rec.name if rec else "",
+        lends=rec.lends if rec else None,
     )
 
 

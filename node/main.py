@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rain-node", description="Run a rainnet peer: join the network, lend idle CPU."
     )
     p.add_argument("--home", help="state directory (default: $RAIN_HOME or the XDG data dir)")
+    p.add_argument("--name", default="", help="this machine's name for others (default: hostname)")
     p.add_argument(
         "--listen",
         action="append",
@@ -206,7 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         front_panel=front,
     )
     config = NodeConfig(
-        home=home, network=network, sandbox=args.sandbox, policy=policy, panel=panel
+        home=home,
+        network=network,
+        sandbox=args.sandbox,
+        policy=policy,
+        panel=panel,
+        name=args.name,
     )
 
     async def run() -> None:

@@ -37,6 +37,7 @@ class SelfView:
     user2: str = "off"
     hot: bool = False
     load: int = 0
+    unreachable_bootstrap: tuple[str, ...] = ()  # --bootstrap addresses we cannot reach
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class PeerView:
     user2: str = "off"
     hot: bool = False
     load: int = 0
+    name: str = ""  # the owner's name for it (its hostname by default)
+    lends: bool | None = None  # None: we hold no record of it
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class NodeSnapshot:
         out = dataclasses.asdict(self.me)
         out["addrs"] = list(self.me.addrs)
         out["backends"] = list(self.me.backends)
+        out["unreachable_bootstrap"] = list(self.me.unreachable_bootstrap)
         out["peers"] = len(self.peers)
         out["jobs"] = dict(self.jobs.ours)
         out["guests"] = self.jobs.guests

@@ -61,6 +61,7 @@ class Description:
     user2: str = records.Light.OFF.value
     hot: bool = False
     load: int = 0
+    name: str = ""  # the owner's name for this machine (its hostname by default)
 
 
 class PeerNetwork:
@@ -117,6 +118,8 @@ class PeerNetwork:
             user2=d.user2,
             hot=d.hot,
             load=d.load,
+            name=d.name,
+            lends=d.lends,
         )
         self._signed = records.sign_record(self.me, rec)
         return self._signed

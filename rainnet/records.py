@@ -70,6 +70,10 @@ class NodeRecord(wire.Message):
     user2: str = field(default=Light.OFF.value, metadata=wire.limit(8))
     hot: bool = False  # too hot to run at full speed (the owner's temperature limit holds)
     load: int = 0  # how busy the machine is, guests included, in eighths
+    # Added later, optional too: the owner's name for the machine, and whether it lends at all
+    # (cpus and memory are what it lends: the guests' share).
+    name: str = field(default="", metadata=wire.limit(64))
+    lends: bool = True
 
     def __post_init__(self) -> None:
         if not _PEER_ID_RE.match(self.peer_id):

@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    rows = ask(args, "workers")["untrusted"]
+    rows = ask(args, "distrusted")["untrusted"]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -1,5 +1,5 @@
 """The control API's job operations: submit, job (state and new output), finished (the states of
-jobs that have ended, at once), jobs, cancel; workers (those distrusted) and forgive.
+jobs that have ended, at once), jobs, cancel; distrusted (workers offered nothing) and forgive.
 
 Requests come from the local user through the control socket (JSON). A submission names input
 files by local path; the node reads them (it runs as the same user) into the job spec.
@@ -250,7 +250,7 @@ async def cancel(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def workers(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
+async def distrusted(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     """The workers this node offers nothing for now: who, caught on which job, why, until."""
     rows = await blocking.run(requester.store.untrusted_list, time.time())
     return {
@@ -280,6 +280,6 @@ OPS: dict[str, Callable[[Requester, dict[str, Any]], Awaitable[dict[str, Any]]]]
     "jobs": jobs,
     "cancel": cancel,
     "resolve": resolve,
-    "workers": workers,
+    "distrusted": distrusted,
     "forgive": forgive,
 }
