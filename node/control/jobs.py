@@ -22,6 +22,7 @@ from node.jobs import blocking, transfer
 from node.jobs.requester import Requester
 from node.jobs.requester.record import MAX_QUEUE_LIMIT, QUEUE_LIMIT, JobRecord
 from node.jobs.requester.store import UNTRUSTED_FOR
+from node.units import format_duration, format_size
 from rainnet.jobproto import MAX_SPEC_BYTES, FileEntry
 from sandbox import JobSpec, Limits, SpecError
 from sandbox.spec import check_relative_path
@@ -148,9 +149,32 @@ async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
             array=array,
             array_id=array_of if isinstance(array_of, str) else None,
         )
-    except (SpecError, ValueError) as exc:
+    except SpecError as exc:
+        return control.refusal(in_users_units(exc))
+    except ValueError as exc:
         return control.refusal(str(exc))
     return {"job_ids": [j.job_id for j in jobs], "array_id": jobs[0].array_id}
+
+
+# The limits a submitter sets, by the flag that sets them and how that flag writes its values.
+_FLAGS: dict[str, tuple[str, Callable[[float], str]]] = {
+    "limits.cpus": ("--cpus", lambda v: f"{v:g}"),
+    "limits.memory": ("--mem", lambda v: format_size(int(v))),
+    "limits.wall_seconds": ("--time", format_duration),
+    "limits.gpus": ("--gpus", lambda v: f"{v:g}"),
+    "limits.output_bytes": ("--log-cap", lambda v: format_size(int(v))),
+}
+
+
+def in_users_units(exc: SpecError) -> str:
+    """A spec error as the user wrote the job: `--mem must be between 4M and 1T`, not
+    `limits.memory: 0 is outside 4194304..1099511627776`."""
+    flag = _FLAGS.get(exc.field)
+    if flag is None or exc.bounds is None:
+        return str(exc)
+    name, fmt = flag
+    low, high = exc.bounds
+    return f"{name} must be between {fmt(low)} and {fmt(high)}"
 
 
 async def job_status(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:

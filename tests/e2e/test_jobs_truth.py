@@ -27,6 +27,11 @@ def test_a_job_file_command_may_be_one_string(cluster: Cluster, tmp_path: Path) 
     job.write_text("command = 3\n")
     bad = requester.rain("submit", "--file", str(job), check=False)
     assert "command: a string, or a list of strings" in bad.stderr
+    # Limits out of range are said in the flags' own units.
+    bad = requester.rain("submit", "--cpus", "5000", "--", "true", check=False)
+    assert "--cpus must be between 0.01 and 1024" in bad.stderr, bad.stderr
+    bad = requester.rain("submit", "--mem", "1K", "--", "true", check=False)
+    assert "--mem must be between 4M and 1T" in bad.stderr, bad.stderr
     usage = requester.rain("submit", "--help").stdout
     assert "job file" in usage and "command =" in usage
 
