@@ -323,6 +323,7 @@ class Node:
             version=__version__,
             lend=self.config.policy.lend,
             mdns=self.config.network.mdns,
+            pool=self.config.network.pool.name if self.config.network.pool else None,
             uptime=now - self.started_at,
             pid=os.getpid(),
             streams=self.network.open_streams(),

@@ -37,6 +37,7 @@ class SelfView:
     user2: str = "off"
     hot: bool = False
     load: int = 0
+    pool: str | None = None  # the private pool's name; None: the open network
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from rainnet import host as rhost
+from rainnet import pnet as rpnet
 from rainnet.streams import guarded_handler
 
 log = logging.getLogger("rainnet.relay")
@@ -375,7 +376,7 @@ async def dial_circuit(host: Any, addr: str, timeout: float = DIAL_TIMEOUT) -> N
             addresses=[multiaddr.Multiaddr(addr)],
         )
         try:
-            await host.upgrade_outbound_connection(raw, target)
+            await host.upgrade_outbound_connection(rpnet.protect_outbound(host, raw), target)
         except BaseException as exc:
             await _discard(stream)
             if not isinstance(exc, Exception):

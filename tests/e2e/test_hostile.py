@@ -64,7 +64,8 @@ class TrioPortal:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    cluster = Cluster(tmp_path_factory.mktemp("hostile"))
+    # Hostile strangers of the open network: the target is in it too.
+    cluster = Cluster(tmp_path_factory.mktemp("hostile"), open_network=True)
     node = cluster.start("--listen", LOOPBACK, "--no-mdns")
     node.wait_ready()
     yield node
