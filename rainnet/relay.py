@@ -16,6 +16,10 @@ for any protocol, in both directions. What the swarm does not do is dial circuit
 drops every `/p2p-circuit` address before dialing, so a connection through a relay only exists
 if someone calls `dial_circuit` (or `connect`) first.
 
+In a private pool (rainnet.pool) the relay must be a pool member, and a circuit we dial is
+protected with the pool key like any connection (`pnet.protect_outbound`: py-libp2p's swarm
+protects the circuits it accepts, not those it dials).
+
 How a node learns that it is behind NAT is not decided here: the operator says which relay to use
 (`--relay-via`), and the node then advertises both its own addresses and its circuit addresses.
 
