@@ -234,7 +234,7 @@ def test_a_pool_member_behind_nat_is_reached_through_the_pools_relay() -> None:
 
     async def main() -> None:
         async with (
-            serving_relay(pool=pool) as (r_host, r_relay, r_addr),
+            serving_relay(pool=pool) as (_, r_relay, r_addr),
             natted_target(r_addr, pool=pool) as (t_host, t_relay, _),
             dialer(pool=pool) as d_host,
             dialer() as outsider,
