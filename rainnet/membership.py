@@ -95,10 +95,13 @@ class Membership:
         peer = self._entry(peer_id, source, now)
         if peer is None:
             return False
+        # The addresses of a peer's own signed record, or of our own discovery sources, are
+        # not a hint's to add to: a hint names addresses only of peers known from hints alone
+        # (whose dials rainnet.hints budgets).
+        hint_only = peer.source is Source.HINT and peer.record is None
         if source is not Source.HINT and peer.source is Source.HINT:
             peer.source = source  # named by a discovery source of ours: no longer a hint only
-        # The addresses in a peer's own signed record are its word; a hint adds none to them.
-        if addrs and not (source is Source.HINT and peer.record is not None):
+        if addrs and (source is not Source.HINT or hint_only):
             merged = tuple(dict.fromkeys(addrs + peer.addrs))
             peer.addrs = merged[:MAX_ADDRS_PER_PEER]
         if peer.live:

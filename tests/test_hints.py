@@ -136,6 +136,13 @@ def test_a_hint_adds_no_address_to_a_peer_whose_signed_record_we_hold() -> None:
     assert view.peers[peer.peer_id].addrs == before
 
 
+def test_a_hint_adds_no_address_to_a_peer_our_own_discovery_found() -> None:
+    view = Membership("me")
+    view.learn("p", ("/ip4/10.0.0.1/tcp/1",), Source.BOOTSTRAP, 0.0)
+    view.learn_hints("src", [Hint("p", (VICTIMS[0],))], 1.0)
+    assert view.peers["p"].addrs == ("/ip4/10.0.0.1/tcp/1",)
+
+
 def test_a_peer_also_found_by_mdns_is_no_longer_a_hint_only() -> None:
     view = Membership("me")
     view.learn_hints("src", [Hint("p", ("/ip4/10.0.0.1/tcp/1",))], 0.0)
