@@ -30,6 +30,7 @@ from ledger.store import HistoryRow
 from node import capabilities
 from node.control import channel as control
 from node.control.ops import ControlOps
+from node.fork_news import ForkNews
 from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
 from node.jobs.core import scheduler
 from node.jobs.requester import Requester
@@ -160,6 +161,9 @@ class Node:
                     self.network.run, handlers, self._on_contact, self._on_addrs_changed
                 )
                 await nursery.start(self.requester.run)
+                news = ForkNews(self.ledger, self.network.open_stream, self._live_peer_ids)
+                self.ledger.on_fork_proofs = news.found
+                await nursery.start(news.run)
                 await nursery.start(control.serve, sock_path, self.control.handle)
                 if self.worker is not None:
                     nursery.start_soon(self.worker.claims.retry_held, self._live_peer_ids)
@@ -329,6 +333,7 @@ class Node:
             version=__version__,
             lend=self.config.policy.lend,
             mdns=self.config.network.mdns,
+            pool=self.config.network.pool.name if self.config.network.pool else None,
             uptime=now - self.started_at,
             pid=os.getpid(),
             streams=self.network.open_streams(),

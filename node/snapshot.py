@@ -38,6 +38,7 @@ class SelfView:
     hot: bool = False
     load: int = 0
     unreachable_bootstrap: tuple[str, ...] = ()  # --bootstrap addresses we cannot reach
+    pool: str | None = None  # the private pool's name; None: the open network
 
 
 @dataclass(frozen=True)

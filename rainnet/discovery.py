@@ -62,9 +62,11 @@ class Discovery:
         self,
         addrs: Callable[[], list[str]],
         interface_ips: list[str] | None,
+        service_type: str | None = None,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        from rainnet.mdns import MdnsDiscovery
+        """LAN discovery under `service_type` (a pool's own; None: the open network's)."""
+        from rainnet.mdns import SERVICE_TYPE, MdnsDiscovery
 
         send, receive = trio.open_memory_channel[tuple[str, tuple[str, ...]]](MDNS_QUEUE)
         token = trio.lowlevel.current_trio_token()
@@ -78,7 +80,7 @@ class Discovery:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(put)
 
-        mdns = MdnsDiscovery(self.me, addrs(), interface_ips, found)
+        mdns = MdnsDiscovery(self.me, addrs(), interface_ips, found, service_type or SERVICE_TYPE)
         await trio.to_thread.run_sync(mdns.start)
         task_status.started()
         try:

@@ -44,6 +44,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("peer id", st["peer_id"]),
         ("state", st["state"]),
         ("peers", str(st["peers"])),
+        ("network", f"private pool {st['pool']}" if st.get("pool") else "open"),
         ("sandbox", ", ".join(st["backends"]) or "none (cannot run others' jobs)"),
         ("resources", f"{st['cpus']} CPUs, {format_size(st['memory'])} memory, {st['gpus']} GPUs"),
         ("lend", st["lend"]),
