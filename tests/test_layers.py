@@ -43,6 +43,21 @@ RULES: list[tuple[str, tuple[str, ...] | None, tuple[str, ...]]] = [
     ("node.jobs.requester", None, ("node.jobs.worker", "node.panel")),
     ("node.jobs.worker", None, ("node.jobs.requester", "node.panel")),
     ("node.jobs", None, ("node.panel",)),
+    (  # `rain jobs` reads the requester's store while the node is down, and nothing else of it
+        "node.cli.jobs",
+        None,
+        (
+            "libp2p",
+            "node.daemon",
+            "node.jobs.requester.requester",
+            "node.jobs.requester.settle",
+            "node.jobs.requester.sessions",
+            "node.jobs.requester.offers",
+            "node.jobs.worker",
+            "rainnet.host",
+            "rainnet.network",
+        ),
+    ),
     (
         "node.cli",
         None,

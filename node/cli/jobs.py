@@ -19,6 +19,8 @@ from typing import Any
 
 from node.cli import CliError, duration_arg, size_arg
 from node.cli.status import ask
+from node.control import channel as control
+from node.home import CONTROL_SOCKET, resolve_home
 from node.units import format_size, parse_duration, parse_size
 
 LONG_POLL = 4.0  # the node answers as soon as there is output or the job ends
@@ -461,8 +463,31 @@ def _row(j: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+def _all_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The node's jobs; while it is down, as its store kept them (said on stderr)."""
+    # (Imported here: the store costs an import of trio, which other commands need not pay.)
+    from node.jobs.requester.store import JOBS_FILE, JobStore  # the store alone: test_layers
+
+    home = resolve_home(args.home)
+    try:
+        return list(control.request(home / CONTROL_SOCKET, "jobs")["jobs"])
+    except control.NodeNotRunning:
+        if not (home / JOBS_FILE).exists():
+            raise CliError(
+                f"no rain-node is running with home {home}, and it has no jobs"
+            ) from None
+    except control.ControlError as exc:
+        raise CliError(str(exc)) from None
+    print("rain: the node is not running: its jobs as stored", file=sys.stderr)
+    store = JobStore(home / JOBS_FILE)
+    try:
+        return [j.as_dict() for j in store.load()]
+    finally:
+        store.close()
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = _selected(args, ask(args, "jobs")["jobs"])
+    jobs = _selected(args, _all_jobs(args))
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0

@@ -33,6 +33,10 @@ class ControlError(Exception):
     """The node could not be reached or refused the request (message fit for the user)."""
 
 
+class NodeNotRunning(ControlError):
+    """No node answers on that home's socket."""
+
+
 def refusal(message: str) -> dict[str, Any]:
     """The answer to a request the node refuses. Marked by `"refused": true` rather than by an
     "error" key alone, since answers may carry fields of that name (a failed job's error)."""
@@ -60,7 +64,7 @@ def request(sock_path: Path, op: str, timeout: float = 10.0, **params: Any) -> d
                 if chunk.endswith(b"\n"):
                     break
     except (FileNotFoundError, ConnectionRefusedError):
-        raise ControlError(
+        raise NodeNotRunning(
             f"no rain-node is running with home {sock_path.parent} "
             "(start one: rain-node --home ...)"
         ) from None

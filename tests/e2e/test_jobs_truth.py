@@ -141,3 +141,13 @@ def test_an_array_is_one_job_with_an_id(cluster: Cluster, tmp_path: Path) -> Non
         "every task cancelled",
     )
     assert requester.rain_json("jobs", "--name", "sweep", "--state", "done").__len__() == 4
+
+
+def test_rain_jobs_answers_from_the_store_while_the_node_is_down(cluster: Cluster) -> None:
+    """`rain jobs` said only that no node was running."""
+    requester, _ = requester_and_workers(cluster, 1)
+    requester.rain("submit", "--name", "kept", "--wait", "--", "true", timeout=60)
+    requester.stop()
+    res = requester.rain("jobs")
+    assert "the node is not running: its jobs as stored" in res.stderr
+    assert "kept" in res.stdout and "done" in res.stdout
