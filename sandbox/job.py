@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import enum
 import os
 import re
@@ -105,6 +106,10 @@ class Job(abc.ABC):
         self._suspended_since: float | None = None
         self._suspended_total = 0.0
         self._last_cpu_ns = 0
+        # CPU the node spent for the job beyond its own: draining its output past the cap (a
+        # backend adds it). Billed with the job's, so a chatty job cannot make its worker work
+        # for nothing.
+        self.drain_ns = 0
         self._final_cpu_ns: int | None = None
         self._result: JobResult | None = None
         self._error: BaseException | None = None
@@ -334,6 +339,7 @@ class Job(abc.ABC):
                     await self._kill()
                     await self._reap()
                 acct = await self._account()
+                acct = dataclasses.replace(acct, cpu_ns=acct.cpu_ns + self.drain_ns)
                 self._final_cpu_ns = acct.cpu_ns
                 outputs: tuple[OutputFile, ...] = ()
                 missing: tuple[str, ...] = tuple(self.spec.outputs)

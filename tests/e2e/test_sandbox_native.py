@@ -224,3 +224,21 @@ def test_output_buffers_are_given_back_after_the_job(native_backend: Backend) ->
         run(three_at_once)
         gc.collect()
     assert _rss() - before < 32 << 20
+
+
+def test_output_past_its_cap_is_drained_and_billed(native_backend: Backend) -> None:
+    """Draining a chatty job's output past its cap cost the worker about as much CPU as the job
+    billed (1.6 CPU-s for 2 GB, against the job's own 1.4), billed to nobody. Past the cap it is
+    spliced away in the kernel, and what that costs the worker is billed with the job."""
+    chatty = JobSpec.create(["sh", "-c", "head -c 500000000 /dev/zero"])  # 500 MB, 1 MiB cap
+
+    async def main(spec: JobSpec) -> tuple[Job, JobResult]:
+        async with native_backend.open_job(spec) as job:
+            return job, await job.wait(timeout=60)
+
+    job, result = run(main, chatty)
+    assert len(result.stdout) == 1 << 20 and result.stdout_truncated
+    assert job.drain_ns > 0
+    print(f"500 MB past the cap: drained for {job.drain_ns / 1e9:.3f} CPU-s, billed with the job")
+    quiet, _ = run(main, JobSpec.create(["sh", "-c", "echo hi"]))
+    assert quiet.drain_ns == 0
