@@ -70,6 +70,9 @@ class NodeRecord(wire.Message):
     user2: str = field(default=Light.OFF.value, metadata=wire.limit(8))
     hot: bool = False  # too hot to run at full speed (the owner's temperature limit holds)
     load: int = 0  # how busy the machine is, guests included, in eighths
+    # Added with MPI groups (node.mpi): it takes MPI ranks (MPICH with hydra, mpi4py, a sandbox
+    # that can give ranks the host's network). Optional, as the panel's fields.
+    mpi: bool = False
 
     def __post_init__(self) -> None:
         if not _PEER_ID_RE.match(self.peer_id):
