@@ -59,6 +59,8 @@ class BwrapFds:
     group: int
     job_dir: int
     tmp_dir: int | None = None  # /tmp on the job's own file system; None: a tmpfs of bwrap's
+    # An MPI rank's read-only view of the node's runtime: (descriptor, path it appears at).
+    runtime: tuple[tuple[int, str], ...] = ()
 
 
 def bwrap_argv(
@@ -73,6 +75,8 @@ def bwrap_argv(
     argv = [
         bwrap,
         "--unshare-all",
+        # An MPI rank keeps the host's network: it talks TCP to the group's other members.
+        *(["--share-net"] if spec.limits.network is Network.GROUP else []),
         "--unshare-user",  # --unshare-all only *tries* a user namespace; insist
         "--disable-userns",  # no nested user namespaces inside (seccomp denies them too)
         "--die-with-parent",
@@ -93,6 +97,10 @@ def bwrap_argv(
         argv += ["--ro-bind", path, path]
     for path in host.etc:
         argv += ["--ro-bind-try", path, path]
+    for fd, path in fds.runtime:
+        # By descriptor: the node's environment may sit under a directory the job's uid
+        # cannot walk (/root is 0700); the files inside are world-readable.
+        argv += ["--ro-bind-fd", str(fd), path]
     argv += [
         "--ro-bind-data",
         str(fds.passwd),
@@ -272,7 +280,7 @@ class NativeBackend(Backend):
             raise BackendUnavailable(
                 "the native backend runs the host's programs, not images; this job needs docker"
             )
-        if spec.limits.network is not Network.NONE:
+        if spec.limits.network not in (Network.NONE, Network.GROUP):
             raise BackendUnavailable(
                 "the native backend cannot give a job network access without the host's loopback"
             )
@@ -335,6 +343,12 @@ class NativeJob(Job):
                 tmp_dir=None
                 if self._dir.tmp is None
                 else _keep(_open_dir(self._dir.tmp), child_fds),
+                runtime=tuple(
+                    (_keep(_open_dir(Path(path)), child_fds), path)
+                    for path in self._config.group_runtime
+                )
+                if lim.network is Network.GROUP
+                else (),
             )
             argv = launcher_argv(b.tools, uid, gid) + bwrap_argv(
                 b.bwrap, self.spec, b.host, uid, gid, fds
