@@ -25,7 +25,7 @@ import math
 import os
 import resource
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,11 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # If the sandbox dies first, the pipe closes, `read` fails and nothing runs.
 _LAUNCHER = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
 _LAUNCH_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+# Binds pairs of (source, mount point) read-only until `--`, then execs the rest.
+_BINDER = (
+    'while [ "$1" != -- ]; do mount -o bind,ro "$1" "$2" || exit 125; shift 2; done; '
+    'shift; exec "$@"'
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,6 @@ class BwrapFds:
     group: int
     job_dir: int
     tmp_dir: int | None = None  # /tmp on the job's own file system; None: a tmpfs of bwrap's
-    # An MPI rank's read-only view of the node's runtime: (descriptor, path it appears at).
-    runtime: tuple[tuple[int, str], ...] = ()
 
 
 def bwrap_argv(
@@ -70,8 +73,10 @@ def bwrap_argv(
     uid: int,
     gid: int,
     fds: BwrapFds,
+    runtime: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
-    """The bubblewrap command line for `spec` (pure: no I/O)."""
+    """The bubblewrap command line for `spec` (pure: no I/O). `runtime`: an MPI rank's
+    read-only view of the node's environment, (where bwrap finds it, where the job sees it)."""
     argv = [
         bwrap,
         "--unshare-all",
@@ -97,10 +102,8 @@ def bwrap_argv(
         argv += ["--ro-bind", path, path]
     for path in host.etc:
         argv += ["--ro-bind-try", path, path]
-    for fd, path in fds.runtime:
-        # By descriptor: the node's environment may sit under a directory the job's uid
-        # cannot walk (/root is 0700); the files inside are world-readable.
-        argv += ["--ro-bind-fd", str(fd), path]
+    for source, path in runtime:
+        argv += ["--ro-bind", source, path]
     argv += [
         "--ro-bind-data",
         str(fds.passwd),
@@ -135,7 +138,18 @@ def bwrap_argv(
     return argv
 
 
-def launcher_argv(tools: LaunchTools | None, uid: int, gid: int) -> list[str]:
+@dataclass(frozen=True)
+class RuntimeMount:
+    """One directory of the node's environment an MPI rank sees read-only."""
+
+    source: str  # on the host
+    seen_at: str  # where bwrap finds it (a mount point the launch chain binds `source` on)
+    path: str  # where the job sees it
+
+
+def launcher_argv(
+    tools: LaunchTools | None, uid: int, gid: int, runtime: Sequence[RuntimeMount] = ()
+) -> list[str]:
     """The command that waits for the go-ahead, then runs bwrap (its argv follows) as the job.
 
     As root (`tools` given): `setpriv --pdeathsig` makes the chain die with the node, and
@@ -154,6 +168,15 @@ def launcher_argv(tools: LaunchTools | None, uid: int, gid: int) -> list[str]:
             "--pdeathsig",
             "KILL",
             "--",
+        ]
+        binds = [m for m in runtime if m.seen_at != m.source]
+        if binds:
+            # Still root, in a mount namespace of its own: the binds bwrap could not make.
+            argv += [tools.unshare, "--mount", "--", "/bin/sh", "-c", _BINDER, "rainnet-binds"]
+            for m in binds:
+                argv += [m.source, m.seen_at]
+            argv += ["--"]
+        argv += [
             tools.unshare,
             "--pid",
             "--fork",
@@ -343,15 +366,10 @@ class NativeJob(Job):
                 tmp_dir=None
                 if self._dir.tmp is None
                 else _keep(_open_dir(self._dir.tmp), child_fds),
-                runtime=tuple(
-                    (_keep(_open_dir(Path(path)), child_fds), path)
-                    for path in self._config.group_runtime
-                )
-                if lim.network is Network.GROUP
-                else (),
             )
-            argv = launcher_argv(b.tools, uid, gid) + bwrap_argv(
-                b.bwrap, self.spec, b.host, uid, gid, fds
+            runtime = self._runtime_mounts()
+            argv = launcher_argv(b.tools, uid, gid, runtime) + bwrap_argv(
+                b.bwrap, self.spec, b.host, uid, gid, fds, [(m.seen_at, m.path) for m in runtime]
             )
             # From this thread, not a worker thread: the chain's parent-death signal follows
             # the thread that forks it (sandbox.child).
@@ -378,6 +396,29 @@ class NativeJob(Job):
             await trio.to_thread.run_sync(confine_and_go)
         finally:
             os.close(go_write)
+
+    def _runtime_mounts(self) -> list[RuntimeMount]:
+        """An MPI rank's view of the node's environment: where bwrap (as the job's uid) finds
+        each directory. The node's Python may sit under a directory the job's uid cannot walk
+        (/root is 0700), which bwrap's own binds (even by descriptor) refuse: as root, the
+        launch chain binds it first onto a mount point of the job's own, in a mount namespace
+        of the chain's own (gone with the job; nothing is mounted on the host)."""
+        if self.spec.limits.network is not Network.GROUP:
+            return []
+        paths = self._config.group_runtime
+        if self.backend.tools is None:  # not root: the job runs as our user, who can walk there
+            return [RuntimeMount(p, p, p) for p in paths]
+        base = self._runtime_dir()
+        base.mkdir(mode=0o755, exist_ok=True)
+        mounts = []
+        for i, path in enumerate(paths):
+            point = base / str(i)
+            point.mkdir(mode=0o755, exist_ok=True)
+            mounts.append(RuntimeMount(path, str(point), path))
+        return mounts
+
+    def _runtime_dir(self) -> Path:
+        return self._config.workdir / f"{self.id}.runtime"
 
     async def _watch_exit(self) -> None:
         assert self._proc is not None
@@ -484,6 +525,8 @@ class NativeJob(Job):
                 jobdir.remove(self._dir)
             except Exception as exc:
                 errors.append(exc)
+        # (Mounted only in the launch chain's own namespace: here they are empty directories.)
+        shutil.rmtree(self._runtime_dir(), ignore_errors=True)
         return errors
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sandbox import JobSpec, Limits, Network, PolicyRefused, WorkerPolicy, hostfs
-from sandbox.native import BwrapFds, bwrap_argv
+from sandbox.native import BwrapFds, LaunchTools, RuntimeMount, bwrap_argv, launcher_argv
 
 HOST = hostfs.HostFs((("/bin", "usr/bin"),), (), ())
 
@@ -16,14 +16,25 @@ def spec(network: Network) -> JobSpec:
 
 
 def test_a_rank_keeps_the_host_network_and_sees_the_runtime_read_only() -> None:
-    fds = BwrapFds(7, 8, 9, 10, runtime=((12, "/opt/py"), (13, "/srv/venv")))
-    argv = bwrap_argv("bwrap", spec(Network.GROUP), HOST, 1, 1, fds)
+    runtime = [RuntimeMount("/root/py", "/w/j.runtime/0", "/root/py")]
+    fds = BwrapFds(7, 8, 9, 10)
+    argv = bwrap_argv(
+        "bwrap", spec(Network.GROUP), HOST, 1, 1, fds, [("/w/j.runtime/0", "/root/py")]
+    )
     joined = " ".join(argv)
     assert "--share-net" in argv and argv.index("--share-net") > argv.index("--unshare-all")
-    assert "--ro-bind-fd 12 /opt/py" in joined and "--ro-bind-fd 13 /srv/venv" in joined
-    assert argv.index("--ro-bind-fd") < argv.index("--remount-ro")
-    plain = bwrap_argv("bwrap", spec(Network.NONE), HOST, 1, 1, BwrapFds(7, 8, 9, 10))
-    assert "--share-net" not in plain and "--ro-bind-fd" not in plain
+    assert "--ro-bind /w/j.runtime/0 /root/py" in joined
+    assert argv.index(["--ro-bind", "/w/j.runtime/0"][0]) < argv.index("--remount-ro")
+    plain = bwrap_argv("bwrap", spec(Network.NONE), HOST, 1, 1, fds)
+    assert "--share-net" not in plain
+    # As root, the chain binds what the job's uid could not reach, before it drops to that uid
+    # (bwrap refuses even a descriptor of a directory under /root, 0700).
+    tools = LaunchTools("/usr/bin/setpriv", "/usr/bin/unshare")
+    chain = launcher_argv(tools, 5, 5, runtime)
+    mount_ns = chain.index("--mount")
+    assert chain[mount_ns + 6 : mount_ns + 9] == ["/root/py", "/w/j.runtime/0", "--"]
+    assert mount_ns < chain.index("--setuid=5")
+    assert "--mount" not in launcher_argv(tools, 5, 5)
 
 
 def test_only_an_owner_who_takes_mpi_groups_runs_ranks() -> None:
