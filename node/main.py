@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peer to join through, /ip4/.../tcp/.../p2p/<id> (repeatable)",
     )
     p.add_argument("--no-mdns", action="store_true", help="do not discover LAN peers by mDNS")
+    p.add_argument("--no-mpi", action="store_true", help="take no ranks of MPI groups")
     p.add_argument(
         "--relay",
         action="store_true",
@@ -206,7 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         front_panel=front,
     )
     config = NodeConfig(
-        home=home, network=network, sandbox=args.sandbox, policy=policy, panel=panel
+        home=home,
+        network=network,
+        sandbox=args.sandbox,
+        policy=policy,
+        panel=panel,
+        mpi=not args.no_mpi,
     )
 
     async def run() -> None:

@@ -56,6 +56,7 @@ class PeerView:
     user2: str = "off"
     hot: bool = False
     load: int = 0
+    mpi: bool = False  # it takes MPI ranks
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class Description:
     user2: str = records.Light.OFF.value
     hot: bool = False
     load: int = 0
+    mpi: bool = False  # whether we take the ranks of MPI groups
 
 
 class PeerNetwork:
@@ -117,6 +118,7 @@ class PeerNetwork:
             user2=d.user2,
             hot=d.hot,
             load=d.load,
+            mpi=d.mpi,
         )
         self._signed = records.sign_record(self.me, rec)
         return self._signed

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "panel": "node.cli.panel",
     "light": "node.cli.light",
     "top": "node.cli.top",
+    "mpi": "node.cli.mpi",
 }
 
 

@@ -126,6 +126,8 @@ def admit_group_job(
         )
     env[GROUP_ENV] = group_id
     env["PATH"] = f"{runtime.bin_dir}:{DEFAULT_PATH}"
+    # The sandbox shows no /sys: hwloc (in hydra and MPICH) would say so on every start.
+    env["HWLOC_HIDE_ERRORS"] = "2"
     return dataclasses.replace(
         spec, argv=(runtime.proxy, *spec.argv[1:]), env=tuple(sorted(env.items()))
     )
