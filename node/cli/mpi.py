@@ -40,6 +40,7 @@ RANK_WRAPPER = (
 )
 SETTLE_WAIT = 30.0  # after the run, how long the members' claims may take to settle
 SETTLE_POLL = 0.2
+LOST_WAIT = 3.0  # after a failed run, how long to wait to learn which member was lost
 
 
 def register(sub: Any) -> None:
@@ -152,15 +153,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = 124
     finally:
         ended = ask(args, "mpi-end", group_id=group["group_id"])
+    members = [m for m in ended.get("members", []) if m.get("job_id")]
+    if code != 0:
+        _report_lost(args, members)
     if args.json:
-        jobs = _settled([m["job_id"] for m in ended.get("members", []) if m.get("job_id")], args)
+        jobs = _settled([m["job_id"] for m in members], args)
         print(json.dumps({**ended, "exit_code": code, "jobs": jobs}, indent=2))
     return code
 
 
-def _settled(job_ids: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The members' jobs once they have ended (their claims settled), within SETTLE_WAIT."""
-    deadline = time.monotonic() + SETTLE_WAIT
+def _report_lost(args: argparse.Namespace, members: list[dict[str, Any]]) -> None:
+    """Which members failed, and why (a lost member's job says so once its end is known)."""
+    hosts = {m["job_id"]: m["host"] for m in members}
+    for st in _settled(list(hosts), args, LOST_WAIT):
+        if st["state"] == "failed":
+            worker = (st.get("worker") or "?")[-8:]
+            print(
+                f"rain: member {worker} ({hosts[st['job_id']]}) failed: {st.get('error')}",
+                file=sys.stderr,
+            )
+
+
+def _settled(
+    job_ids: list[str], args: argparse.Namespace, wait: float = SETTLE_WAIT
+) -> list[dict[str, Any]]:
+    """The members' jobs once they have ended (their claims settled), within `wait`."""
+    deadline = time.monotonic() + wait
     while True:
         done = ask(args, "finished", job_ids=job_ids)["jobs"]
         if len(done) == len(job_ids) or time.monotonic() > deadline:

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.nodes import Cluster, NodeProcess, credit, requester_and_workers, wait_until
+from tests.e2e.nodes import (
+    PYTHON,
+    Cluster,
+    NodeProcess,
+    credit,
+    requester_and_workers,
+    wait_until,
+)
 
 RING = """
 from mpi4py import MPI
@@ -133,3 +142,48 @@ def test_a_group_that_cannot_form_says_why(
     assert res.returncode == 1
     assert "need 9 ranks; 2 idle peers take MPI" in res.stderr
     assert "room for 4 ranks at 2 per node" in res.stderr
+
+
+LOOP = """
+import time
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+print("started", flush=True)
+while True:  # until the group is ended from outside
+    comm.Barrier()
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("how", ["kill -9", "silent"])
+def test_a_lost_member_ends_the_group_and_nothing_is_left(
+    group_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path, how: str
+) -> None:
+    """A member's node killed (its connections reset), or silent (stopped: no FIN, no RST,
+    its ranks still running): the group ends, within the failure bounds, everywhere."""
+    req, workers = group_nodes
+    prog = program(tmp_path, LOOP)
+    cmd = [PYTHON, "-m", "node.cli", "--home", str(req.home), "mpi", "run", *GROUP]
+    cmd += ["--input", str(prog), "--", "python3", prog.name]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(running(prog.name)) >= 3, 30, "the ranks run")
+        lost = workers[1]
+        if how == "kill -9":
+            lost.kill9()
+        else:
+            lost.signal(signal.SIGSTOP)
+        try:
+            # 2 s for a rank that dies, 10 s for a member that vanishes silently: the bound
+            # of this wait, not a measurement (bench/ measures).
+            code = run.wait(timeout=15)
+            assert code != 0
+            wait_until(lambda: not running(prog.name), 10, "no rank of the group runs")
+        finally:
+            lost.signal(signal.SIGCONT)
+        err = run.stderr.read() if run.stderr else ""
+        assert f"rain: member {lost.peer_id[-8:]} (127.1.0." in err, err
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=10)
