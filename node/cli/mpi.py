@@ -8,6 +8,8 @@ streams back through mpiexec; `-l` prefixes each line with its rank, as `srun -l
 code is mpiexec's: non-zero if any rank failed or a member was lost. Each member's part is a
 job of its own (`rain jobs`), paid for its CPU-seconds.
 
+`rain mpi bench -n N [--size N]` runs an HPL-style LU solve (node/mpi/hpl.py) across a group.
+
 `rain mpi hosts -n N [--per-node K] [--format mpich|openmpi|json]` prints the group it would
 pick as a hostfile, reserving nothing.
 """
@@ -64,6 +66,12 @@ def register(sub: Any) -> None:
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     run.set_defaults(func=cmd_run)
+    bench = mpi.add_parser("bench", help="an HPL-style benchmark of a group (Gflops)")
+    _group_args(bench)
+    bench.add_argument("--size", type=int, default=4000, metavar="N", help="order of A (4000)")
+    bench.add_argument("--nb", type=int, default=64, help="panel width (64)")
+    bench.add_argument("--time", type=duration_arg, default=1800.0, help="wall time (30m)")
+    bench.set_defaults(func=cmd_bench)
     hosts = mpi.add_parser("hosts", help="print the group `rain mpi run` would pick")
     _group_args(hosts)
     hosts.add_argument("--format", choices=("mpich", "openmpi", "json"), default="mpich")
@@ -85,6 +93,14 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
         "memory_per_rank": args.mem,
         "wall_seconds": getattr(args, "time", None),
     }
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """node/mpi/hpl.py as the group's program: its Gflops beside one process's."""
+    program = Path(__file__).resolve().parent.parent / "mpi" / "hpl.py"
+    args.input, args.label, args.json = [str(program)], False, False
+    args.argv = ["python3", program.name, str(args.size), str(args.nb)]
+    return cmd_run(args)
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
