@@ -1,6 +1,6 @@
 """Monte-Carlo pi: each rank throws its own darts, rank 0 adds up the hits.
 
-    rain mpi run -n 4 --input examples/mpi/pi.py -- python3 pi.py [DARTS_PER_RANK]
+rain mpi run -n 4 --input examples/mpi/pi.py -- python3 pi.py [DARTS_PER_RANK]
 """
 
 import sys

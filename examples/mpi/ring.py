@@ -1,6 +1,6 @@
 """A ring: a token goes once round every rank, each adding its rank; then an allreduce.
 
-    rain mpi run -n 4 -l --input examples/mpi/ring.py -- python3 ring.py
+rain mpi run -n 4 -l --input examples/mpi/ring.py -- python3 ring.py
 """
 
 from mpi4py import MPI
