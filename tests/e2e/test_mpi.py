@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,17 +76,35 @@ def mpi_run(req: NodeProcess, prog: Path, *extra: str) -> tuple[int, str, str]:
     return res.returncode, res.stdout, res.stderr
 
 
-@pytest.fixture
-def group_nodes(cluster: Cluster) -> tuple[NodeProcess, list[NodeProcess]]:
+def _group(cluster: Cluster) -> tuple[NodeProcess, list[NodeProcess]]:
     req, workers = requester_and_workers(cluster, 2)
     wait_until(lambda: all(p.get("mpi") for p in req.peers()), 30, "the members take MPI")
     return req, workers
 
 
+@pytest.fixture(scope="module")
+def shared_nodes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[NodeProcess, list[NodeProcess]]]:
+    """One requester and two members for the tests that leave them as they were (each run's
+    members are paid once per run: the paid test runs first)."""
+    cluster = Cluster(tmp_path_factory.mktemp("mpi-nodes"))
+    try:
+        yield _group(cluster)
+    finally:
+        cluster.stop_all()
+
+
+@pytest.fixture
+def group_nodes(cluster: Cluster) -> tuple[NodeProcess, list[NodeProcess]]:
+    """Nodes of this test's own (it kills or stops one)."""
+    return _group(cluster)
+
+
 def test_a_group_across_two_members_computes_and_each_is_paid(
-    group_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
+    shared_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
 ) -> None:
-    req, workers = group_nodes
+    req, workers = shared_nodes
     hosts = req.rain("mpi", "hosts", *GROUP[:4]).stdout.split()
     assert sorted(hosts) == ["127.0.0.1:1", "127.0.0.1:2"]
 
@@ -118,9 +137,9 @@ def test_a_group_across_two_members_computes_and_each_is_paid(
 
 
 def test_a_failing_rank_ends_the_group_and_nothing_is_left(
-    group_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
+    shared_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
 ) -> None:
-    req, _ = group_nodes
+    req, _ = shared_nodes
     prog = program(tmp_path, FAIL)
     code, _, err = mpi_run(req, prog, "-l")
     assert code != 0
@@ -135,9 +154,9 @@ def test_a_failing_rank_ends_the_group_and_nothing_is_left(
 
 
 def test_a_group_that_cannot_form_says_why(
-    group_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
+    shared_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
 ) -> None:
-    req, _ = group_nodes
+    req, _ = shared_nodes
     res = req.rain("mpi", "run", "-n", "9", "--per-node", "2", "--", "true", check=False)
     assert res.returncode == 1
     assert "need 9 ranks; 2 idle peers take MPI" in res.stderr
