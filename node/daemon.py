@@ -55,6 +55,7 @@ from node.snapshot import (
     GuestRow,
     JobRow,
     JobsView,
+    MpiGroupRow,
     NodeSnapshot,
     PeerView,
     PolicyView,
@@ -398,7 +399,10 @@ class Node:
                 for g in guests
             ),
             exchanges=self._exchanges[1],
-            mpi_groups=(),  # (node.mpi, to come)
+            mpi_groups=tuple(
+                MpiGroupRow(g.group_id, "running", tuple(m.peer_id for m in g.plan.members))
+                for g in self.groups.groups.values()
+            ),
             left=tuple(
                 _peer_view(p)
                 for p in self.network.membership.peers.values()
