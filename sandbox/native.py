@@ -48,6 +48,11 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # If the sandbox dies first, the pipe closes, `read` fails and nothing runs.
 _LAUNCHER = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
 _LAUNCH_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+# How narrow the network wall of an MPI rank (Network.GROUP) is here, for `rain sandbox check`.
+GROUP_WALL = (
+    "every wall but the network: ranks share the host's network, not narrowed to their "
+    "group's members and launcher (no per-group firewall yet)"
+)
 # Binds pairs of (source, mount point) read-only until `--`, then execs the rest.
 _BINDER = (
     'while [ "$1" != -- ]; do mount -o bind,ro "$1" "$2" || exit 125; shift 2; done; '
