@@ -13,7 +13,8 @@ Batches:    propose_many / agree_many / accept_agreements do the same for many e
             transaction (one fsync), returning a result or an error per item.
 Admission:  chain_request(key) -> send; on ChainPage: ingest_page(); repeat while more;
             then admit(key, limits) before running the job, by_priority() to order the queue.
-Gossip:     heads() / observe_heads(), fork_proofs() / receive_fork_proofs(), on every contact.
+Gossip:     heads() / observe_heads(), fork_proofs() / receive_fork_proofs(), on every contact;
+            take_fresh_fork_proofs() for the proofs to pass on at once.
 
 Ordering rule for crash safety: a block is signed inside the write transaction that stores it,
 and returned (so sent) only after COMMIT. Retries find what the first attempt stored.
@@ -689,6 +690,15 @@ class Ledger:
                 if txn.put_fork_proof(proof):
                     new.append(proof)
         return tuple(new)
+
+    def take_fresh_fork_proofs(self) -> tuple[ForkProof, ...]:
+        """The fork proofs this ledger found or was given since the last call: to share with
+        live peers at once rather than at the next meeting (the node does, node.fork_news)."""
+        return self._store.take_fresh_fork_proofs()
+
+    @property
+    def has_fresh_fork_proofs(self) -> bool:
+        return self._store.has_fresh_fork_proofs
 
     def fork_proofs_against(self, public_key: bytes) -> tuple[ForkProof, ...]:
         with self._store.read() as txn:

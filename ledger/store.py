@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from ledger.units import GPU_SECOND_WEIGHT
 
 SCHEMA_VERSION = 1
 LEDGER_FILE = "ledger.sqlite3"
+FRESH_FORK_PROOFS = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -172,8 +174,9 @@ class HistoryRow:
 class Txn:
     """Queries inside one transaction (only valid within `Store.read()` / `Store.write()`)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, fresh: deque[ForkProof] | None = None) -> None:
         self._c = conn
+        self._fresh = fresh
 
     # --- blocks -----------------------------------------------------------------------------
 
@@ -404,7 +407,12 @@ class Txn:
             "INSERT OR IGNORE INTO fork_proofs VALUES (?, ?, ?)",
             (proof.offender, proof.sequence, pack(proof.to_wire())),
         )
-        return cur.rowcount == 1
+        new: bool = cur.rowcount == 1
+        if new and self._fresh is not None:
+            # Noted for sharing at once (Store.take_fresh_fork_proofs) even if this transaction
+            # is rolled back: a proof is two signed blocks, true wherever it is kept.
+            self._fresh.append(proof)
+        return new
 
     def has_fork_proof(self, public_key: bytes) -> bool:
         row = self._c.execute(
@@ -457,6 +465,9 @@ class Store:
             uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._lock = threading.RLock()
+        # Fork proofs new to this store since they were last taken (bounded: more would wait
+        # for the next gossip, which sends every proof held).
+        self._fresh: deque[ForkProof] = deque(maxlen=FRESH_FORK_PROOFS)
         c = self._conn
         c.execute("PRAGMA journal_mode = WAL")
         # FULL: each COMMIT is fsynced, so a committed block survives power loss, not just kill -9
@@ -487,7 +498,7 @@ class Store:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield Txn(self._conn)
+                yield Txn(self._conn, self._fresh)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -502,6 +513,19 @@ class Store:
                 yield Txn(self._conn)
             finally:
                 self._conn.execute("COMMIT")
+
+    def take_fresh_fork_proofs(self) -> tuple[ForkProof, ...]:
+        """The fork proofs kept since the last call, once each (oldest first)."""
+        with self._lock:
+            if not self._fresh:
+                return ()
+            out = {p.first.position: p for p in self._fresh}
+            self._fresh.clear()
+        return tuple(out.values())
+
+    @property
+    def has_fresh_fork_proofs(self) -> bool:
+        return bool(self._fresh)
 
     def close(self) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ledger.store import HistoryRow
 from node import capabilities
 from node.control import channel as control
 from node.control.ops import ControlOps
+from node.fork_news import ForkNews
 from node.home import CONTROL_SOCKET, NODE_INFO_FILE, ensure_home
 from node.jobs.core import scheduler
 from node.jobs.requester import Requester
@@ -79,6 +81,7 @@ class NodeConfig:
     sandbox: str = "auto"  # auto, native, docker or none
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     panel: PanelConfig = field(default_factory=PanelConfig)
+    name: str = ""  # what `rain peers` calls this machine elsewhere (default: its hostname)
     mpi: bool = True  # take MPI ranks (where MPICH is installed beside our Python)
 
 
@@ -95,7 +98,6 @@ class Node:
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._opened = False
-        self._job_root: Path | None = None  # where guests' jobs run (they may set our lights)
         self._exchanges: tuple[Balance | None, tuple[ExchangeRow, ...]] = (None, ())
 
     def open(self) -> None:
@@ -123,9 +125,12 @@ class Node:
 
     def _describe(self) -> Description:
         lights = self.lights.for_record()
+        # What it lends (the guests' share), not the machine: what requesters place jobs by.
+        # (A record counts whole CPUs: a share of 1.5 says 1.)
+        lent = self.worker.capacity if self.worker else None
         return Description(
-            cpus=self.caps.cpus,
-            memory=self.caps.memory,
+            cpus=int(lent.cpus + 1e-9) if lent else self.caps.cpus,
+            memory=lent.memory if lent else self.caps.memory,
             gpus=self.caps.gpus,
             backends=self.caps.backends,
             state=self.state,
@@ -134,6 +139,7 @@ class Node:
             user2=lights.user2,
             hot=lights.hot,
             load=lights.load,
+            name=(self.config.name or socket.gethostname())[:64],
             mpi=self.member is not None,
         )
 
@@ -170,6 +176,9 @@ class Node:
                     self.network.run, handlers, self._on_contact, self._on_addrs_changed
                 )
                 await nursery.start(self.requester.run)
+                news = ForkNews(self.ledger, self.network.open_stream, self._live_peer_ids)
+                self.ledger.on_fork_proofs = news.found
+                await nursery.start(news.run)
                 await nursery.start(control.serve, sock_path, self.control.handle)
                 if self.worker is not None:
                     nursery.start_soon(self.worker.claims.retry_held, self._live_peer_ids)
@@ -211,8 +220,9 @@ class Node:
         return (signals.host_load, signals.temperature) if signals else (None, None)
 
     def _running_guest_dirs(self) -> list[Path]:
-        root = self._job_root
-        return [root / job.id for b in self.backends.values() for job in b.jobs()] if root else []
+        # (The job's own directory: with disk limits it is below a file system of its own.)
+        jobs = (job for b in self.backends.values() for job in b.jobs())
+        return [d for job in jobs if (d := job.directory) is not None]
 
     async def _open_sandbox(self) -> None:
         """Open every sandbox backend that works here, and the idle policy that gates them."""
@@ -227,7 +237,6 @@ class Node:
                 policy=WorkerPolicy(allow_group=True),
                 group_runtime=_runtime_dirs(),
             )
-        self._job_root = sandbox_config.workdir
         if self.config.sandbox != "none":
             # Leftovers of a crashed run (processes, cgroups, job directories) go first.
             await trio.to_thread.run_sync(sweep, sandbox_config)
@@ -343,6 +352,7 @@ class Node:
         balance = await self.ledger.balance()
         decision = self.idle.decision if self.idle else None
         lights = self.lights
+        discovery = self.network.discovery
         me = SelfView(
             peer_id=self.me.peer_id,
             addrs=tuple(self.network.addrs),
@@ -354,6 +364,7 @@ class Node:
             version=__version__,
             lend=self.config.policy.lend,
             mdns=self.config.network.mdns,
+            pool=self.config.network.pool.name if self.config.network.pool else None,
             uptime=now - self.started_at,
             pid=os.getpid(),
             streams=self.network.open_streams(),
@@ -361,6 +372,7 @@ class Node:
             user2=lights.user(UserLight.USER2),
             hot=lights.hot,
             load=lights.load,
+            unreachable_bootstrap=tuple(discovery.unreachable_bootstrap(now)) if discovery else (),
         )
         return NodeSnapshot(
             taken_at=now,
@@ -465,12 +477,13 @@ def _peer_view(p: Any) -> PeerView:
         user2=rec.user2 if rec else records.Light.OFF,
         hot=rec.hot if rec else False,
         load=rec.load if rec else 0,
+        name=rec.name if rec else "",
+        lends=rec.lends if rec else None,
         mpi=rec.mpi if rec else False,
     )
 
 
 def _job_row(j: JobRecord) -> JobRow:
-    task = j.spec.env_dict.get("RAIN_ARRAY_TASK_ID")
     return JobRow(
         job_id=j.job_id,
         state=j.state.value,
@@ -481,7 +494,8 @@ def _job_row(j: JobRecord) -> JobRow:
         cpu_seconds=j.cpu_seconds,
         credit=j.credit,
         command=" ".join(j.spec.argv)[:200],
-        array_task=int(task) if task is not None and task.isdigit() else None,
+        array_task=j.array_task,
+        array_id=j.array_id,
     )
 
 

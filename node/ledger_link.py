@@ -6,7 +6,8 @@ holds a run of request/response pairs:
 
     ChainRequest -> ChainPage      (a peer's chain, or the part since what we verified; paged)
     Heads        -> Heads          (both sides compare heads, so forks surface)
-    ForkProofs   -> ForkProofs     (double-spending proofs are shared with those we deal with)
+    ForkProofs   -> ForkProofs     (double-spending proofs are shared with those we deal with,
+                                    and pushed to live peers as soon as found: node.fork_news)
 
 Ledger calls are short synchronous SQLite transactions; they run in a worker thread so the node's
 trio loop never blocks on the disk. `LedgerLink` names each call the node makes (`propose`,
@@ -26,6 +27,7 @@ import trio
 from ledger.balance import Balance
 from ledger.block import JobLimits
 from ledger.exchange import Exchange
+from ledger.fork import ForkProof
 from ledger.messages import (
     MAX_PAGE_BLOCKS,
     Agree,
@@ -109,6 +111,8 @@ class LedgerLink:
         # Per peer chain: a sync (request, pages, ingest) and the agreements we store for that
         # peer's jobs never interleave, or a page built before a new block lands looks short.
         self._chain_locks: dict[bytes, trio.Lock] = {}
+        # Told of every fork proof new to our ledger, as soon as a call finds or receives one.
+        self.on_fork_proofs: Callable[[tuple[ForkProof, ...]], None] | None = None
 
     def chain_lock(self, public_key: bytes) -> trio.Lock:
         lock = self._chain_locks.get(public_key)
@@ -119,10 +123,16 @@ class LedgerLink:
         return lock
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if not self._in_thread:
-            await trio.lowlevel.checkpoint()
-            return fn(*args)
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        try:
+            if not self._in_thread:
+                await trio.lowlevel.checkpoint()
+                return fn(*args)
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        finally:
+            # Any call may have found a fork (a page, heads, an agreement, proofs from a peer),
+            # and may have raised for it: the proofs go out at once (node.fork_news).
+            if self.on_fork_proofs is not None and self.ledger.has_fresh_fork_proofs:
+                self.on_fork_proofs(self.ledger.take_fresh_fork_proofs())
 
     # ----- who we are, and our own chain -----------------------------------------------------
 
@@ -312,6 +322,15 @@ class LedgerLink:
                     return
                 request = await self._call(self.ledger.chain_request, public_key, page_blocks)
         raise wire.RemoteProtocolError(f"ledger: chain longer than {MAX_PAGES} pages")
+
+    async def push_fork_proofs(self, fs: MessageChannel, proofs: ForkProofs) -> int:
+        """Give the peer on `fs` these proofs (it checks each before keeping it); keep what it
+        answers with, checked likewise. The number of proofs new to us in its answer."""
+        await fs.send(frame(proofs), REQUEST_TIMEOUT)
+        with blamed_on_peer("ledger"):
+            reply = unframe(await fs.receive_a(LedgerFrame, REQUEST_TIMEOUT), (ForkProofs,))
+            assert isinstance(reply, ForkProofs)
+            return len(await self._call(self.ledger.receive_fork_proofs, reply))
 
     async def gossip(self, fs: FramedStream) -> int:
         """Exchange heads and fork proofs with the peer on `fs`; the number of new fork proofs."""

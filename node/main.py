@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rain-node", description="Run a rainnet peer: join the network, lend idle CPU."
     )
     p.add_argument("--home", help="state directory (default: $RAIN_HOME or the XDG data dir)")
+    p.add_argument("--name", default="", help="this machine's name for others (default: hostname)")
     p.add_argument(
         "--listen",
         action="append",
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-mdns", action="store_true", help="do not discover LAN peers by mDNS")
     p.add_argument("--no-mpi", action="store_true", help="take no ranks of MPI groups")
+    p.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="join only the private pool NAME (its secret in this home: `rain pool join FILE`); "
+        "default: the open network",
+    )
     p.add_argument(
         "--relay",
         action="store_true",
@@ -163,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from node.owner.config import ConfigError, load_policy_config
     from node.panel.front import FrontPanelSpec
     from node.panel.server import DEFAULT_PORT, PanelConfig
+    from node.pools import load as load_pool
     from rainnet import host as rhost
     from rainnet import relay as rrelay
     from rainnet.network import NetworkConfig
@@ -180,12 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             rhost.bootstrap_info(addr)
         for addr in args.relay_via:
             rrelay.relay_info(addr)
+        pool = load_pool(home, args.pool) if args.pool else None
         front = FrontPanelSpec.parse(args.front_panel) if args.front_panel else None
         if args.panel is not None and not 0 <= args.panel <= 65535:
             raise ValueError(f"--panel {args.panel}: a port is 0 to 65535")
-    except ValueError as exc:
+    except ValueError as exc:  # (a PoolError too)
         print(f"rain-node: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"rain-node: cannot read the pool's secret: {exc}", file=sys.stderr)
+        return 1
     try:
         rhost.check_ports_free(listen)
     except OSError as exc:
@@ -200,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         peer_timeout=args.peer_timeout,
         relay=args.relay,
         relay_via=tuple(args.relay_via),
+        pool=pool,
     )
+    if pool is not None:
+        log.info("in private pool %r (fingerprint %s)", pool.name, pool.fingerprint())
     panel = PanelConfig(
         port=None if args.no_panel else DEFAULT_PORT if args.panel is None else args.panel,
         port_given=args.panel is not None,
@@ -212,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sandbox=args.sandbox,
         policy=policy,
         panel=panel,
+        name=args.name,
         mpi=not args.no_mpi,
     )
 

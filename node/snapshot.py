@@ -37,6 +37,8 @@ class SelfView:
     user2: str = "off"
     hot: bool = False
     load: int = 0
+    unreachable_bootstrap: tuple[str, ...] = ()  # --bootstrap addresses we cannot reach
+    pool: str | None = None  # the private pool's name; None: the open network
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class PeerView:
     user2: str = "off"
     hot: bool = False
     load: int = 0
+    name: str = ""  # the owner's name for it (its hostname by default)
+    lends: bool | None = None  # None: we hold no record of it
     mpi: bool = False  # it takes MPI ranks
 
 
@@ -102,6 +106,7 @@ class JobRow:
     credit: float
     command: str  # its argv, joined and cut short
     array_task: int | None
+    array_id: str | None = None  # the array it is a task of
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,7 @@ class NodeSnapshot:
         out = dataclasses.asdict(self.me)
         out["addrs"] = list(self.me.addrs)
         out["backends"] = list(self.me.backends)
+        out["unreachable_bootstrap"] = list(self.me.unreachable_bootstrap)
         out["peers"] = len(self.peers)
         out["jobs"] = dict(self.jobs.ours)
         out["guests"] = self.jobs.guests

@@ -34,3 +34,12 @@ def format_size(n: int) -> str:
         if n >= _SIZE_UNITS[unit]:
             return f"{n / _SIZE_UNITS[unit]:.1f}".removesuffix(".0") + unit
     return str(n)
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` the way parse_duration reads them back, in the largest unit that keeps it
+    short: 3 -> `3s`, 600 -> `10m`, 5400 -> `1.5h`."""
+    for unit in ("d", "h", "m"):
+        if seconds >= 2 * _DURATION_UNITS[unit] or seconds == _DURATION_UNITS[unit]:
+            return f"{seconds / _DURATION_UNITS[unit]:.1f}".removesuffix(".0") + unit
+    return f"{seconds:.1f}".removesuffix(".0") + "s"

@@ -21,7 +21,8 @@ from libp2p.peer.id import ID
 
 from rainnet import protocols, records, wire
 from rainnet import relay as rrelay
-from rainnet.membership import Membership, Source
+from rainnet.hints import Hint
+from rainnet.membership import Membership
 from rainnet.streams import FramedStream
 
 log = logging.getLogger("rainnet.node")
@@ -82,8 +83,12 @@ class Contact:
             for peer in self.membership.due_for_dial(now):
                 if peer.peer_id in self._dialing:
                     continue
+                addrs = self.membership.dial_addrs(peer, now)
+                if not addrs:  # its addresses' dial budgets are spent: later, if ever
+                    self.membership.failed(peer.peer_id, now)
+                    continue
                 self._dialing.add(peer.peer_id)
-                self._nursery.start_soon(self._contact, peer.peer_id, peer.addrs, limiter)
+                self._nursery.start_soon(self._contact, peer.peer_id, addrs, limiter)
             await trio.sleep(DIAL_TICK)
 
     async def _exchange_hints_loop(self) -> None:
@@ -147,8 +152,7 @@ class Contact:
     ) -> None:
         now = time.time()
         joined = self.membership.contacted(peer_id, now, rec)
-        for hint in hints:
-            self.membership.learn(hint.peer_id, hint.addrs, Source.HINT, now)
+        self.membership.learn_hints(peer_id, [Hint(h.peer_id, tuple(h.addrs)) for h in hints], now)
         if joined:
             log.info("peer joined: %s (%s, %d CPUs)", peer_id, rec.state, rec.cpus)
         if self._nursery is not None:

@@ -28,6 +28,7 @@ log = logging.getLogger("rainnet.node")
 
 WORKERS_KEY = "/rain/workers/v1"
 BOOTSTRAP_RETRY = 5.0
+BOOTSTRAP_PATIENCE = 10.0  # a bootstrap peer not live this long is reported unreachable
 DHT_DISCOVERY_INTERVAL = 15.0
 DHT_PUBLISH_INTERVAL = 60.0
 DHT_OP_TIMEOUT = 15.0
@@ -51,6 +52,8 @@ class Discovery:
         self._own_seq = own_seq
         self._provides = provides  # whether we announce ourselves as a worker
         self._published: tuple[int, float] = (-1, 0.0)  # (record seq, when)
+        # Bootstrap addresses whose peer is not live, since when (`rain status` shows them).
+        self.bootstrap_down: dict[str, float] = {}
 
     def learn(self, peer_id: str, addrs: tuple[str, ...], source: Source) -> None:
         self.membership.learn(peer_id, addrs, source, time.time())
@@ -59,9 +62,11 @@ class Discovery:
         self,
         addrs: Callable[[], list[str]],
         interface_ips: list[str] | None,
+        service_type: str | None = None,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        from rainnet.mdns import MdnsDiscovery
+        """LAN discovery under `service_type` (a pool's own; None: the open network's)."""
+        from rainnet.mdns import SERVICE_TYPE, MdnsDiscovery
 
         send, receive = trio.open_memory_channel[tuple[str, tuple[str, ...]]](MDNS_QUEUE)
         token = trio.lowlevel.current_trio_token()
@@ -75,7 +80,7 @@ class Discovery:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(put)
 
-        mdns = MdnsDiscovery(self.me, addrs(), interface_ips, found)
+        mdns = MdnsDiscovery(self.me, addrs(), interface_ips, found, service_type or SERVICE_TYPE)
         await trio.to_thread.run_sync(mdns.start)
         task_status.started()
         try:
@@ -91,11 +96,27 @@ class Discovery:
     async def bootstrap(self, addrs: tuple[str, ...]) -> None:
         infos = [(a, rhost.bootstrap_info(a)) for a in addrs]
         while True:
+            now = time.time()
             for addr, info in infos:
                 peer_id = str(info.peer_id)
-                if peer_id != self.me and not self.membership.is_live(peer_id):
-                    self.learn(peer_id, (addr,), Source.BOOTSTRAP)
+                if peer_id == self.me or self.membership.is_live(peer_id):
+                    if self.bootstrap_down.pop(addr, None) is not None:
+                        log.info("bootstrap peer %s is reachable again", addr)
+                    continue
+                self.learn(peer_id, (addr,), Source.BOOTSTRAP)
+                since = self.bootstrap_down.setdefault(addr, now)
+                if since <= now - BOOTSTRAP_PATIENCE < since + BOOTSTRAP_RETRY:  # (said once)
+                    log.warning(
+                        "bootstrap peer %s unreachable for %.0f s (still trying every %.0f s)",
+                        addr,
+                        now - since,
+                        BOOTSTRAP_RETRY,
+                    )
             await trio.sleep(BOOTSTRAP_RETRY)
+
+    def unreachable_bootstrap(self, now: float) -> list[str]:
+        """Bootstrap addresses whose peer has not been live for BOOTSTRAP_PATIENCE."""
+        return [a for a, t in self.bootstrap_down.items() if now - t >= BOOTSTRAP_PATIENCE]
 
     async def dht_discovery(self) -> None:
         """Workers beyond our hints: provider records, then each one's signed record, whose

@@ -8,6 +8,8 @@ This is the only module (with the node's runtime) that imports libp2p. Choices m
 - The DHT accepts values in unregistered namespaces with a warning; our namespace `rain` has a
   validator that checks each record's signature and freshness, and `strict_validation` refuses keys
   outside registered namespaces.
+- In a private pool (rainnet.pool) every connection is protected with the pool's key, before
+  Noise (rainnet.pnet): a node without it gets no further than its first bytes.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
 from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE, Yamux, YamuxStream
 from libp2p.utils.varint import encode_delim
 
-from rainnet import records
+from rainnet import pnet, records
 from rainnet.identity import Identity
+from rainnet.pool import PoolSecret
 from rainnet.streams import ProtocolNotSupported
 
 log = logging.getLogger("rainnet.host")
@@ -192,7 +195,8 @@ async def _until_closed(muxed: Any) -> None:
 Swarm._do_handle_inbound_connection = _serve_inbound_while_open
 
 
-def build_host(identity: Identity) -> Any:
+def build_host(identity: Identity, pool: PoolSecret | None = None) -> Any:
+    """Our libp2p host; with `pool`, one that only completes connections with its members."""
     key_pair = libp2p_key_pair(identity)
     security = {
         NOISE_PROTOCOL_ID: NoiseTransport(
@@ -215,7 +219,12 @@ def build_host(identity: Identity) -> Any:
         muxer_opt=create_yamux_muxer_option(),
         connection_config=config,
         resource_manager=build_resource_manager(),
+        psk=pool.psk_hex() if pool is not None else None,
     )
+    if pool is not None and getattr(host.get_network(), "psk", None) != pool.psk_hex():
+        raise RuntimeError("this py-libp2p does not protect connections with a pool key")
+    if pool is not None and _swarm_new_protected_conn() is not pnet.protect:
+        raise RuntimeError("py-libp2p's pool protection is not ours (rainnet.pnet)")
     # py-libp2p's auto-connector dials every peer in the peerstore until it holds half the high
     # watermark of connections (140 here): that floods. Membership decides whom to dial.
     host.get_network().auto_connector.maybe_connect = _membership_decides_dials
@@ -225,6 +234,12 @@ def build_host(identity: Identity) -> Any:
     if str(host.get_id()) != identity.peer_id:
         raise RuntimeError("libp2p derived a different peer id from our key")
     return host
+
+
+def _swarm_new_protected_conn() -> Any:
+    import libp2p.network.swarm as swarm_module
+
+    return swarm_module.new_protected_conn
 
 
 _MULTISTREAM = encode_delim(MULTISELECT_PROTOCOL_ID.encode())

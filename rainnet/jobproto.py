@@ -45,6 +45,7 @@ to offer to) live in node.jobs.core.scheduler; the worker's and requester's edge
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from rainnet import wire
@@ -109,11 +110,25 @@ class Accept(wire.Message):
             raise ValueError(f"chain_verified {self.chain_verified} is not a chain position")
 
 
+class DeclineKind(enum.StrEnum):
+    """What a worker's decline is about, so the requester can say why a job waits."""
+
+    OWNER = "owner"  # the owner is using the machine (or the node is starting)
+    CAPACITY = "capacity"  # not enough free CPUs or memory now
+    CREDIT = "credit"  # the requester's balance or standing here does not allow it
+    UNSETTLED = "unsettled"  # the requester has results here to settle first
+    BUSY = "busy"  # offers being checked, or jobs waiting, up to the worker's bounds
+    SANDBOX = "sandbox"  # this worker's sandbox cannot run the job as asked
+    INVALID = "invalid"  # the offer itself is wrong
+    OTHER = "other"
+
+
 @wire.message("job-decline")
 @dataclass(frozen=True)
 class Decline(wire.Message):
     reason: str = field(metadata=wire.limit(MAX_REASON))
     retry_after: float
+    kind: DeclineKind = DeclineKind.OTHER  # (absent from older workers)
 
 
 @wire.message("input-chunk")

@@ -8,6 +8,10 @@ zeroconf runs its own thread. `MdnsDiscovery` hands each peer it finds to `on_fo
 the node moves it into trio through a bounded channel. Names are random and not probed for conflict
 (`cooperating_responders`), which saves ~0.75 s of probing per start: 32 random characters do not
 collide.
+
+A node of a private pool (rainnet.pool) browses and announces only its pool's own service type
+(`_rain-<tag>._udp.local.`, the tag derived from the pool key) instead of `_p2p._udp.local.`: it
+answers no query of the open network's or another pool's, and hears none of their announcements.
 """
 
 from __future__ import annotations
@@ -118,15 +122,17 @@ class MdnsDiscovery:
         addrs: Sequence[str],
         interface_ips: Sequence[str] | None,
         on_found: FoundCallback,
+        service_type: str = SERVICE_TYPE,
     ) -> None:
         self.peer_id = peer_id
+        self.service_type = service_type
         self._addrs = [a for a in addrs if a.endswith(f"/p2p/{peer_id}")][:MAX_TXT_ADDRS]
         self._interfaces = list(interface_ips) if interface_ips else None
         self._on_found = on_found
         instance = "".join(
             secrets.choice(string.ascii_lowercase + string.digits) for _ in range(32)
         )
-        self._name = f"{instance}.{SERVICE_TYPE}"
+        self._name = f"{instance}.{service_type}"
         self._zc: Zeroconf | None = None
         self._browser: ServiceBrowser | None = None
 
@@ -137,7 +143,7 @@ class MdnsDiscovery:
         port = _first_tcp_port(self._addrs)
         ips = sorted({ip for ip in (_ip_of(a) for a in self._addrs) if ip})
         info = ServiceInfo(
-            SERVICE_TYPE,
+            self.service_type,
             self._name,
             addresses=[socket.inet_aton(ip) for ip in ips],
             port=port,
@@ -145,7 +151,9 @@ class MdnsDiscovery:
             server=f"{self._name.split('.')[0]}.local.",
         )
         self._browser = ServiceBrowser(
-            self._zc, SERVICE_TYPE, listener=_Listener(self._name, self.peer_id, self._on_found)
+            self._zc,
+            self.service_type,
+            listener=_Listener(self._name, self.peer_id, self._on_found),
         )
         self._zc.register_service(info, cooperating_responders=True)
 

@@ -9,15 +9,19 @@ one check interval. A peer that left stays a candidate for a while, so one that 
 by itself.
 
 Everything is bounded: the number of peers tracked, the number of addresses per peer, the number of
-dial attempts per candidate.
+dial attempts per candidate. Peers named in other peers' hints are taken within the budgets of
+rainnet.hints (per hinting peer, and dials per address until a hinted peer has answered once),
+so hints cannot make this node dial an address of someone else's choosing over and over.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from rainnet.hints import Hint, HintBudget
 from rainnet.records import NodeRecord
 
 DEFAULT_PEER_TIMEOUT = 10.0
@@ -63,6 +67,16 @@ class Membership:
     max_peers: int = DEFAULT_MAX_PEERS
     peers: dict[str, Peer] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    hint_budget: HintBudget | None = None  # None: HintBudget(self_id) with its defaults
+
+    def __post_init__(self) -> None:
+        if self.hint_budget is None:
+            self.hint_budget = HintBudget(self.self_id)
+
+    @property
+    def hints(self) -> HintBudget:
+        assert self.hint_budget is not None
+        return self.hint_budget
 
     def _entry(self, peer_id: str, source: Source, now: float) -> Peer | None:
         """`peer_id`'s entry, made (first heard of from `source`) if new; None for ourselves, or
@@ -81,7 +95,13 @@ class Membership:
         peer = self._entry(peer_id, source, now)
         if peer is None:
             return False
-        if addrs:
+        # The addresses of a peer's own signed record, or of our own discovery sources, are
+        # not a hint's to add to: a hint names addresses only of peers known from hints alone
+        # (whose dials rainnet.hints budgets).
+        hint_only = peer.source is Source.HINT and peer.record is None
+        if source is not Source.HINT and peer.source is Source.HINT:
+            peer.source = source  # named by a discovery source of ours: no longer a hint only
+        if addrs and (source is not Source.HINT or hint_only):
             merged = tuple(dict.fromkeys(addrs + peer.addrs))
             peer.addrs = merged[:MAX_ADDRS_PER_PEER]
         if peer.live:
@@ -91,6 +111,21 @@ class Membership:
             peer.attempts = 0
             peer.next_attempt = now
         return peer.next_attempt <= now
+
+    def learn_hints(self, source: str, hints: Sequence[Hint], now: float) -> int:
+        """`source` (a peer that said hello) named these peers; those within the hint budget
+        are learnt. How many were."""
+        admitted = self.hints.admit(source, hints, self.peers.keys(), now)
+        for hint in admitted:
+            self.learn(hint.peer_id, hint.addrs, Source.HINT, now)
+        return len(admitted)
+
+    def dial_addrs(self, peer: Peer, now: float) -> tuple[str, ...]:
+        """Where to dial `peer` now: all its addresses, or for a peer known only from hints and
+        never reached, those whose per-address budget allows a dial (each charged one)."""
+        if peer.source is Source.HINT and peer.last_seen is None:
+            return self.hints.dialable(peer.addrs, now)
+        return peer.addrs
 
     def contacted(
         self, peer_id: str, now: float, record: NodeRecord | None = None, rtt: float | None = None

@@ -29,6 +29,7 @@ from rainnet.contact import HELLO_TIMEOUT, Contact, OnContact
 from rainnet.discovery import Discovery
 from rainnet.liveness import Liveness
 from rainnet.membership import Membership
+from rainnet.pool import PoolSecret
 from rainnet.streams import StreamGone, guarded_handler
 
 Handler = Callable[[Any], Awaitable[None]]
@@ -44,6 +45,8 @@ class NetworkConfig:
     record_ttl: float = 300.0
     relay: bool = False  # offer circuit relay v2 to NATed peers
     relay_via: tuple[str, ...] = ()  # relays to reserve a slot on (we are behind NAT)
+    # A private pool: connections and mDNS only with its members (None: the open network).
+    pool: PoolSecret | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Description:
     user2: str = records.Light.OFF.value
     hot: bool = False
     load: int = 0
+    name: str = ""  # the owner's name for this machine (its hostname by default)
     mpi: bool = False  # whether we take the ranks of MPI groups
 
 
@@ -118,6 +122,8 @@ class PeerNetwork:
             user2=d.user2,
             hot=d.hot,
             load=d.load,
+            name=d.name,
+            lends=d.lends,
             mpi=d.mpi,
         )
         self._signed = records.sign_record(self.me, rec)
@@ -138,7 +144,7 @@ class PeerNetwork:
         advertised addresses change (relay reservations)."""
         listen = rhost.parse_multiaddrs(self.config.listen)
         self._on_addrs = on_addrs
-        self._host = rhost.build_host(self.me)
+        self._host = rhost.build_host(self.me, self.config.pool)
         self._dht = rhost.build_dht(self._host)
         discovery = self.discovery = Discovery(
             self.me.peer_id,
@@ -193,7 +199,9 @@ class PeerNetwork:
                 nursery.start_soon(discovery.bootstrap, self.config.bootstrap)
             if self.config.mdns:
                 ips = rhost.listen_ips(self.config.listen)
-                await nursery.start(discovery.mdns, lambda: self.addrs, ips)
+                pool = self.config.pool
+                service = pool.mdns_service_type() if pool is not None else None
+                await nursery.start(discovery.mdns, lambda: self.addrs, ips, service)
             task_status.started()
             await trio.sleep_forever()
 

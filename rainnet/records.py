@@ -70,6 +70,10 @@ class NodeRecord(wire.Message):
     user2: str = field(default=Light.OFF.value, metadata=wire.limit(8))
     hot: bool = False  # too hot to run at full speed (the owner's temperature limit holds)
     load: int = 0  # how busy the machine is, guests included, in eighths
+    # Added later, optional too: the owner's name for the machine, and whether it lends at all
+    # (cpus and memory are what it lends: the guests' share).
+    name: str = field(default="", metadata=wire.limit(64))
+    lends: bool = True
     # Added with MPI groups (node.mpi): it takes MPI ranks (MPICH with hydra, mpi4py, a sandbox
     # that can give ranks the host's network). Optional, as the panel's fields.
     mpi: bool = False

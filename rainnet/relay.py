@@ -16,6 +16,10 @@ for any protocol, in both directions. What the swarm does not do is dial circuit
 drops every `/p2p-circuit` address before dialing, so a connection through a relay only exists
 if someone calls `dial_circuit` (or `connect`) first.
 
+In a private pool (rainnet.pool) the relay must be a pool member, and a circuit we dial is
+protected with the pool key like any connection (`pnet.protect_outbound`: py-libp2p's swarm
+protects the circuits it accepts, not those it dials).
+
 How a node learns that it is behind NAT is not decided here: the operator says which relay to use
 (`--relay-via`), and the node then advertises both its own addresses and its circuit addresses.
 
@@ -49,6 +53,7 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from rainnet import host as rhost
+from rainnet import pnet as rpnet
 from rainnet.streams import guarded_handler
 
 log = logging.getLogger("rainnet.relay")
@@ -375,7 +380,7 @@ async def dial_circuit(host: Any, addr: str, timeout: float = DIAL_TIMEOUT) -> N
             addresses=[multiaddr.Multiaddr(addr)],
         )
         try:
-            await host.upgrade_outbound_connection(raw, target)
+            await host.upgrade_outbound_connection(rpnet.protect_outbound(host, raw), target)
         except BaseException as exc:
             await _discard(stream)
             if not isinstance(exc, Exception):

@@ -15,6 +15,7 @@ returns bytes. The trio edge (rainnet.streams) moves those bytes.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from collections.abc import Iterable, Iterator
@@ -239,6 +240,13 @@ def _check(tp: Any, value: Any, where: str, cap: int | None) -> Any:
         if len(value) > max_len:
             raise RemoteProtocolError(f"{where}: {len(value)} bytes, over the cap of {max_len}")
         return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        # An Enum travels as its value; one this side does not know is the sender's error.
+        try:
+            return tp(value)
+        except ValueError:
+            known = ", ".join(str(m.value) for m in tp)
+            raise RemoteProtocolError(f"{where}: {value!r} is not one of {known}") from None
     if isinstance(tp, type) and issubclass(tp, Message):
         if not isinstance(value, dict):
             raise RemoteProtocolError(f"{where}: expected a map")

@@ -16,6 +16,7 @@ The exit is awaited on a pidfd, as trio itself does on Linux.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -26,14 +27,27 @@ import trio
 POLL_INTERVAL = 0.05  # where pidfds are missing (Linux < 5.3): how often to look for the exit
 
 
+PIPE_SIZE = (
+    1 << 20
+)  # a job's output pipes: fewer, larger reads (the default 64 KiB cost a wakeup each)
+
+
+def _reader(fd: int | None) -> trio.lowlevel.FdStream | None:
+    if fd is None:
+        return None
+    with contextlib.suppress(OSError):  # (above /proc/sys/fs/pipe-max-size, or not a pipe)
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return trio.lowlevel.FdStream(fd)
+
+
 class ChildProcess:
     """A running child: its pid, its stdout and stderr as trio streams, its exit status."""
 
     def __init__(self, popen: subprocess.Popen[bytes], stdout: int | None, stderr: int | None):
         self._popen = popen
         self.pid = popen.pid
-        self.stdout = trio.lowlevel.FdStream(stdout) if stdout is not None else None
-        self.stderr = trio.lowlevel.FdStream(stderr) if stderr is not None else None
+        self.stdout = _reader(stdout)
+        self.stderr = _reader(stderr)
         self._waiting = trio.Lock()  # several tasks may wait; one watches the pidfd
         try:
             self._pidfd: int | None = os.pidfd_open(self.pid)

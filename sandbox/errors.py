@@ -16,10 +16,11 @@ class SandboxError(Exception):
 class SpecError(SandboxError, ValueError):
     """The submitter's job spec is invalid; `field` names the field at fault (`limits.memory`)."""
 
-    def __init__(self, field: str, problem: str) -> None:
+    def __init__(self, field: str, problem: str, bounds: tuple[float, float] | None = None) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+        self.bounds = bounds  # a number out of range: the range (the CLI says it in its units)
 
 
 class PolicyRefused(SandboxError):

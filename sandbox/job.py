@@ -121,6 +121,12 @@ class Job(abc.ABC):
         return self._state
 
     @property
+    def directory(self) -> Path | None:
+        """The job's directory on the host (/job inside), while it exists: what the job wrote
+        is hostile (see sandbox.jobdir)."""
+        return self._dir.path if self._dir is not None else None
+
+    @property
     def result(self) -> JobResult | None:
         """The result once the job is done (also returned by `wait()`)."""
         return self._result

@@ -460,7 +460,7 @@ def _check_number(where: str, value: object, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(where, "must be a number")
     if not math.isfinite(value) or not low <= value <= high:
-        raise SpecError(where, f"{value!r} is outside {low:g}..{high:g}")
+        raise SpecError(where, f"{value!r} is outside {low:g}..{high:g}", (low, high))
 
 
 def _check_int(where: str, value: object, low: int, high: int, unit: str = "") -> None:
@@ -468,7 +468,7 @@ def _check_int(where: str, value: object, low: int, high: int, unit: str = "") -
         raise SpecError(where, "must be a whole number")
     if not low <= value <= high:
         units = f" {unit}" if unit else ""
-        raise SpecError(where, f"{value}{units} is outside {low}..{high}{units}")
+        raise SpecError(where, f"{value}{units} is outside {low}..{high}{units}", (low, high))
 
 
 def _expect_map(where: str, obj: object, allowed: set[str]) -> dict[str, Any]:

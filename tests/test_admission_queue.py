@@ -5,7 +5,9 @@ from __future__ import annotations
 import trio
 
 from node.jobs.core import scheduler
+from node.jobs.core.pending import Refusal
 from node.jobs.worker.admission import AdmissionQueue
+from rainnet.jobproto import DeclineKind
 
 ONE = scheduler.Needs(cpus=1, memory=1)
 
@@ -43,7 +45,7 @@ def test_freed_capacity_goes_to_the_highest_balance_first() -> None:
 def test_a_wait_is_bounded_and_says_why() -> None:
     queue = AdmissionQueue(lambda needs: "only 0 of 2 CPUs free")
 
-    async def main() -> str | None:
+    async def main() -> Refusal | None:
         return await queue.wait_turn(b"r", 0, ONE, timeout=0.1)
 
-    assert trio.run(main) == "only 0 of 2 CPUs free"
+    assert trio.run(main) == Refusal(DeclineKind.CAPACITY, "only 0 of 2 CPUs free")

@@ -5,6 +5,7 @@ their groups, and a worker that takes no sessions. Process tests of the same liv
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,30 @@ def test_replicas_agree_and_both_are_paid(tmp_path: Path) -> None:
             assert job.credit == 2.0  # both replicas paid
             for side in world.workers:
                 assert await _balance(side.ledger) == 1.0
+
+    _run(main)
+
+
+def test_replicas_of_a_job_that_is_not_deterministic_all_paid_none_distrusted(
+    tmp_path: Path,
+) -> None:
+    """`--replicas 2` of a job whose output differs every run marked every worker untrusted for
+    30 days, silently, and the requester's next jobs waited for ever."""
+
+    async def main() -> None:
+        async with job_world(tmp_path, workers=4) as world:
+            [job] = await world.requester.submit([_spec("random:16", "cpu:1")], replicas=2)
+            await _ended(job)
+            assert job.state is JobState.FAILED and job.error is not None
+            assert job.error.startswith("results differ (not deterministic?): 4 runs"), job.error
+            assert not world.requester.untrusted
+            assert world.requester.store.untrusted_list(time.time()) == []
+            assert job.credit == 4.0  # every run paid
+            for side in world.workers:
+                assert await _balance(side.ledger) == 1.0
+            [after] = await world.requester.submit([_spec("out:next")])
+            await _ended(after)
+            assert after.state is JobState.DONE
 
     _run(main)
 

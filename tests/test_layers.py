@@ -37,7 +37,7 @@ RULES: list[tuple[str, tuple[str, ...] | None, tuple[str, ...]]] = [
     ("ledger", ("ledger", "rainnet.identity"), ()),
     (
         "node.jobs.core",
-        ("node.jobs.core", "node.faults", "ledger", "rainnet", "sandbox"),
+        ("node.jobs.core", "node.faults", "node.units", "ledger", "rainnet", "sandbox"),
         ("trio", "libp2p", "rainnet.host", "rainnet.network", "rainnet.streams"),
     ),
     ("node.jobs.requester", None, ("node.jobs.worker", "node.panel")),

@@ -25,6 +25,10 @@ def test_a_majority_of_three_replicas_decides_at_once() -> None:
     assert t.decided and t.winners == {"w1", "w3"} and t.losers == {"w2"}
 
 
-def test_no_majority_within_the_bound_fails() -> None:
-    t = tally({"w1": A, "w2": B, "w3": C, "w4": A}, 2, 4)
-    assert t.failed and not t.decided and t.losers == {"w1", "w2", "w3", "w4"}
+def test_no_majority_within_the_bound_fails_and_pays_everyone() -> None:
+    """Not deterministic looks just so: nobody is proven wrong, so nobody is marked or unpaid."""
+    results = {"w1": A, "w2": B, "w3": C, "w4": A}
+    t = tally(results, 2, 4)
+    assert t.failed and not t.decided and not t.losers
+    assert t.winners == {"w1", "w2", "w3", "w4"}
+    assert "results differ (not deterministic?): 4 runs gave 3" in t.differ_message(results)

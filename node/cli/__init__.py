@@ -26,9 +26,12 @@ COMMANDS: dict[str, str] = {
     "logs": "node.cli.jobs",
     "get": "node.cli.jobs",
     "cancel": "node.cli.jobs",
+    "workers": "node.cli.workers",
+    "forgive": "node.cli.workers",
     "panel": "node.cli.panel",
     "light": "node.cli.light",
     "top": "node.cli.top",
+    "pool": "node.cli.pool",
     "mpi": "node.cli.mpi",
 }
 
@@ -81,10 +84,20 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._subparsers._actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_in(args_list))
-    args = parser.parse_args(args_list)
+    args, unknown = parser.parse_known_args(args_list)
+    if unknown:  # the command's own usage, not rain's: that is where the option was wrong
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code = args.func(args)
     except CliError as exc:

@@ -163,8 +163,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return 0
         if key != me:
             with store.read() as txn:
-                if txn.chain_state(key) is None and not txn.holds_key(key):
-                    raise CliError(f"we hold no chain of {name}")
+                state = txn.chain_state(key)
+            if state is None or state.verified == 0:
+                # (Blocks of it we hold from our own exchanges are no copy of its chain:
+                # "ok, 0 blocks" would say it was checked.)
+                raise CliError(
+                    f"we hold no copy of {name}'s chain: it is fetched and checked when that "
+                    "peer next offers us a job"
+                )
         try:
             report = verify_store(store, key, me)
         except sqlite3.DatabaseError as exc:  # the file itself is damaged

@@ -17,8 +17,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser("status", help="this node: peer id, addresses, state, peers, backends")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("peers", help="the live peers this node sees, like sinfo")
+    p = sub.add_parser(
+        "peers",
+        help="the live peers this node sees, like sinfo",
+        description="The live peers: CPUS and MEMORY are what each lends (its guests' share).",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--full", action="store_true", help="whole peer ids (default: their end)")
     p.set_defaults(func=cmd_peers)
 
 
@@ -39,12 +44,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("peer id", st["peer_id"]),
         ("state", st["state"]),
         ("peers", str(st["peers"])),
+        ("network", f"private pool {st['pool']}" if st.get("pool") else "open"),
         ("sandbox", ", ".join(st["backends"]) or "none (cannot run others' jobs)"),
         ("resources", f"{st['cpus']} CPUs, {format_size(st['memory'])} memory, {st['gpus']} GPUs"),
         ("lend", st["lend"]),
         ("version", st["version"]),
     ]
     rows += [("address", a) for a in st["addrs"]]
+    rows += [("bootstrap", f"{a}: unreachable") for a in st.get("unreachable_bootstrap", [])]
     for key, value in rows:
         print(f"{key + ':':<11}{value}")
     return 0
@@ -56,14 +63,16 @@ def cmd_peers(args: argparse.Namespace) -> int:
         print(json.dumps(peers, indent=2))
         return 0
     now = time.time()
-    header = ("PEER", "STATE", "CPUS", "MEMORY", "GPUS", "SANDBOX", "LAST SEEN")
+    header = ("PEER", "NAME", "STATE", "CPUS", "MEMORY", "GPUS", "SANDBOX", "LAST SEEN")
     table = [header]
     for p in peers:
         seen = p.get("last_seen")
+        lends = p.get("lends")
         table.append(
             (
-                p["peer_id"],
-                p["state"],
+                p["peer_id"] if args.full else f"…{p['peer_id'][-12:]}",
+                (p.get("name") or "-")[:24],
+                "never lends" if lends is False else p["state"],
                 _or_dash(p.get("cpus")),
                 format_size(p["memory"]) if p.get("memory") else "-",
                 _or_dash(p.get("gpus")),

@@ -125,7 +125,7 @@ def plan_group(
     """The members of a group for `request` from the peers' records, or why there are none."""
     excluded = set(exclude)
     known = [r for r in records if r.peer_id not in excluded]
-    takers = [r for r in known if r.mpi and "native" in r.backends]
+    takers = [r for r in known if r.mpi and r.lends and "native" in r.backends]
     free = [r for r in takers if r.state in ACCEPTING_STATES]
     direct = [r for r in free if not behind_nat(r)]
     roomy = [r for r in direct if rank_slots(r, request) > 0]

@@ -30,7 +30,6 @@ from node.snapshot import DetailView, ExchangeRow, GuestRow, JobRow, NodeSnapsho
 
 MAX_JOB_ENTRIES = 50  # newest first; an array counts as one
 MAX_EXCHANGES_SHOWN = 20
-ARRAY_GAP = 5.0  # seconds between two tasks' submissions that still make one array
 FINISHED = frozenset({"done", "failed", "cancelled"})
 ACTIVE = frozenset({"offering", "running", "settling"})
 
@@ -73,7 +72,7 @@ class NodeEntry:
 
 @dataclass(frozen=True)
 class JobEntry:
-    id: str  # the job's id; an array's: its first task's
+    id: str  # the job's id; an array's: the array's
     kind: JobKind
     command: str
     state: str
@@ -228,22 +227,18 @@ def _exchange(x: ExchangeRow) -> ExchangeEntry:
 
 
 def job_entries(rows: tuple[JobRow, ...], limit: int = MAX_JOB_ENTRIES) -> dict[str, Entry]:
-    """Our jobs newest first, at most `limit` entries. Tasks of one array (an index each, the
-    same command, submitted together: `rain submit --array` sends up to 1000 per request, one
-    request after the other) fold into one entry."""
+    """Our jobs newest first, at most `limit` entries; the tasks of one array (its id) fold
+    into one entry."""
     groups: list[list[JobRow]] = []
+    arrays: dict[str, list[JobRow]] = {}
     for row in sorted(rows, key=lambda r: r.submitted):
-        last = groups[-1] if groups else None
-        if (
-            last is not None
-            and row.array_task is not None
-            and last[-1].array_task is not None
-            and row.command == last[-1].command
-            and row.submitted - last[-1].submitted <= ARRAY_GAP
-        ):
-            last.append(row)
-        else:
+        if row.array_id is None:
             groups.append([row])
+        elif row.array_id in arrays:
+            arrays[row.array_id].append(row)
+        else:
+            arrays[row.array_id] = [row]
+            groups.append(arrays[row.array_id])
     out: dict[str, Entry] = {}
     for group in reversed(groups[-limit:]):
         entry = _job(group)
@@ -267,8 +262,8 @@ def _job(group: list[JobRow]) -> JobEntry:
         state = "done" if done == len(group) else "failed"
     ended = [r.ended for r in group if r.ended is not None]
     return JobEntry(
-        id=first.job_id,
-        kind=JobKind.JOB if first.array_task is None else JobKind.ARRAY,
+        id=first.array_id or first.job_id,
+        kind=JobKind.JOB if first.array_id is None else JobKind.ARRAY,
         command=first.command,
         state=state,
         worker=first.worker if len(group) == 1 else None,

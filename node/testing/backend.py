@@ -6,6 +6,7 @@ sandbox, which has its own process tests). Each argv word is one step:
     out:TEXT    write TEXT to stdout          err:TEXT    write TEXT to stderr
     cpu:S       use S CPU-seconds (taking S)  sleep:S     wait S seconds
     exit:N      end with exit code N (else 0 after the last step)
+    random:N    write N random hex digits to stdout (a job that is not deterministic)
 
 e.g. `JobSpec.create(["out:hi", "cpu:0.5", "exit:3"])`. Jobs obey cancel, suspend and resume
 and the wall-time limit through the shared lifecycle (sandbox.job.Job), as real ones do.
@@ -13,6 +14,7 @@ and the wall-time limit through the shared lifecycle (sandbox.job.Job), as real 
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from sandbox.job import Accounting, Backend, Job
 from sandbox.output import Stream
 from sandbox.spec import JobSpec
 
-STEPS = ("out", "err", "cpu", "sleep", "exit")
+STEPS = ("out", "err", "cpu", "sleep", "exit", "random")
 
 
 def check_script(argv: tuple[str, ...]) -> None:
@@ -35,7 +37,7 @@ def check_script(argv: tuple[str, ...]) -> None:
             raise SpecError("argv", f"{word!r} is not a scripted step ({', '.join(STEPS)})")
         if name in ("cpu", "sleep"):
             float(arg)
-        elif name == "exit":
+        elif name in ("exit", "random"):
             int(arg)
 
 
@@ -90,6 +92,8 @@ class ScriptedJob(Job):
                     feed(Stream.STDOUT if name == "out" else Stream.STDERR, arg.encode())
                 elif name in ("cpu", "sleep"):
                     await self._spend(float(arg), cpu=name == "cpu")
+                elif name == "random":
+                    feed(Stream.STDOUT, secrets.token_hex(int(arg) // 2 + 1)[: int(arg)].encode())
                 elif name == "exit":
                     code = int(arg)
                     break
@@ -145,9 +149,6 @@ class ScriptedJob(Job):
     async def _account(self) -> Accounting:
         cpu_ns = self._cpu_ns + round(self._scripted.overbill_seconds * 1e9)
         return Accounting(cpu_ns=cpu_ns, peak_memory=1 << 20, oom_kills=0, pids_limit_hits=0)
-
-    def _job_dir(self) -> Path | None:
-        return None
 
     async def _teardown(self) -> None:
         return None

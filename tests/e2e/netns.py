@@ -15,8 +15,15 @@ import pytest
 
 
 def require_netns() -> None:
+    """Skip (not fail) where network namespaces cannot be made: not root, no iproute2, or a
+    kernel or container that refuses them (tried once, with a namespace made and removed)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 to make network namespaces")
+    probe = f"rn{os.getpid() % 100000}-probe"
+    made = sh("ip", "netns", "add", probe, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"network namespaces cannot be made here: {made.stderr.strip()}")
+    sh("ip", "netns", "del", probe, check=False)
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -48,8 +55,12 @@ class Topology:
 
     def __post_init__(self) -> None:
         self.router = f"{self.prefix}-r"
-        self._ns(self.router)
-        self.exec(self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        try:
+            self._ns(self.router)
+            self.exec(self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        except BaseException:
+            self.destroy()  # (the fixture's finally never sees a topology that was not made)
+            raise
 
     def _ns(self, name: str) -> None:
         sh("ip", "netns", "add", name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from node import pools
+from rainnet.pool import PoolSecret
 
 PYTHON = sys.executable
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -143,8 +147,19 @@ class NodeProcess:
 
 @dataclass
 class Cluster:
+    """Nodes started for one test. They are in a private pool of the cluster's own (a fresh
+    secret, in each node's home), so a test never sees, nor is seen by, a node it did not
+    start, whatever else runs on this machine; `open_network=True` for tests about the open
+    network. Raw py-libp2p peers of a test join with `build_host(identity, cluster.pool)`."""
+
     root: Path
     nodes: list[NodeProcess] = field(default_factory=list)
+    open_network: bool = False
+    pool: PoolSecret | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.open_network:
+            self.pool = PoolSecret.create(f"test-{secrets.token_hex(4)}")
 
     def start(
         self,
@@ -154,6 +169,9 @@ class Cluster:
         module: str = "node.main",
     ) -> NodeProcess:
         home = self.root / (name or f"node{len(self.nodes)}")
+        if self.pool is not None and "--pool" not in args:
+            pools.join(home, self.pool)
+            args = (*args, "--pool", self.pool.name)
         node = NodeProcess(home, args, netns=netns, module=module).start()
         self.nodes.append(node)
         return node

@@ -13,8 +13,8 @@ from rainnet.identity import Identity
 from rainnet.streams import FramedStream
 
 
-def hello_message(me: Identity) -> protocols.Hello:
-    """A hello with a minimal, validly signed record of `me` and no hints."""
+def hello_message(me: Identity, hints: tuple[protocols.PeerHint, ...] = ()) -> protocols.Hello:
+    """A hello with a minimal, validly signed record of `me` and `hints` (none by default)."""
     rec = records.NodeRecord(
         peer_id=me.peer_id,
         addrs=(),
@@ -28,15 +28,17 @@ def hello_message(me: Identity) -> protocols.Hello:
         issued_at=time.time(),
         ttl=60,
     )
-    return protocols.Hello(records.sign_record(me, rec), ())
+    return protocols.Hello(records.sign_record(me, rec), hints)
 
 
-async def hello_round(host: Any, me: Identity, peer: ID) -> str:
-    """Say hello to `peer` (connected already) on a new stream; the peer id its reply's record
-    names, checked."""
+async def hello_round(
+    host: Any, me: Identity, peer: ID, hints: tuple[protocols.PeerHint, ...] = ()
+) -> str:
+    """Say hello to `peer` (connected already) on a new stream, with `hints`; the peer id its
+    reply's record names, checked."""
     stream = await host.new_stream(peer, [protocols.HELLO])
     fs = FramedStream(stream, (protocols.HelloReply,), protocols.HELLO_MAX_FRAME)
-    await fs.send(hello_message(me))
+    await fs.send(hello_message(me, hints))
     reply = await fs.receive_a(protocols.HelloReply)
     await fs.close()
     return records.open_record(reply.record, time.time()).peer_id

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from rainnet.identity import load_or_create
 from tests.e2e.nodes import LOOPBACK, Cluster, wait_until
 
 
 def test_status_and_peers_json_fields(cluster: Cluster) -> None:
     a = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "always")
     a.wait_ready()
-    b = cluster.start("--listen", LOOPBACK, "--no-mdns", "--bootstrap", a.addr)
+    b = cluster.start(
+        "--listen", LOOPBACK, "--no-mdns", "--bootstrap", a.addr, "--name", "bee", "--lend", "never"
+    )
     b.wait_ready()
     wait_until(lambda: b.peer_id in a.peer_ids(), 20, "a sees b")
 
@@ -28,9 +32,12 @@ def test_status_and_peers_json_fields(cluster: Cluster) -> None:
         assert key in peer
     assert peer["peer_id"] == b.peer_id
 
+    wait_until(lambda: a.peers()[0]["name"] == "bee", 20, "a holds b's record")
     table = a.rain("peers").stdout.splitlines()
-    assert table[0].split()[:3] == ["PEER", "STATE", "CPUS"]
-    assert table[1].startswith(b.peer_id)
+    assert table[0].split()[:4] == ["PEER", "NAME", "STATE", "CPUS"]
+    assert table[1].startswith(f"…{b.peer_id[-12:]}") and "bee" in table[1]
+    assert "never lends" in table[1]
+    assert a.rain("peers", "--full").stdout.splitlines()[1].startswith(b.peer_id)
     assert "peer id:" in a.rain("status").stdout
 
     info = a.info
@@ -84,6 +91,25 @@ def test_bad_arguments_get_a_clear_error(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "must end in /p2p/" in res.stderr
+    # A wrong option of a command shows that command's usage (it showed rain's own).
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "--home",
+            str(tmp_path),
+            "submit",
+            "--bogus",
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 2 and res.stderr.startswith("usage: rain submit")
+    assert "unrecognized arguments: --bogus" in res.stderr
 
 
 def test_a_port_in_use_gets_a_clear_error(cluster: Cluster) -> None:
@@ -94,3 +120,19 @@ def test_a_port_in_use_gets_a_clear_error(cluster: Cluster) -> None:
     assert b.proc is not None
     assert b.proc.wait(timeout=30) == 1
     assert "cannot listen on" in b.log()
+
+
+def test_an_unreachable_bootstrap_is_reported(cluster: Cluster) -> None:
+    """A --bootstrap address nobody answers at was retried silently for ever."""
+    nobody = load_or_create(cluster.root / "nobody").peer_id
+    with socket.socket() as s:  # a port with nothing listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{nobody}"
+    a = cluster.start("--listen", LOOPBACK, "--no-mdns", "--bootstrap", addr)
+    a.wait_ready()
+    wait_until(
+        lambda: a.rain_json("status")["unreachable_bootstrap"] == [addr], 40, "it is reported"
+    )
+    assert f"bootstrap: {addr}: unreachable" in a.rain("status").stdout
+    assert f"bootstrap peer {addr} unreachable" in a.log()

@@ -3,7 +3,9 @@ fuzzed, oversized or unexpected messages on every /rain/ protocol only close tha
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -64,7 +66,8 @@ class TrioPortal:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    cluster = Cluster(tmp_path_factory.mktemp("hostile"))
+    # Hostile strangers of the open network: the target is in it too.
+    cluster = Cluster(tmp_path_factory.mktemp("hostile"), open_network=True)
     node = cluster.start("--listen", LOOPBACK, "--no-mdns")
     node.wait_ready()
     yield node
@@ -230,3 +233,52 @@ def test_a_job_id_that_is_a_path_is_declined(target: NodeProcess, client: TrioPo
         assert isinstance(reply, jobproto.Decline), reply
         assert "job_id" in reply.reason
     target.rain("status")
+
+
+def test_hints_do_not_make_a_node_dial_an_address_the_attacker_chose(cluster: Cluster) -> None:
+    """Hole 10 of issue 14, dial reflection: hellos whose hints name made-up peers, all at an
+    address the attacker chose (a socket this test listens on), made a node dial it over and
+    over (135 connections within 90 s). Now that address gets at most its dial budget."""
+    from rainnet.hints import DIALS_PER_ADDRESS
+
+    node = cluster.start("--listen", LOOPBACK, "--no-mdns", "--lend", "never")
+    node.wait_ready()
+    victim = socket.socket()
+    victim.bind(("127.0.0.1", 0))
+    victim.listen(128)
+    victim.settimeout(0.2)
+    port = victim.getsockname()[1]
+    accepted = 0
+    me = Identity.generate()
+
+    async def attack() -> None:
+        host = build_host(me, cluster.pool)  # an insider: a pool member turned hostile
+        async with host.run([multiaddr.Multiaddr(LOOPBACK)]):
+            info = info_from_p2p_addr(multiaddr.Multiaddr(node.addr))
+            with trio.fail_after(20):
+                await host.connect(info)
+                for _ in range(3):  # three hellos, 16 made-up peers each, one address
+                    hints = tuple(
+                        protocols.PeerHint(
+                            Identity.generate().peer_id, (f"/ip4/127.0.0.1/tcp/{port}",)
+                        )
+                        for _ in range(protocols.MAX_HINTS)
+                    )
+                    assert await hello_round(host, me, info.peer_id, hints) == node.peer_id
+
+    try:
+        trio.run(attack)
+        # Count the node's dials at the address for a while (it dials a candidate at once, then
+        # backs off from 0.5 s: unbounded, this passed the budget within a second).
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and accepted <= DIALS_PER_ADDRESS:
+            try:
+                conn, _ = victim.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+            accepted += 1
+    finally:
+        victim.close()
+    assert accepted <= DIALS_PER_ADDRESS, f"{accepted} dials at the attacker's address"
+    assert node.proc is not None and node.proc.poll() is None

@@ -26,8 +26,9 @@ def test_200_jobs_run_on_peers_and_credit_matches_cpu_seconds(cluster: Cluster) 
     """4 nodes: 200 small jobs from one run on the other three, each with its own output."""
     requester, workers = requester_and_workers(cluster, 3)
     n = 200
-    ids = requester.rain(
+    submitted = requester.rain(
         "submit",
+        "--json",
         "--time",
         "60s",
         "--array",
@@ -37,8 +38,9 @@ def test_200_jobs_run_on_peers_and_credit_matches_cpu_seconds(cluster: Cluster) 
         "-c",
         "echo job-$RAIN_ARRAY_TASK_ID",
         timeout=120,
-    ).stdout.split()
-    assert len(ids) == n
+    ).stdout
+    ids = json.loads(submitted)["job_ids"]
+    assert len(ids) == n and ids[7] == f"{json.loads(submitted)['array_id']}_7"
 
     def finished() -> bool:
         jobs = json.loads(requester.rain("jobs", "--json").stdout)
@@ -130,21 +132,20 @@ def test_cancel_reaches_tasks_in_a_task_session(cluster: Cluster) -> None:
     """An array rides task sessions: its running tasks are cancelled there (and paid for what
     they used), and those still waiting never run; the worker is free again."""
     requester, (worker,) = requester_and_workers(cluster, 1)
-    ids = requester.rain("submit", "--array", "0-5", "--", "sleep", "300").stdout.split()
+    array = requester.rain("submit", "--array", "0-5", "--", "sleep", "300").stdout.strip()
 
     def jobs() -> dict[str, Any]:
         return {j["job_id"]: j for j in json.loads(requester.rain("jobs", "--json").stdout)}
 
     wait_until(lambda: any(j["state"] == "running" for j in jobs().values()), 30, "a task runs")
-    for job_id in ids:
-        requester.rain("cancel", job_id)
+    requester.rain("cancel", array)  # the array's id: every task of it
     wait_until(
         lambda: all(j["state"] == "cancelled" for j in jobs().values()), 20, "all are cancelled"
     )
     cpus = str(worker.rain_json("status")["cpus"])
     res = requester.rain("submit", "--wait", "--cpus", cpus, "--", "echo", "next", timeout=60)
     assert res.stdout == "next\n"
-    ran = [j for j in jobs().values() if j["job_id"] in ids and j["claim"]]
+    ran = [j for j in jobs().values() if j["array_id"] == array and j["claim"]]
     assert 1 <= len(ran) <= 2  # the worker's two slots: the rest never started, and cost nothing
     claims = {j["claim"] for j in ran}
     assert credit(worker)["exchanges"] == len(claims) + 1  # those, and the last job
@@ -155,9 +156,10 @@ def test_cancel_reaches_tasks_in_a_task_session(cluster: Cluster) -> None:
 def test_no_worker_gets_a_clear_message(cluster: Cluster) -> None:
     lone = cluster.start(*REQUESTER)
     lone.wait_ready()
-    res = lone.rain("submit", "--wait", "--", "true", check=False, timeout=120)
+    res = lone.rain("submit", "--queue-limit", "3s", "--wait", "--", "true", check=False)
     assert res.returncode == 1
-    assert "no workers known yet" in res.stderr
+    assert "waiting: no workers known yet" in res.stderr  # said as it waited, and at the end:
+    assert "waited 3s (its queue limit): no workers known yet" in res.stderr
 
 
 def test_files_of_100_mib_go_in_and_out_intact(cluster: Cluster, tmp_path: Path) -> None:
@@ -264,7 +266,10 @@ def test_array_jobs_from_a_job_file(cluster: Cluster, tmp_path: Path) -> None:
     )
     res = requester.rain("submit", "--file", str(job_file), "--wait", timeout=120)
     assert res.stdout.splitlines() == [f"task {i} of four" for i in (1, 2, 3, 7)]
-    ids = requester.rain("submit", "--file", str(job_file), "--array", "0-1").stdout.split()
-    assert len(ids) == 2
+    array = requester.rain("submit", "--file", str(job_file), "--array", "0-1").stdout.strip()
+    assert [j["job_id"] for j in requester.rain_json("jobs") if j["array_id"] == array] == [
+        f"{array}_0",
+        f"{array}_1",
+    ]
     bad = requester.rain("submit", "--array", "5-2", "--", "true", check=False)
     assert bad.returncode == 1 and "runs backwards" in bad.stderr

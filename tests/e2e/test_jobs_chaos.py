@@ -127,9 +127,10 @@ def test_a_vanished_requester_is_paid_for_a_task_sessions_group(cluster: Cluster
     worker holds them as one group with its claim, and settles it when the requester is back.
     Every job is done once, and paid once, through the exchange it names."""
     worker, requester = _worker_and_requester(cluster)
-    ids = requester.rain(
+    array = requester.rain(
         "submit", "--array", "0-7", "--", "sh", "-c", "sleep 0.5; echo t$RAIN_ARRAY_TASK_ID"
-    ).stdout.split()
+    ).stdout.strip()
+    ids = [f"{array}_{i}" for i in range(8)]
     wait_until(
         lambda: any(j["state"] == "settling" for j in _jobs(requester).values()),
         30,

@@ -3,11 +3,15 @@ router between them makes both LANs one network."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from rainnet.identity import load_or_create
-from tests.e2e.netns import Topology
+from tests.e2e.netns import Topology, require_netns
 from tests.e2e.nodes import Cluster, NodeProcess, all_see_each_other, wait_until
 
 
@@ -162,3 +166,19 @@ def test_a_job_reaches_a_worker_behind_nat_through_a_relay(
     (job,) = requester.rain_json("jobs")
     assert job["worker"] == worker.peer_id and job["state"] == "done"
     assert worker.rain_json("credit")["earned"] == requester.rain_json("credit")["spent"] > 0
+
+
+def test_a_topology_whose_set_up_fails_leaves_no_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its router namespace was made before the fixture's try/finally, and left behind when the
+    next step failed."""
+    require_netns()
+    prefix = f"rnleak{os.getpid() % 10000}"
+
+    def refuse(self: Topology, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+        raise RuntimeError("a step of the set-up fails")
+
+    monkeypatch.setattr(Topology, "exec", refuse)
+    with pytest.raises(RuntimeError):
+        Topology(prefix=prefix)
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert prefix not in left

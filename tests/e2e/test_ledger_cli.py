@@ -146,10 +146,14 @@ def test_verify_peer_names_an_altered_block_of_its_copy(
 def test_unknown_peer_and_bad_peer_id_are_one_line_errors(
     homes: tuple[Path, Path, str, str], tmp_path: Path
 ) -> None:
-    ha, _, _, _ = homes
+    ha, _, _, peer_b = homes
     stranger = load_or_create(tmp_path / "stranger").peer_id
     out = rain(ha, "credit", "verify", stranger)
-    assert out.returncode == 1 and "hold no chain" in out.stderr
+    assert out.returncode == 1 and "hold no copy of" in out.stderr
+    # A holds blocks of B from their exchanges, but never fetched B's chain: that is no copy
+    # (it said "ok: 0 blocks verified, balance 0").
+    out = rain(ha, "credit", "verify", peer_b)
+    assert out.returncode == 1 and f"hold no copy of {peer_b}'s chain" in out.stderr
     out = rain(ha, "credit", "verify", "not-a-peer")
     assert out.returncode == 1 and out.stderr.startswith("rain: ")
 

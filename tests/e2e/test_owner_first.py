@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from node.jobs.requester.requester import NO_WORKER_PATIENCE
 from tests.e2e.nodes import PYTHON, WORKER, Cluster, NodeProcess, all_see_each_other, wait_until
 from tests.e2e.owner_helpers import (
     BURN_CPU,
@@ -65,13 +64,16 @@ def last_transition(worker: Worker, action: str) -> dict[str, Any] | None:
 # -- (3) a worker in owner state takes no offer ------------------------------------------------
 
 
+QUEUE_LIMIT = 40  # seconds the lone owner's job may wait (`--queue-limit`)
+
+
 @dataclass
 class LoneOwner:
     """A requester whose only peer is a worker in `owner` state, and a `rain submit --wait` to it.
 
-    The network lives for the whole module: with no worker able to take it, the requester keeps a
-    job for NO_WORKER_PATIENCE (60 s) before failing it, and that minute passes while the other
-    tests run (the first test here submits, the last one reads the verdict).
+    The network lives for the whole module: the only worker may lend later, so the job waits,
+    saying why, until its queue limit (QUEUE_LIMIT here), which passes while the other tests run
+    (the first test here submits, the last one reads the verdict).
     """
 
     requester: NodeProcess
@@ -85,7 +87,7 @@ class LoneOwner:
         cmd = [PYTHON, "-m", "node.cli", "--home", str(self.requester.home), "submit", "--wait"]
         self.submitted = time.monotonic()
         self.submit = subprocess.Popen(
-            [*cmd, "--", "echo", "never runs"],
+            [*cmd, "--queue-limit", f"{QUEUE_LIMIT:g}s", "--", "echo", "never runs"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -147,6 +149,7 @@ def test_a_worker_in_owner_state_is_skipped(lone_owner: LoneOwner) -> None:
     time.sleep(2.0)
     (job,) = jobs(requester)
     assert job["state"] == "queued" and job["attempts"] == 0 and job["worker"] is None, job
+    assert job["pending_reason"] == "1 worker is in owner state", job
 
 
 # -- (1) owner input ----------------------------------------------------------------------------
@@ -330,9 +333,10 @@ def test_submit_to_an_owner_only_network_fails_naming_why(lone_owner: LoneOwner)
     if lone_owner.submit is None:  # run on its own
         lone_owner.submit_and_wait()
     assert lone_owner.submit is not None
-    left = NO_WORKER_PATIENCE + 30 - (time.monotonic() - lone_owner.submitted)
+    left = QUEUE_LIMIT + 30 - (time.monotonic() - lone_owner.submitted)
     took, out, err = lone_owner.wait_verdict(left)
     print(f"rain submit --wait: exit {lone_owner.submit.returncode} after {took:.0f} s: {err}")
     assert lone_owner.submit.returncode == 1 and out == ""
-    assert "no worker can take it now (1 owner)" in err
+    assert "rain: job " in err and "waiting: 1 worker is in owner state" in err  # as it waited
+    assert f"waited {QUEUE_LIMIT:g}s (its queue limit): 1 worker is in owner state" in err
     assert credit(lone_owner.worker.node)["earned"] == 0

@@ -157,10 +157,10 @@ def test_an_array_moves_to_done_and_the_credit_follows(
     plot_before = page.inner_html("#plot")
     exchanges_before = page.locator("#exchanges tbody tr").count()
     n = 16
-    ids = first.rain(
+    array = first.rain(
         "submit", "--array", f"0-{n - 1}", "--", "sh", "-c", "sleep 1.5", timeout=60
-    ).stdout.split()
-    row = page.locator(f'#jobs tr[data-job="{ids[0]}"]')
+    ).stdout.strip()
+    row = page.locator(f'#jobs tr[data-job="{array}"]')
     expect(row).to_have_attribute("data-kind", "array")
     expect(row.locator(".cmd")).to_contain_text(f"[{n}] sh -c sleep 1.5")
     seen: list[float] = []

@@ -30,6 +30,7 @@ from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_ms
 from rainnet import protocols, records, relay
 from rainnet.host import build_host
 from rainnet.identity import Identity, load_or_create
+from rainnet.pool import PoolSecret
 from rainnet.relay import HopLimits, Relay, RelayError
 from rainnet.streams import FramedStream, guarded_handler
 from tests.e2e.netns import Topology
@@ -53,8 +54,8 @@ async def echo(stream: Any) -> None:
     await stream.close()
 
 
-def new_host(me: Identity | None = None) -> Any:
-    host = build_host(me or Identity.generate())
+def new_host(me: Identity | None = None, pool: PoolSecret | None = None) -> Any:
+    host = build_host(me or Identity.generate(), pool)
     host.set_stream_handler(ECHO, guarded_handler("echo", echo))
     return host
 
@@ -78,9 +79,11 @@ def run(fn: Callable[[], Awaitable[None]], timeout: float = 60) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving_relay(limits: HopLimits | None = None) -> AsyncIterator[tuple[Any, Relay, str]]:
+async def serving_relay(
+    limits: HopLimits | None = None, pool: PoolSecret | None = None
+) -> AsyncIterator[tuple[Any, Relay, str]]:
     """A running relay host, its Relay, and its dialable address (with /p2p/<id>)."""
-    host = new_host()
+    host = new_host(pool=pool)
     r = Relay(host, serve=True, limits=limits)
     r.install()
     async with host.run([LOOPBACK]):
@@ -89,11 +92,11 @@ async def serving_relay(limits: HopLimits | None = None) -> AsyncIterator[tuple[
 
 @contextlib.asynccontextmanager
 async def natted_target(
-    relay_addr: str, listen: bool = False
+    relay_addr: str, listen: bool = False, pool: PoolSecret | None = None
 ) -> AsyncIterator[tuple[Any, Relay, list[tuple[str, ...]]]]:
     """A target holding a reservation on `relay_addr`. Unless `listen`, it listens nowhere, like
     a node behind NAT: nobody can learn a direct address for it, there is none."""
-    host = new_host()
+    host = new_host(pool=pool)
     seen: list[tuple[str, ...]] = []
     r = Relay(host, via=[relay_addr], on_addrs=seen.append)
     r.install()
@@ -105,8 +108,8 @@ async def natted_target(
 
 
 @contextlib.asynccontextmanager
-async def dialer(me: Identity | None = None) -> AsyncIterator[Any]:
-    host = new_host(me)
+async def dialer(me: Identity | None = None, pool: PoolSecret | None = None) -> AsyncIterator[Any]:
+    host = new_host(me, pool)
     Relay(host).install()
     async with host.run([LOOPBACK]):
         yield host
@@ -219,6 +222,32 @@ def test_dialer_reaches_a_natted_target_only_through_the_relay() -> None:
             # Connecting again reuses the connection.
             await relay.connect(d_host, t_id, circuits)
             assert len(d_host.get_network().get_connections(t_host.get_id())) == 1
+
+    run(main)
+
+
+def test_a_pool_member_behind_nat_is_reached_through_the_pools_relay() -> None:
+    """A circuit between two pool nodes is protected with the pool key at both ends (py-libp2p
+    protected only the end that accepts it: every relayed connection in a pool failed); an
+    outsider gets no circuit, nor a connection to the relay."""
+    pool = PoolSecret.create("nat")
+
+    async def main() -> None:
+        async with (
+            serving_relay(pool=pool) as (_, r_relay, r_addr),
+            natted_target(r_addr, pool=pool) as (t_host, t_relay, _),
+            dialer(pool=pool) as d_host,
+            dialer() as outsider,
+        ):
+            t_id = str(t_host.get_id())
+            await relay.connect(d_host, t_id, t_relay.circuit_addrs)
+            assert relay.connection_kind(d_host, t_id) == "relayed"
+            msg = b"inside the pool, through its relay"
+            assert await echo_round_trip(d_host, t_host.get_id(), msg) == msg
+            assert await echo_round_trip(t_host, d_host.get_id(), msg) == msg
+            with pytest.raises(RelayError):
+                await relay.connect(outsider, t_id, t_relay.circuit_addrs, timeout=5)
+            assert r_relay.circuits_relayed == 1
 
     run(main)
 

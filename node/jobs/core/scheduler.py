@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from node.units import format_size
 from rainnet.records import NodeRecord
 
 # States in which a worker takes new guests.
@@ -138,5 +139,6 @@ def admit(
     if used_cpus + needs.cpus > capacity.cpus + 1e-9:
         return f"only {max(0.0, capacity.cpus - used_cpus):g} of {capacity.cpus:g} CPUs free"
     if used_mem + needs.memory > capacity.memory:
-        return "not enough free memory"
+        free = format_size(max(0, capacity.memory - used_mem))
+        return f"not enough free memory for {format_size(needs.memory)} ({free} free)"
     return None

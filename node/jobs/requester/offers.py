@@ -18,9 +18,11 @@ import trio
 
 from ledger.messages import ChainRequest, encode_message
 from node.jobs.core.conversation import ChainAsked, Kind, RequesterConversation
+from node.jobs.core.pending import Refusal
 from node.jobs.stream import JobStream
 from node.ledger_link import LedgerLink, frame
 from rainnet import jobproto, wire
+from rainnet.jobproto import DeclineKind
 from rainnet.streams import FramedStream, ProtocolNotSupported, StreamGone
 
 LEASE = 15.0  # a worker silent this long has lost the job (it reports every 2 s)
@@ -53,7 +55,11 @@ class PaidAwaitingResult(StreamGone):
 
 
 class Declined(Exception):
-    """The worker would not take the job (its reason)."""
+    """The worker would not take the job (its reason, and what it is about)."""
+
+    def __init__(self, text: str, kind: DeclineKind = DeclineKind.OTHER) -> None:
+        super().__init__(text)
+        self.refusal = Refusal(kind, text)
 
 
 def remember(table: dict[str, T], worker: str, hint: T) -> None:
@@ -193,7 +199,7 @@ class Offers:
                 await stream.send(frame(await self.ledger.serve_chain(event.request)))
         if isinstance(event, jobproto.Decline):
             await stream.close()
-            raise Declined(event.reason)
+            raise Declined(event.reason, event.kind)
         assert isinstance(event, jobproto.Accept)  # (the conversation allows nothing else)
         remember(self.chain_known, worker, event.chain_verified)
         return event

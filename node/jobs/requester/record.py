@@ -16,10 +16,12 @@ from typing import Any
 
 import trio
 
-from node.jobs.core import terms
+from node.jobs.core import pending, terms
 from rainnet import jobproto
 from sandbox import JobSpec, Network
 
+QUEUE_LIMIT = 86400.0  # how long a job waits for a worker by default (`--queue-limit`)
+MAX_QUEUE_LIMIT = 30 * 86400.0
 MAX_KEPT_OUTPUT = 1 << 20  # bytes of each of stdout and stderr kept in memory
 
 
@@ -72,6 +74,10 @@ class JobRecord:
     outputs: list[str] = field(default_factory=list)
     # The ledger exchange that paid for it: its own id, or a task session's group claim.
     claim: str | None = None
+    name: str | None = None  # the owner's name for it (`--name`)
+    queue_limit: float = QUEUE_LIMIT  # seconds it may wait for a worker before it fails
+    peak_memory: int | None = None  # bytes, as its worker measured them
+    pending: str | None = None  # why it is not running now (node.jobs.core.pending)
     cancel: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
     # Set (and replaced) whenever output arrives or the job ends: what `rain submit --wait`
@@ -93,6 +99,17 @@ class JobRecord:
         return self.replicas == 1 and not (self.inputs or terms.has_files(self.spec))
 
     @property
+    def array_id(self) -> str | None:
+        """The array it is a task of (its id is ARRAY_INDEX), or None."""
+        base, sep, _ = self.job_id.partition("_")
+        return base if sep else None
+
+    @property
+    def array_task(self) -> int | None:
+        _, sep, index = self.job_id.partition("_")
+        return int(index) if sep and index.isdigit() else None
+
+    @property
     def group_job(self) -> bool:
         """Whether it is one member's part of an MPI group (node.mpi): run where it was sent,
         once; it cannot move to another worker."""
@@ -107,6 +124,12 @@ class JobRecord:
     def touch(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+
+    def wait_for(self, why: str) -> None:
+        """Say why it waits (its followers are told when that changes)."""
+        if why != self.pending:
+            self.pending = why
+            self.touch()
 
     def requeue(self) -> None:
         """The attempt ended without a result: back to waiting for a worker."""
@@ -137,4 +160,19 @@ class JobRecord:
             "argv": list(self.spec.argv),
             "outputs": self.outputs,
             "claim": self.claim,
+            "name": self.name,
+            "array_id": self.array_id,
+            "array_task": self.array_task,
+            "peak_memory": self.peak_memory,
+            "pending_reason": self.pending if not self.finished.is_set() else None,
+            "how": pending.ending(
+                self.state.value,
+                self.exit_code,
+                self.reason,
+                self.error,
+                self.spec.limits,
+                self.peak_memory,
+            )
+            if self.finished.is_set()
+            else None,
         }

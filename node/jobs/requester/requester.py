@@ -21,11 +21,12 @@ offers it through `handle_result`. A job is paid at most once (the ledger's `max
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,14 @@ import trio
 
 from ledger.messages import Refuse
 from node.jobs import blocking, transfer
-from node.jobs.core import scheduler, terms
+from node.jobs.core import pending, scheduler, terms
 from node.jobs.core.conversation import (
     Ending,
     Kind,
     RequesterConversation,
     ResultOffered,
 )
+from node.jobs.core.pending import Refusal
 from node.jobs.requester.offers import (
     GROUP_LEASE,
     LEASE,
@@ -53,12 +55,13 @@ from node.jobs.requester.offers import (
     close_after,
     lost,
 )
-from node.jobs.requester.record import JobRecord, JobState
+from node.jobs.requester.record import QUEUE_LIMIT, JobRecord, JobState
 from node.jobs.requester.sessions import TaskSessions
 from node.jobs.requester.settle import Settlement, Vote
 from node.jobs.requester.store import GroupCommit, JobStore
 from node.jobs.stream import JobStream
 from node.ledger_link import LedgerLink
+from node.units import format_duration
 from rainnet import jobproto, wire
 from rainnet.streams import FramedStream, ProtocolNotSupported, StreamGone
 from sandbox import JobSpec
@@ -66,8 +69,8 @@ from sandbox import JobSpec
 log = logging.getLogger("rainnet.requester")
 
 MAX_LOST_ATTEMPTS = 6
-NO_WORKER_PATIENCE = 60.0  # no known worker could run the job at all: fail after this
-MAX_QUEUE = 7 * 86400.0  # busy workers only delay a job, but not forever
+# No known worker could ever run the job: fail after this (records may be a few seconds old).
+HOPELESS_PATIENCE = 2.0
 DECLINE_PAUSE = 0.2  # after every known worker declined: first pause, doubling...
 MAX_DECLINE_PAUSE = 5.0  # ...up to this
 MAX_EXTRA_REPLICAS = 2  # runs beyond --replicas to break a disagreement
@@ -144,9 +147,15 @@ class Requester:
         specs: list[JobSpec],
         inputs: tuple[tuple[jobproto.FileEntry, Path], ...] = (),
         replicas: int = 1,
+        name: str | None = None,
+        queue_limit: float = QUEUE_LIMIT,
+        array: Sequence[int] | None = None,
+        array_id: str | None = None,
     ) -> list[JobRecord]:
-        """Accept jobs from the local user (the tasks of an array share their inputs): on disk,
-        in one transaction, before this returns; then driven."""
+        """Accept jobs from the local user: on disk, in one transaction, before this returns;
+        then driven. With `array` (an index per spec), they are the tasks of one array (sharing
+        their inputs), `ID_INDEX` each: of a new array, or of `array_id` (more of it). Each job
+        sees its id (RAIN_JOB_ID) and a task its array's and its index."""
         if self._nursery is None:
             raise RuntimeError("the requester is not running")
         room = MAX_JOBS_KEPT - len(specs)
@@ -159,15 +168,29 @@ class Requester:
             for old in done:
                 del self.jobs[old.job_id]
             await blocking.run(self.store.forget_all, [j.job_id for j in done])
+        if array is not None and len(array) != len(specs):
+            raise ValueError("an array needs one index per task")
+        if array_id is not None and not any(j.array_id == array_id for j in self.jobs.values()):
+            raise ValueError(f"no array {array_id!r} here to add tasks to")
+        base = array_id or secrets.token_hex(8)
+        if array is not None:
+            ids = [f"{base}_{i}" for i in array]
+        else:  # jobs of their own
+            ids = [base, *(secrets.token_hex(8) for _ in specs[1:])]
+        if len(set(ids)) != len(ids) or any(i in self.jobs for i in ids):
+            raise ValueError("an array's task indices must be new and distinct")
         jobs = [
             JobRecord(
-                job_id=secrets.token_hex(8),
-                spec=spec,
+                job_id=job_id,
+                spec=_with_ids(spec, job_id),
                 inputs=tuple(e for e, _ in inputs),
                 input_sources=tuple(p for _, p in inputs),
                 replicas=replicas,
+                name=name,
+                queue_limit=queue_limit,
+                pending="looking for a worker",
             )
-            for spec in specs
+            for spec, job_id in zip(specs, ids, strict=True)
         ]
         await self._saver.save_now(jobs)
         for job in jobs:
@@ -274,7 +297,8 @@ class Requester:
         async def verdict() -> None:
             await vote.decided.wait()
             if vote.tally is not None and vote.tally.failed:
-                await self._end(job, JobState.FAILED, "the replicas' results disagree")
+                # Ended once every run is paid (the lanes all return), not cancelled midway.
+                job.error = vote.tally.differ_message(vote.results)
 
         async with trio.open_nursery() as lanes:
             for _ in range(job.replicas):
@@ -288,28 +312,38 @@ class Requester:
             lanes.cancel_scope.cancel()
 
     async def _lane(self, job: JobRecord, vote: Vote | None, used: set[str]) -> None:
-        """Offer the job until a worker runs it to the end. Declines (busy workers) only delay
-        it; attempts lost mid-run count against MAX_LOST_ATTEMPTS; with no worker able to run it
-        at all for NO_WORKER_PATIENCE, it fails saying why; it never waits past MAX_QUEUE."""
+        """Offer the job until a worker runs it to the end, saying meanwhile why it waits
+        (node.jobs.core.pending). Declines (busy workers) only delay it; attempts lost mid-run
+        count against MAX_LOST_ATTEMPTS; a job no known worker could ever run fails after
+        HOPELESS_PATIENCE, and none waits for a worker past its queue limit."""
         needs = terms.needs(job.spec)
         tried: set[str] = set()
-        declines: list[str] = []
+        declined: dict[str, Refusal] = {}  # each worker's last decline of this job
         lost_attempts = 0
-        queued_at = unable_since = trio.current_time()
+        queued_at = trio.current_time()
+        hopeless_since: float | None = None
         pause = DECLINE_PAUSE
-        while lost_attempts < MAX_LOST_ATTEMPTS and trio.current_time() - queued_at < MAX_QUEUE:
+        while lost_attempts < MAX_LOST_ATTEMPTS:
             known = self._candidates()
             exclude = tried | self.offers.shunned() | self.untrusted | (used if vote else set())
             ranked = scheduler.rank_workers(
                 known, needs, exclude=exclude, committed=self.offers.committed
             )
             if not ranked:
-                if any(scheduler.can_run(c.record, needs) is None for c in known):
-                    unable_since = trio.current_time()  # workers exist, just busy
-                elif trio.current_time() - unable_since > NO_WORKER_PATIENCE:
-                    why = scheduler.explain_no_worker([c.record for c in known], needs)
-                    detail = f"; declined: {'; '.join(declines[-3:])}" if declines else ""
-                    await self._end(job, JobState.FAILED, why + detail)
+                waiting = pending.explain(
+                    [c.record for c in known], needs, declined, self.untrusted
+                )
+                job.wait_for(waiting.text)
+                now = trio.current_time()
+                hopeless_since = (hopeless_since or now) if waiting.hopeless else None
+                if hopeless_since is not None and now - hopeless_since > HOPELESS_PATIENCE:
+                    await self._end(job, JobState.FAILED, waiting.text)
+                    return
+                if now - queued_at > job.queue_limit:
+                    waited = format_duration(job.queue_limit)
+                    await self._end(
+                        job, JobState.FAILED, f"waited {waited} (its queue limit): {waiting.text}"
+                    )
                     return
                 tried.clear()  # everyone said no: ask again after a pause
                 await trio.sleep(pause * (0.5 + self._rng.random()))
@@ -322,7 +356,8 @@ class Requester:
                 await self._attempt(job, worker, vote)
                 return
             except Declined as exc:
-                declines = [*declines[-9:], f"{worker[-8:]}: {exc}"]
+                declined.pop(worker, None)  # (the latest last: it is the one shown)
+                declined[worker] = exc.refusal
                 used.discard(worker)
                 job.requeue()
             except Unreachable as exc:
@@ -351,12 +386,7 @@ class Requester:
                 log.warning("job %s lost on %s: %s; trying another worker", job.job_id, worker, exc)
                 job.requeue()
                 pause = DECLINE_PAUSE
-        why = (
-            f"lost on {lost_attempts} workers"
-            if lost_attempts >= MAX_LOST_ATTEMPTS
-            else ("queued too long")
-        )
-        await self._end(job, JobState.FAILED, f"gave up: {why}")
+        await self._end(job, JobState.FAILED, f"gave up: lost on {lost_attempts} workers")
 
     def _cancel_on_request(self, job: JobRecord, scope: trio.CancelScope) -> None:
         async def watch() -> None:
@@ -392,6 +422,9 @@ class Requester:
         self.sessions.placing += rideable
         ride = rideable and self.sessions.should_ride(job, worker)
         slot = self.offers.slot(worker, ride)
+        job.wait_for(
+            f"offered to worker {worker[-8:]} (it starts it when it has room, or declines)"
+        )
         try:
             await slot.acquire()
             if job.finished.is_set():  # (settled meanwhile: a result held for us came back)
@@ -445,7 +478,7 @@ class Requester:
         if job.accepted_at is None:
             job.accepted_at = seen_from
         slot.release()
-        job.state, job.started = JobState.RUNNING, time.time()
+        job.state, job.started, job.pending = JobState.RUNNING, time.time(), None
         job.accepted_by.add(worker)
         await self._saver.save(job)  # after a restart: wait for this worker's held result first
 
@@ -542,6 +575,16 @@ def _owes_held(job: JobRecord, worker: str) -> bool:
     if job.state is JobState.CANCELLED:
         return job.claim is None
     return job.state is JobState.FAILED and job.claim == job.job_id and job.worker == worker
+
+
+def _with_ids(spec: JobSpec, job_id: str) -> JobSpec:
+    """The spec with the job's ids in its environment, as Slurm's SLURM_JOB_ID and
+    SLURM_ARRAY_TASK_ID: RAIN_JOB_ID, and for a task RAIN_ARRAY_JOB_ID and RAIN_ARRAY_TASK_ID."""
+    env = {**spec.env_dict, "RAIN_JOB_ID": job_id}
+    array_id, _, index = job_id.partition("_")
+    if index:
+        env |= {"RAIN_ARRAY_JOB_ID": array_id, "RAIN_ARRAY_TASK_ID": index}
+    return dataclasses.replace(spec, env=tuple(sorted(env.items())))
 
 
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -69,6 +69,8 @@ class Vote:
         assert self.tally is not None
         if worker not in self.tally.winners:
             return "refuse", 0
+        if self.tally.failed:
+            return "pay", len(self.tally.winners)
         if self._fetcher is None:
             self._fetcher = worker
         return ("fetch" if self._fetcher == worker else "pay"), len(self.tally.winners)
@@ -179,6 +181,7 @@ class Settlement:
             )
             job.outputs = [e.path for e in finished.outputs[2:]]
             job.exit_code, job.reason = finished.exit_code, finished.reason
+            job.peak_memory = finished.peak_memory
             if job.finished.is_set():
                 if job.state is JobState.FAILED:  # paid, given up waiting: here at last
                     await self.forgive(worker)

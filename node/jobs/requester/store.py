@@ -25,7 +25,7 @@ import msgpack
 import trio
 
 from node.jobs import blocking
-from node.jobs.requester.record import JobRecord, JobState
+from node.jobs.requester.record import QUEUE_LIMIT, JobRecord, JobState
 from rainnet.jobproto import FileEntry
 from sandbox import JobSpec
 
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason      TEXT,
     error       TEXT,
     outputs     TEXT NOT NULL,   -- JSON list of output paths
-    claim       TEXT             -- the ledger exchange that paid it (a task session's group)
+    claim       TEXT,            -- the ledger exchange that paid it (a task session's group)
+    meta        TEXT NOT NULL DEFAULT '{}'  -- JSON: name, queue_limit, peak_memory
 ) STRICT;
 CREATE TABLE IF NOT EXISTS untrusted (  -- workers caught out: offered nothing again, a while
     peer_id     TEXT PRIMARY KEY,
@@ -83,6 +84,8 @@ class JobStore:
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(jobs)")}
             if "claim" not in columns:  # a store from before task sessions
                 self._conn.execute("ALTER TABLE jobs ADD COLUMN claim TEXT")
+            if "meta" not in columns:  # a store from before names and queue limits
+                self._conn.execute("ALTER TABLE jobs ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'")
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(untrusted)")}
             if "reason" not in columns:  # a store from before reasons were kept
                 self._conn.execute(
@@ -190,12 +193,16 @@ def _row(job: JobRecord) -> Row:
         job.error,
         json.dumps(job.outputs),
         job.claim,
+        json.dumps(
+            {"name": job.name, "queue_limit": job.queue_limit, "peak_memory": job.peak_memory}
+        ),
     )
 
 
 def _record(r: Row) -> JobRecord:
     inputs = msgpack.unpackb(r[2], raw=False)
     state = JobState(r[3])
+    meta = json.loads(r[17])
     job = JobRecord(
         job_id=r[0],
         spec=JobSpec.from_wire(msgpack.unpackb(r[1], raw=False)),
@@ -215,6 +222,9 @@ def _record(r: Row) -> JobRecord:
         error=r[14],
         outputs=json.loads(r[15]),
         claim=r[16],
+        name=meta.get("name"),
+        queue_limit=meta.get("queue_limit", QUEUE_LIMIT),
+        peak_memory=meta.get("peak_memory"),
     )
     job.output_loaded = state is not JobState.DONE
     if job.worker:

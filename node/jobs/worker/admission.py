@@ -19,9 +19,11 @@ from ledger.admission import Candidate, by_priority
 from ledger.errors import RemoteFault
 from ledger.messages import ChainRequest
 from node.jobs.core import scheduler, terms
+from node.jobs.core.pending import Refusal
 from node.jobs.stream import JobStream
 from node.ledger_link import Admitted, Commitments, LedgerLink
 from rainnet import identity, jobproto, wire
+from rainnet.jobproto import DeclineKind
 from rainnet.streams import StreamGone
 from sandbox import Backend, JobSpec, SandboxError
 
@@ -55,10 +57,10 @@ class AdmissionQueue:
 
     async def wait_turn(
         self, requester: bytes, balance_milli: int, needs: scheduler.Needs, timeout: float
-    ) -> str | None:
+    ) -> Refusal | None:
         """None when this offer may start (the caller registers it at once); else why not."""
         if len(self._waiting) >= MAX_WAITING:
-            return f"{len(self._waiting)} jobs are already waiting here"
+            return Refusal(DeclineKind.BUSY, f"{len(self._waiting)} jobs are already waiting here")
         me = next(self._arrivals)
         self._waiting[me] = (Candidate(requester, balance_milli, me), needs)
         self.released()
@@ -70,7 +72,8 @@ class AdmissionQueue:
         finally:
             del self._waiting[me]
             self.released()
-        return self._fits(needs) or "busy: higher-priority jobs took the free capacity"
+        why = self._fits(needs) or "busy: higher-priority jobs took the free capacity"
+        return Refusal(DeclineKind.CAPACITY, why)
 
 
 class OfferChecks:
@@ -83,11 +86,13 @@ class OfferChecks:
         self._slots = trio.Semaphore(slots)
         self._per_requester: dict[str, int] = {}
 
-    def busy(self, requester: str) -> str | None:
+    def busy(self, requester: str) -> Refusal | None:
         """Why another offer of `requester` is not checked now, or None (then `enter`)."""
         n = self._per_requester.get(requester, 0)
         if n >= PER_REQUESTER:
-            return f"busy: {n} offers of yours are being checked here already"
+            return Refusal(
+                DeclineKind.BUSY, f"busy: {n} offers of yours are being checked here already"
+            )
         return None
 
     def enter(self, requester: str) -> None:
@@ -107,18 +112,18 @@ class OfferChecks:
         backend: Backend,
         may_start: Callable[[], str | None],
         commitments: Commitments,
-    ) -> Admitted | str:
+    ) -> Admitted | Refusal:
         """Whether this worker may run the job: the requester's verified balance if so, else
         why not (the idle policy, the sandbox, or credit: the requester's chain is brought up
         to date from the blocks sent with the offer, or else asked for on the job stream, and
         verified; then its standing here and the floor are applied)."""
         why = may_start()
         if why is not None:
-            return why
+            return Refusal(DeclineKind.OWNER, why)
         try:
             backend.check_spec(spec)
         except SandboxError as exc:
-            return str(exc)
+            return Refusal(DeclineKind.SANDBOX, str(exc))
         public = identity.public_bytes_from_peer_id(stream.remote_peer)
         limits = terms.job_limits(spec)
         try:
@@ -138,12 +143,17 @@ class OfferChecks:
                             commitments,
                         )
                     if not isinstance(outcome, ChainRequest):
-                        return outcome
+                        return _credit(outcome)
                     # (No slot held meanwhile: this waits on the requester, not on us.)
                     await ledger.fetch_pages(stream, outcome, jobproto.JOB_PAGE_BLOCKS)
                     async with self._slots:
-                        return await ledger.admit(public, limits, commitments)
+                        return _credit(await ledger.admit(public, limits, commitments))
         except RemoteFault as exc:
-            return str(exc)
+            return Refusal(DeclineKind.CREDIT, str(exc))
         except (trio.TooSlowError, StreamGone, wire.RemoteProtocolError, ValueError) as exc:
-            return f"could not verify your credit: {exc}"
+            return Refusal(DeclineKind.CREDIT, f"could not verify your credit: {exc}")
+
+
+def _credit(outcome: Admitted | str) -> Admitted | Refusal:
+    """The ledger's verdict: admitted, or why not (its standing, its floor)."""
+    return Refusal(DeclineKind.CREDIT, outcome) if isinstance(outcome, str) else outcome

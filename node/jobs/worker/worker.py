@@ -32,12 +32,14 @@ import trio
 from node.jobs import blocking, transfer
 from node.jobs.core import results, scheduler, terms
 from node.jobs.core.conversation import Kind, OfferReceived, WorkerConversation
+from node.jobs.core.pending import Refusal
 from node.jobs.stream import JobStream
 from node.jobs.worker.admission import AdmissionQueue, OfferChecks
 from node.jobs.worker.claims import Claims
 from node.jobs.worker.held import HeldResults
 from node.ledger_link import Admitted, Commitments, LedgerLink
 from rainnet import identity, jobproto, wire
+from rainnet.jobproto import DeclineKind
 from rainnet.streams import FramedStream, StreamGone
 from sandbox import Backend, Job, JobResult, JobSpec, Network
 
@@ -149,7 +151,9 @@ class Worker:
         received = await stream.receive_a(OfferReceived, OFFER_TIMEOUT)
         offer, spec = received.offer, received.spec
         if spec is None:
-            await self._decline(stream, received.problem or "invalid job", 0)
+            await self._decline(
+                stream, Refusal(DeclineKind.INVALID, received.problem or "invalid job"), 0
+            )
             return None
         if spec.limits.network is Network.GROUP:
             admitted = (
@@ -158,7 +162,7 @@ class Worker:
                 else "this node takes no MPI ranks"
             )
             if isinstance(admitted, str):
-                await self._decline(stream, admitted, 0)
+                await self._decline(stream, Refusal(DeclineKind.OTHER, admitted), 0)
                 return None
             spec = admitted
         needs = terms.needs(spec)
@@ -166,17 +170,22 @@ class Worker:
         # capacity, where requesters with more verified credit go first.
         key = (requester, offer.job_id)
         if key in self.running:  # (and the ledger checks for an earlier claim)
-            await self._decline(stream, f"job {offer.job_id} is running here already", 0)
+            await self._decline(
+                stream, Refusal(DeclineKind.INVALID, f"job {offer.job_id} is running here"), 0
+            )
             return None
         unsettled = sum(r == requester and not j.in_sandbox for (r, _), j in self.running.items())
         if unsettled >= MAX_SETTLING_PER_REQUESTER:
-            await self._decline(stream, f"settle your {unsettled} results here first", 5.0)
+            why = f"settle your {unsettled} results here first"
+            await self._decline(stream, Refusal(DeclineKind.UNSETTLED, why), 5.0)
             return None
-        why = self._checks.busy(requester)
-        if why is not None:
-            await self._decline(stream, why, 1.0)
+        busy = self._checks.busy(requester)
+        if busy is not None:
+            await self._decline(stream, busy, 1.0)
             return None
-        checked: Admitted | str = "busy: too many offers are being checked here"
+        checked: Admitted | Refusal = Refusal(
+            DeclineKind.BUSY, "busy: too many offers are being checked here"
+        )
         backend = self._backend_for(spec)
         self._checks.enter(requester)
         try:
@@ -192,17 +201,19 @@ class Worker:
                 )
         finally:
             self._checks.leave(requester)
-        if isinstance(checked, str):
+        if isinstance(checked, Refusal):
             await self._decline(stream, checked, 5.0)
             return None
         public = identity.public_bytes_from_peer_id(requester)
         # (No checkpoint between our turn and registering the job: nobody else can take it.)
-        why = await self.queue.wait_turn(public, checked.balance_milli, needs, QUEUE_WAIT)
-        why = why or self.may_start()  # the owner may have come back while we waited
-        if why is None and key in self.running:
-            why = f"job {offer.job_id} is running here already"
-        if why is not None:
-            await self._decline(stream, why, 5.0)
+        refusal = await self.queue.wait_turn(public, checked.balance_milli, needs, QUEUE_WAIT)
+        owner = self.may_start()  # the owner may have come back while we waited
+        if refusal is None and owner is not None:
+            refusal = Refusal(DeclineKind.OWNER, owner)
+        if refusal is None and key in self.running:
+            refusal = Refusal(DeclineKind.INVALID, f"job {offer.job_id} is running here already")
+        if refusal is not None:
+            await self._decline(stream, refusal, 5.0)
             return None
         self.running[key] = GuestJob(
             offer.job_id,
@@ -227,12 +238,16 @@ class Worker:
             raise
         return Taken(offer, spec, backend)
 
-    async def _decline(self, stream: JobStream, reason: str, retry_after: float) -> None:
-        log.info("declined a job from %s: %s", stream.remote_peer, reason)
+    async def _decline(self, stream: JobStream, refusal: Refusal, retry_after: float) -> None:
+        log.info("declined a job from %s: %s", stream.remote_peer, refusal.text)
         if stream.conv.ended:  # (the requester cancelled, or broke off, meanwhile)
             return
         await stream.send(
-            jobproto.Decline(reason=reason[: jobproto.MAX_REASON], retry_after=retry_after)
+            jobproto.Decline(
+                reason=refusal.text[: jobproto.MAX_REASON],
+                retry_after=retry_after,
+                kind=refusal.kind,
+            )
         )
         await stream.close()
 

@@ -1,0 +1,78 @@
+"""Why a job waits, as `rain jobs --json` (REASON) and `rain submit --wait` say it, with real
+nodes on 127.0.0.1: on CPUs nobody has (it fails at once), on busy workers, on memory, on the
+credit floor. (On owner state: tests/e2e/test_owner_first.py.)"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.e2e.nodes import Cluster, NodeProcess, requester_and_workers, wait_until
+
+GiB = 1 << 30
+
+
+def _job(node: NodeProcess, job_id: str) -> dict[str, Any]:
+    return next(j for j in node.rain_json("jobs") if j["job_id"] == job_id)
+
+
+def _waits_saying(node: NodeProcess, job_id: str, words: str) -> str:
+    said: list[str] = []
+
+    def says() -> bool:
+        said[:] = [_job(node, job_id)["pending_reason"] or ""]
+        return words in said[0]
+
+    wait_until(says, 40, f"job {job_id} waits saying {words!r} (it says {said})")
+    return said[0]
+
+
+def test_a_job_says_why_it_waits(cluster: Cluster) -> None:
+    requester, [worker] = requester_and_workers(cluster, 1)
+    [me] = [p for p in requester.peers() if p["peer_id"] == worker.peer_id]
+    cpus, memory = me["cpus"], me["memory"]
+
+    # CPUs nobody has: it fails within seconds, naming the largest there is.
+    began = time.monotonic()
+    res = requester.rain("submit", "--cpus", "1000", "--wait", "--", "true", check=False)
+    took = time.monotonic() - began
+    print(f"an impossible job failed after {took:.1f} s: {res.stderr.strip()}")
+    assert res.returncode == 1
+    assert f"no worker has 1000 CPUs (largest: {cpus:g})" in res.stderr
+
+    # Busy: a first job takes all CPUs but one, and half the memory and more.
+    first = requester.rain(
+        "submit", "--cpus", f"{cpus - 1:g}", "--mem", f"{memory // 2 + GiB}", "--time", "2m",
+        "--", "sleep", "60",
+    ).stdout.strip()  # fmt: skip
+    wait_until(
+        lambda: _job(requester, first)["state"] == "running",
+        30,
+        f"the first job runs ({_job(requester, first)})",
+    )
+    second = requester.rain("submit", "--cpus", "2", "--", "true").stdout.strip()
+    said = _waits_saying(requester, second, "declined: only 1 of")
+    assert said == f"1 worker declined: only 1 of {cpus:g} CPUs free", said
+    assert "REASON" in requester.rain("jobs").stdout.splitlines()[0]
+    # (It is offered again after each pause, and says so meanwhile: the table shows both.)
+    wait_until(
+        lambda: "1 worker declined: only 1 of" in requester.rain("jobs").stdout,
+        40,
+        "the table shows the reason",
+    )
+    requester.rain("cancel", second)
+
+    # Memory: what is left beside the first job is less than the next one asks.
+    third = requester.rain(
+        "submit", "--cpus", "1", "--mem", f"{memory // 2 + GiB}", "--", "true"
+    ).stdout.strip()
+    said = _waits_saying(requester, third, "declined: not enough free memory for")
+    assert said.startswith("1 worker declined: not enough free memory for"), said
+    requester.rain("cancel", third)
+    requester.rain("cancel", first)
+
+    # The credit floor: a newcomer's floor of -3600 credits buys no 4 CPU-hours.
+    dear = requester.rain("submit", "--cpus", "2", "--time", "2h", "--", "true").stdout.strip()
+    said = _waits_saying(requester, dear, "declined: credit:")
+    assert "earn credit" in said.lower(), said  # (the newcomer budget, or the floor)
+    requester.rain("cancel", dear)
