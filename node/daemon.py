@@ -2,6 +2,7 @@
 - rainnet.network: the libp2p host, discovery, contact, liveness, our signed record;
 - node.owner: the idle policy's watch, which sets our state and freezes guests;
 - node.jobs: the requester and worker ends of the job protocol;
+- node.mpi: MPI groups, as their requester (node.mpi.groups) and as a member (node.mpi.member);
 - node.ledger_link: the ledger and its protocol; node.control: the control API;
 - node.snapshot: one picture of the node that the control API (and the panel) read;
 - node.panel: the local panel (web page, hardware front panel) and this node's lights.
@@ -12,11 +13,13 @@ starts everything in one nursery and runs until cancelled.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,9 @@ from node.jobs.requester.store import JOBS_FILE, JobStore
 from node.jobs.worker import Worker
 from node.jobs.worker import sessions as task_session
 from node.ledger_link import LedgerLink
+from node.mpi.groups import Groups
+from node.mpi.member import GroupMember
+from node.mpi.reservations import Runtime
 from node.owner.config import PolicyConfig
 from node.owner.policy import Decision, IdlePolicy
 from node.owner.signals import PolicyWatch, Sampler
@@ -51,12 +57,13 @@ from node.snapshot import (
     GuestRow,
     JobRow,
     JobsView,
+    MpiGroupRow,
     NodeSnapshot,
     PeerView,
     PolicyView,
     SelfView,
 )
-from rainnet import __version__, identity, jobproto, records, wire
+from rainnet import __version__, identity, jobproto, mpiproto, records, wire
 from rainnet.ledgerproto import LEDGER, LEDGER_MAX_FRAME, LedgerFrame
 from rainnet.network import Description, NetworkConfig, PeerNetwork
 from rainnet.streams import FramedStream, StreamGone
@@ -75,6 +82,7 @@ class NodeConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     panel: PanelConfig = field(default_factory=PanelConfig)
     name: str = ""  # what `rain peers` calls this machine elsewhere (default: its hostname)
+    mpi: bool = True  # take MPI ranks (where MPICH is installed beside our Python)
 
 
 class Node:
@@ -86,6 +94,7 @@ class Node:
         self.backends: dict[str, Any] = {}
         self.idle: PolicyWatch | None = None
         self.worker: Worker | None = None
+        self.member: GroupMember | None = None  # as a member of MPI groups
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._opened = False
@@ -104,6 +113,9 @@ class Node:
             self.network.open_stream,
             home / "jobs",
             JobStore(home / JOBS_FILE),
+        )
+        self.groups = Groups(
+            self.requester, self._candidates, self.network.open_stream, lambda: self.network.addrs
         )
         self.control = ControlOps(self)
         self.lights = NodeLights(self.config.policy.max_temperature, self.network.record_changed)
@@ -128,6 +140,7 @@ class Node:
             hot=lights.hot,
             load=lights.load,
             name=(self.config.name or socket.gethostname())[:64],
+            mpi=self.member is not None,
         )
 
     def set_user_light(self, which: UserLight, light: records.Light) -> None:
@@ -150,6 +163,8 @@ class Node:
             worker = self.worker
             handlers[jobproto.JOB] = worker.handle
             handlers[jobproto.TASKS] = lambda stream: task_session.serve(worker, stream)
+        if self.member is not None:
+            handlers[mpiproto.MPI] = self.member.handle
         sock_path = self.config.home / CONTROL_SOCKET
         try:
             async with trio.open_nursery() as nursery:
@@ -211,10 +226,17 @@ class Node:
 
     async def _open_sandbox(self) -> None:
         """Open every sandbox backend that works here, and the idle policy that gates them."""
-        from sandbox import SandboxConfig, guest_cpu_seconds, probe, sweep
+        from sandbox import SandboxConfig, WorkerPolicy, guest_cpu_seconds, probe, sweep
         from sandbox.select import BACKENDS, no_isolation_message
 
+        runtime = Runtime.beside(sys.executable) if self.config.mpi else None
         sandbox_config = SandboxConfig.for_home(self.config.home)
+        if runtime is not None:  # MPI ranks: the host's network, our Python read-only
+            sandbox_config = dataclasses.replace(
+                sandbox_config,
+                policy=WorkerPolicy(allow_group=True),
+                group_runtime=_runtime_dirs(),
+            )
         if self.config.sandbox != "none":
             # Leftovers of a crashed run (processes, cgroups, job directories) go first.
             await trio.to_thread.run_sync(sweep, sandbox_config)
@@ -243,6 +265,11 @@ class Node:
                 self.network.open_stream,
                 self.config.home / "work",
             )
+            if runtime is not None and "native" in self.backends:
+                worker = self.worker
+                self.member = GroupMember(runtime, worker.fits, self._may_start)
+                worker.group = self.member
+                worker.peer_live = self._peer_live
 
     def _may_start(self) -> str | None:
         """None if the idle policy lets a guest start now; else why not (for the requester)."""
@@ -275,6 +302,10 @@ class Node:
             for p in self.network.membership.live_peers()
             if p.record is not None
         ]
+
+    def _peer_live(self, peer_id: str) -> bool:
+        peer = self.network.membership.peers.get(peer_id)
+        return peer is not None and peer.live
 
     def _live_peer_ids(self) -> list[str]:
         return [p.peer_id for p in self.network.membership.live_peers()]
@@ -380,7 +411,10 @@ class Node:
                 for g in guests
             ),
             exchanges=self._exchanges[1],
-            mpi_groups=(),  # (node.mpi, to come)
+            mpi_groups=tuple(
+                MpiGroupRow(g.group_id, "running", tuple(m.peer_id for m in g.plan.members))
+                for g in self.groups.groups.values()
+            ),
             left=tuple(
                 _peer_view(p)
                 for p in self.network.membership.peers.values()
@@ -418,6 +452,13 @@ class Node:
             pass
 
 
+def _runtime_dirs() -> tuple[str, ...]:
+    """Our Python environment and the Python it is made from, where a rank (which sees the
+    host's /usr already) would not otherwise find them."""
+    dirs = {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
+    return tuple(sorted(d for d in dirs if not (d == "/usr" or d.startswith("/usr/"))))
+
+
 def _peer_view(p: Any) -> PeerView:
     rec = p.record
     return PeerView(
@@ -438,6 +479,7 @@ def _peer_view(p: Any) -> PeerView:
         load=rec.load if rec else 0,
         name=rec.name if rec else "",
         lends=rec.lends if rec else None,
+        mpi=rec.mpi if rec else False,
     )
 
 

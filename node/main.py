@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peer to join through, /ip4/.../tcp/.../p2p/<id> (repeatable)",
     )
     p.add_argument("--no-mdns", action="store_true", help="do not discover LAN peers by mDNS")
+    p.add_argument("--no-mpi", action="store_true", help="take no ranks of MPI groups")
     p.add_argument(
         "--pool",
         metavar="NAME",
@@ -227,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy=policy,
         panel=panel,
         name=args.name,
+        mpi=not args.no_mpi,
     )
 
     async def run() -> None:

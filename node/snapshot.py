@@ -60,6 +60,7 @@ class PeerView:
     load: int = 0
     name: str = ""  # the owner's name for it (its hostname by default)
     lends: bool | None = None  # None: we hold no record of it
+    mpi: bool = False  # it takes MPI ranks
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class Description:
     hot: bool = False
     load: int = 0
     name: str = ""  # the owner's name for this machine (its hostname by default)
+    mpi: bool = False  # whether we take the ranks of MPI groups
 
 
 class PeerNetwork:
@@ -123,6 +124,7 @@ class PeerNetwork:
             load=d.load,
             name=d.name,
             lends=d.lends,
+            mpi=d.mpi,
         )
         self._signed = records.sign_record(self.me, rec)
         return self._signed

@@ -74,6 +74,9 @@ class NodeRecord(wire.Message):
     # (cpus and memory are what it lends: the guests' share).
     name: str = field(default="", metadata=wire.limit(64))
     lends: bool = True
+    # Added with MPI groups (node.mpi): it takes MPI ranks (MPICH with hydra, mpi4py, a sandbox
+    # that can give ranks the host's network). Optional, as the panel's fields.
+    mpi: bool = False
 
     def __post_init__(self) -> None:
         if not _PEER_ID_RE.match(self.peer_id):

@@ -40,6 +40,9 @@ class SandboxConfig:
     docker_url: str | None = None  # None: $DOCKER_HOST, else the engine's default socket
     docker_timeout: float = 60.0  # bound on any one Docker API call
     cleanup_timeout: float = 15.0  # bound on tearing one job down
+    # Host directories an MPI rank (Network.GROUP) sees read-only at their own paths: the
+    # node's Python environment with mpi4py and MPICH, so every member runs the same MPI.
+    group_runtime: tuple[str, ...] = ()
 
     @classmethod
     def for_home(

@@ -303,6 +303,8 @@ class DockerBackend(Backend):
             raise BackendUnavailable("the Docker engine's cgroups are not this machine's")
 
     def _check_supported(self, spec: JobSpec) -> None:
+        if spec.limits.network is Network.GROUP:
+            raise BackendUnavailable("MPI ranks run in the native backend, not in Docker")
         if spec.limits.gpus:
             raise BackendUnavailable("GPU jobs are not supported yet")
 

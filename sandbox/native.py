@@ -26,7 +26,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,16 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # If the sandbox dies first, the pipe closes, `read` fails and nothing runs.
 _LAUNCHER = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
 _LAUNCH_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+# How narrow the network wall of an MPI rank (Network.GROUP) is here, for `rain sandbox check`.
+GROUP_WALL = (
+    "every wall but the network: ranks share the host's network, not narrowed to their "
+    "group's members and launcher (no per-group firewall yet)"
+)
+# Binds pairs of (source, mount point) read-only until `--`, then execs the rest.
+_BINDER = (
+    'while [ "$1" != -- ]; do mount -o bind,ro "$1" "$2" || exit 125; shift 2; done; '
+    'shift; exec "$@"'
+)
 
 
 @dataclass(frozen=True)
@@ -69,11 +79,15 @@ def bwrap_argv(
     uid: int,
     gid: int,
     fds: BwrapFds,
+    runtime: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
-    """The bubblewrap command line for `spec` (pure: no I/O)."""
+    """The bubblewrap command line for `spec` (pure: no I/O). `runtime`: an MPI rank's
+    read-only view of the node's environment, (where bwrap finds it, where the job sees it)."""
     argv = [
         bwrap,
         "--unshare-all",
+        # An MPI rank keeps the host's network: it talks TCP to the group's other members.
+        *(["--share-net"] if spec.limits.network is Network.GROUP else []),
         "--unshare-user",  # --unshare-all only *tries* a user namespace; insist
         "--disable-userns",  # no nested user namespaces inside (seccomp denies them too)
         "--die-with-parent",
@@ -94,6 +108,8 @@ def bwrap_argv(
         argv += ["--ro-bind", path, path]
     for path in host.etc:
         argv += ["--ro-bind-try", path, path]
+    for source, path in runtime:
+        argv += ["--ro-bind", source, path]
     argv += [
         "--ro-bind-data",
         str(fds.passwd),
@@ -128,7 +144,18 @@ def bwrap_argv(
     return argv
 
 
-def launcher_argv(tools: LaunchTools | None, uid: int, gid: int) -> list[str]:
+@dataclass(frozen=True)
+class RuntimeMount:
+    """One directory of the node's environment an MPI rank sees read-only."""
+
+    source: str  # on the host
+    seen_at: str  # where bwrap finds it (a mount point the launch chain binds `source` on)
+    path: str  # where the job sees it
+
+
+def launcher_argv(
+    tools: LaunchTools | None, uid: int, gid: int, runtime: Sequence[RuntimeMount] = ()
+) -> list[str]:
     """The command that waits for the go-ahead, then runs bwrap (its argv follows) as the job.
 
     As root (`tools` given): `setpriv --pdeathsig` makes the chain die with the node, and
@@ -147,6 +174,15 @@ def launcher_argv(tools: LaunchTools | None, uid: int, gid: int) -> list[str]:
             "--pdeathsig",
             "KILL",
             "--",
+        ]
+        binds = [m for m in runtime if m.seen_at != m.source]
+        if binds:
+            # Still root, in a mount namespace of its own: the binds bwrap could not make.
+            argv += [tools.unshare, "--mount", "--", "/bin/sh", "-c", _BINDER, "rainnet-binds"]
+            for m in binds:
+                argv += [m.source, m.seen_at]
+            argv += ["--"]
+        argv += [
             tools.unshare,
             "--pid",
             "--fork",
@@ -273,7 +309,7 @@ class NativeBackend(Backend):
             raise BackendUnavailable(
                 "the native backend runs the host's programs, not images; this job needs docker"
             )
-        if spec.limits.network is not Network.NONE:
+        if spec.limits.network not in (Network.NONE, Network.GROUP):
             raise BackendUnavailable(
                 "the native backend cannot give a job network access without the host's loopback"
             )
@@ -337,8 +373,9 @@ class NativeJob(Job):
                 if self._dir.tmp is None
                 else _keep(_open_dir(self._dir.tmp), child_fds),
             )
-            argv = launcher_argv(b.tools, uid, gid) + bwrap_argv(
-                b.bwrap, self.spec, b.host, uid, gid, fds
+            runtime = self._runtime_mounts()
+            argv = launcher_argv(b.tools, uid, gid, runtime) + bwrap_argv(
+                b.bwrap, self.spec, b.host, uid, gid, fds, [(m.seen_at, m.path) for m in runtime]
             )
             # From this thread, not a worker thread: the chain's parent-death signal follows
             # the thread that forks it (sandbox.child).
@@ -365,6 +402,29 @@ class NativeJob(Job):
             await trio.to_thread.run_sync(confine_and_go)
         finally:
             os.close(go_write)
+
+    def _runtime_mounts(self) -> list[RuntimeMount]:
+        """An MPI rank's view of the node's environment: where bwrap (as the job's uid) finds
+        each directory. The node's Python may sit under a directory the job's uid cannot walk
+        (/root is 0700), which bwrap's own binds (even by descriptor) refuse: as root, the
+        launch chain binds it first onto a mount point of the job's own, in a mount namespace
+        of the chain's own (gone with the job; nothing is mounted on the host)."""
+        if self.spec.limits.network is not Network.GROUP:
+            return []
+        paths = self._config.group_runtime
+        if self.backend.tools is None:  # not root: the job runs as our user, who can walk there
+            return [RuntimeMount(p, p, p) for p in paths]
+        base = self._runtime_dir()
+        base.mkdir(mode=0o755, exist_ok=True)
+        mounts = []
+        for i, path in enumerate(paths):
+            point = base / str(i)
+            point.mkdir(mode=0o755, exist_ok=True)
+            mounts.append(RuntimeMount(path, str(point), path))
+        return mounts
+
+    def _runtime_dir(self) -> Path:
+        return self._config.workdir / f"{self.id}.runtime"
 
     async def _watch_exit(self) -> None:
         assert self._proc is not None
@@ -497,6 +557,8 @@ class NativeJob(Job):
                 jobdir.remove(self._dir)
             except Exception as exc:
                 errors.append(exc)
+        # (Mounted only in the launch chain's own namespace: here they are empty directories.)
+        shutil.rmtree(self._runtime_dir(), ignore_errors=True)
         return errors
 
 

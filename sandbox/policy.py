@@ -18,6 +18,7 @@ class WorkerPolicy:
     """What this worker allows a job. The defaults are strict: no network, no pulls, no GPUs."""
 
     allow_network: bool = False
+    allow_group: bool = False  # the ranks of MPI groups (Network.GROUP: the host's network)
     allow_pull: bool = False  # may the Docker backend pull an image that is not present locally?
     allowed_images: tuple[str, ...] | None = None  # None: any image present locally
     max_cpus: float = 64.0
@@ -30,7 +31,10 @@ class WorkerPolicy:
     def check(self, spec: JobSpec) -> None:
         """Refuse (PolicyRefused) a spec this worker will not run; return quietly otherwise."""
         lim = spec.limits
-        if lim.network is not Network.NONE and not self.allow_network:
+        if lim.network is Network.GROUP:
+            if not self.allow_group:
+                raise PolicyRefused("MPI ranks: this worker takes no MPI groups")
+        elif lim.network is not Network.NONE and not self.allow_network:
             raise PolicyRefused(f"network {lim.network.value!r}: this worker gives jobs no network")
         if lim.gpus > self.max_gpus:
             raise PolicyRefused(f"gpus {lim.gpus}: this worker offers {self.max_gpus} GPUs")

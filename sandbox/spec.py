@@ -56,6 +56,10 @@ class Network(enum.StrEnum):
     # Outbound access through the engine's NAT (Docker's bridge): never the host's loopback or
     # the owner's LAN services by address, but the internet. Only where the owner's policy allows.
     INTERNET = "internet"
+    # The host's own network, for the ranks of an MPI group (node.mpi): they open TCP
+    # connections to the other members and to the launcher. Only where the owner's policy allows
+    # MPI groups, and only on a backend that can share the host's network (native).
+    GROUP = "group"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "light": "node.cli.light",
     "top": "node.cli.top",
     "pool": "node.cli.pool",
+    "mpi": "node.cli.mpi",
 }
 
 

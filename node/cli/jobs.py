@@ -321,7 +321,7 @@ def _follow_all(
     (its output printed as it comes), and those that have ended by then are fetched at once."""
     pending = list(job_ids)
     while pending:
-        yield _follow(args, pending.pop(0), echo)
+        yield follow(args, pending.pop(0), echo)
         while pending:
             ended = ask(args, "finished", job_ids=pending[:BATCH])["jobs"]
             if not ended:
@@ -332,7 +332,7 @@ def _follow_all(
             del pending[: len(ended)]
 
 
-def _follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]:
+def follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]:
     """Poll the job, printing new output, until it ends; its final state (with all its output
     printed: what came live, then the rest from its stored files)."""
     offsets = {"stdout_from": 0, "stderr_from": 0}
@@ -502,7 +502,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     if args.follow:
-        _follow(args, args.job_id, echo=True)
+        follow(args, args.job_id, echo=True)
         return 0
     st = ask(args, "job", job_id=args.job_id)
     _print_output(st, True)

@@ -192,7 +192,10 @@ async def _check(config: SandboxConfig, which: str) -> dict[str, Any]:
     except OSError as exc:
         layout = {"error": str(exc)}
     good = [n for n, e in backends.items() if e["available"] and e.get("all_walls_hold")]
+    from sandbox.native import GROUP_WALL
+
     return {
+        "mpi_ranks": GROUP_WALL if "native" in opened else "not here (needs the native backend)",
         "backends": backends,
         "cgroups": layout,
         "can_host_guests": bool(good),
@@ -213,6 +216,7 @@ def render_check(report: dict[str, Any]) -> str:
             mark = {True: "ok  ", False: "FAIL", None: "skip"}[wall["passed"]]
             lines.append(f"  {mark} {wall['name']:<15} {wall['detail']}")
     lines.append("cgroups: " + ", ".join(f"{k} {v}" for k, v in report["cgroups"].items()))
+    lines.append(f"MPI ranks: {report['mpi_ranks']}")
     if report["can_host_guests"]:
         lines.append(f"guest jobs: yes ({', '.join(report['usable'])})")
     else:

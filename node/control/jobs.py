@@ -41,19 +41,7 @@ def build_spec(req: dict[str, Any]) -> tuple[JobSpec, tuple[tuple[FileEntry, Pat
     argv = req.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise SpecError("argv", "give the command to run")
-    inputs = []
-    for pair in req.get("inputs") or []:
-        if not (
-            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
-        ):
-            raise SpecError("inputs", "each input is [local path, path in the job]")
-        src, dest = Path(pair[0]), check_relative_path("inputs", pair[1])
-        try:
-            inputs.append((transfer.file_entry(dest, src), src))
-        except OSError as exc:
-            raise SpecError("inputs", f"cannot read {src}: {exc.strerror}") from None
-    if len({e.path for e, _ in inputs}) != len(inputs):
-        raise SpecError("inputs", "two inputs have the same name in the job")
+    inputs = input_files(req.get("inputs"))
     limit_keys = ("cpus", "memory", "wall_seconds", "gpus", "output_bytes")
     limits = {k: req[k] for k in limit_keys if req.get(k) is not None}
     try:
@@ -66,7 +54,26 @@ def build_spec(req: dict[str, Any]) -> tuple[JobSpec, tuple[tuple[FileEntry, Pat
         )
     except TypeError as exc:
         raise SpecError("request", str(exc)) from None
-    return spec, tuple(inputs)
+    return spec, inputs
+
+
+def input_files(pairs: Any) -> tuple[tuple[FileEntry, Path], ...]:
+    """A request's input files ([local path, path in the job] pairs): each announced entry
+    (size, hash) and its local path; SpecError naming the bad one. Blocking: reads them."""
+    inputs = []
+    for pair in pairs or []:
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
+            raise SpecError("inputs", "each input is [local path, path in the job]")
+        src, dest = Path(pair[0]), check_relative_path("inputs", pair[1])
+        try:
+            inputs.append((transfer.file_entry(dest, src), src))
+        except OSError as exc:
+            raise SpecError("inputs", f"cannot read {src}: {exc.strerror}") from None
+    if len({e.path for e, _ in inputs}) != len(inputs):
+        raise SpecError("inputs", "two inputs have the same name in the job")
+    return tuple(inputs)
 
 
 def _named(requester: Requester, given: object) -> list[JobRecord]:

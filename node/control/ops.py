@@ -3,9 +3,9 @@
 `ControlOps.handle(request)` answers one request of the control channel (node.control.channel):
 status and peers (views of node.snapshot), the whole snapshot, the lending policy's report,
 another peer's chain fetched and verified, workers found in the DHT, the job operations
-(node.control.jobs), and the panel's: this node's user lights (`rain light`, the page's buttons)
-and the panel's view (`rain top`). Requests come from this node's user only (a user-only Unix
-socket, or the token-guarded panel).
+(node.control.jobs), MPI groups' (node.mpi.control), and the panel's: this node's user lights
+(`rain light`, the page's buttons) and the panel's view (`rain top`). Requests come from this
+node's user only (a user-only Unix socket, or the token-guarded panel).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from node.control import jobs as job_control
 from node.control.channel import refusal
 from node.jobs.requester import Requester
 from node.ledger_link import LedgerLink
+from node.mpi import control as mpi_control
+from node.mpi.groups import Groups
 from node.panel.lights import UserLight
 from node.snapshot import NodeSnapshot
 from rainnet import identity, records, wire
@@ -29,6 +31,7 @@ class NodeView(Protocol):
 
     requester: Requester
     ledger: LedgerLink
+    groups: Groups
 
     async def snapshot(self, detail: bool = False) -> NodeSnapshot: ...
 
@@ -59,6 +62,8 @@ class ControlOps:
         op = req["op"]
         if op in job_control.OPS:
             return await job_control.OPS[op](self._node.requester, req)
+        if op in mpi_control.OPS:
+            return await mpi_control.OPS[op](self._node.groups, req)
         if op in self._ops:
             return await self._ops[op](req)
         return refusal(f"unknown operation {op!r}")

@@ -26,6 +26,9 @@ from rainnet.jobproto import DeclineKind
 from rainnet.streams import FramedStream, ProtocolNotSupported, StreamGone
 
 LEASE = 15.0  # a worker silent this long has lost the job (it reports every 2 s)
+# ...and an MPI group's member: its whole group waits on it, and must end within 10 s of it
+# vanishing without a word (node.mpi).
+GROUP_LEASE = 6.0
 # The worker answers an offer within this: its checks (a checking slot and our chain's
 # verification, 30 s in all) and its wait for capacity (10 s) come first.
 ACCEPT_TIMEOUT = 90.0

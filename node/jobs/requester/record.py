@@ -18,7 +18,7 @@ import trio
 
 from node.jobs.core import pending, terms
 from rainnet import jobproto
-from sandbox import JobSpec
+from sandbox import JobSpec, Network
 
 QUEUE_LIMIT = 86400.0  # how long a job waits for a worker by default (`--queue-limit`)
 MAX_QUEUE_LIMIT = 30 * 86400.0
@@ -94,6 +94,8 @@ class JobRecord:
     @property
     def rideable(self) -> bool:
         """Whether a task session can carry the job: one copy, no files in or out."""
+        if self.group_job:  # (its worker is chosen, and its stream is its member's lease)
+            return False
         return self.replicas == 1 and not (self.inputs or terms.has_files(self.spec))
 
     @property
@@ -106,6 +108,12 @@ class JobRecord:
     def array_task(self) -> int | None:
         _, sep, index = self.job_id.partition("_")
         return int(index) if sep and index.isdigit() else None
+
+    @property
+    def group_job(self) -> bool:
+        """Whether it is one member's part of an MPI group (node.mpi): run where it was sent,
+        once; it cannot move to another worker."""
+        return self.spec.limits.network is Network.GROUP
 
     def seen_running(self) -> float:
         """The longest it may have been running: since a worker first accepted it."""

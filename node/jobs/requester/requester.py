@@ -43,6 +43,7 @@ from node.jobs.core.conversation import (
 )
 from node.jobs.core.pending import Refusal
 from node.jobs.requester.offers import (
+    GROUP_LEASE,
     LEASE,
     AttemptLost,
     Declined,
@@ -116,7 +117,10 @@ class Requester:
             self.sessions.start(nursery)
             for job in stored:
                 self.jobs[job.job_id] = job
-                if not job.finished.is_set():
+                if not job.finished.is_set() and job.group_job:
+                    # Its group ended with our restart; only a result held for us may come.
+                    nursery.start_soon(self._end_group_job, job)
+                elif not job.finished.is_set():
                     log.info("job %s: resuming after a restart (was %s)", job.job_id, job.state)
                     # A job that was running, or handed to a task session, may finish where
                     # it ran: its worker holds the result and offers it when we are back. Give
@@ -127,6 +131,13 @@ class Requester:
                     nursery.start_soon(self._drive, job, RESUME_GRACE if ran else 0.0)
             task_status.started()
             await trio.sleep_forever()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """Where tasks that outlive a control request run (an MPI group's releases)."""
+        if self._nursery is None:
+            raise RuntimeError("the requester is not running")
+        return self._nursery
 
     async def load_output(self, job: JobRecord) -> None:
         await self.settlement.load_output(job)
@@ -186,6 +197,55 @@ class Requester:
             self.jobs[job.job_id] = job
             self._nursery.start_soon(self._drive, job)
         return jobs
+
+    async def submit_to(
+        self,
+        spec: JobSpec,
+        worker: str,
+        inputs: tuple[tuple[jobproto.FileEntry, Path], ...] = (),
+    ) -> JobRecord:
+        """One job for `worker` only, attempted once: an MPI group's member job (node.mpi),
+        whose ranks cannot move elsewhere. Declined, unreachable or lost, it fails saying so."""
+        if self._nursery is None:
+            raise RuntimeError("the requester is not running")
+        job = JobRecord(
+            job_id=secrets.token_hex(8),
+            spec=spec,
+            inputs=tuple(e for e, _ in inputs),
+            input_sources=tuple(p for _, p in inputs),
+        )
+        await self._saver.save_now([job])
+        self.jobs[job.job_id] = job
+        self._nursery.start_soon(self._drive_at, job, worker)
+        return job
+
+    async def _drive_at(self, job: JobRecord, worker: str) -> None:
+        with trio.CancelScope() as scope:
+            self._cancel_on_request(job, scope)
+            why: str | None = None
+            try:
+                await self._attempt(job, worker)
+            except (Declined, Unreachable) as exc:
+                why = f"{worker[-8:]} did not take it: {exc}"
+            except PaidAwaitingResult as exc:
+                with trio.move_on_after(RESULT_WAIT):
+                    await job.finished.wait()
+                why = f"paid {worker[-8:]}, which has not delivered the result ({exc})"
+            except AttemptLost as exc:
+                why = f"lost {worker[-8:]}: {exc}"
+            except Exception as exc:
+                log.exception("job %s failed", job.job_id)
+                why = f"{type(exc).__name__}: {exc}"
+            if not job.finished.is_set():
+                await self._end(job, JobState.FAILED, why or f"{worker[-8:]} gave no result")
+        if job.cancel.is_set():
+            await self._end(job, JobState.CANCELLED, None)
+
+    async def _end_group_job(self, job: JobRecord) -> None:
+        job.requeue()
+        with trio.move_on_after(RESUME_GRACE):
+            await job.finished.wait()
+        await self._end(job, JobState.FAILED, "its MPI group ended when this node restarted")
 
     # ----- driving a job to its end -----------------------------------------------------------
 
@@ -440,9 +500,10 @@ class Requester:
 
         assert self._nursery is not None
         self._nursery.start_soon(cancel_on_request)
+        lease = GROUP_LEASE if job.group_job else LEASE
         try:
             while True:
-                event = await stream.receive(LEASE)
+                event = await stream.receive(lease)
                 if isinstance(event, jobproto.Progress):
                     job.cpu_seconds = event.cpu_seconds
                 elif isinstance(event, jobproto.Output):

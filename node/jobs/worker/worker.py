@@ -11,7 +11,9 @@ the job conversation (node.jobs.core.conversation). The order of a job:
 3. at its end the worker claims the measured CPU-seconds, holds the result and releases it
    once paid (node.jobs.worker.claims).
 If the requester goes away, the job runs on and its result is held: it is settled when the
-requester is back (`deliver_held`). Task sessions (node.jobs.worker.sessions) are admitted like a
+requester is back (`deliver_held`); except an MPI group's job (limits.network "group", admitted
+by the `group` hook, node.mpi.member), which ends when its requester is gone: its ranks cannot
+go on without their launcher. Task sessions (node.jobs.worker.sessions) are admitted like a
 job and run through `sandboxed` and the same claims.
 """
 
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -39,7 +41,7 @@ from node.ledger_link import Admitted, Commitments, LedgerLink
 from rainnet import identity, jobproto, wire
 from rainnet.jobproto import DeclineKind
 from rainnet.streams import FramedStream, StreamGone
-from sandbox import Backend, Job, JobResult, JobSpec
+from sandbox import Backend, Job, JobResult, JobSpec, Network
 
 log = logging.getLogger("rainnet.worker")
 
@@ -53,6 +55,15 @@ MAX_INPUT_TOTAL = 4 << 30  # bytes of inputs per job this worker takes
 # their result; these bound how many may be at that stage at once, and per requester.
 MAX_SETTLING = 32
 MAX_SETTLING_PER_REQUESTER = 8
+LIVENESS_CHECK = 1.0  # how often a group job checks that its requester is still in our view
+
+
+class GroupHook(Protocol):
+    """What the worker asks of this node's MPI membership (node.mpi.member.GroupMember)."""
+
+    def admit(self, requester: str, spec: JobSpec) -> JobSpec | str: ...
+
+    def held(self) -> list[scheduler.Running]: ...
 
 
 @dataclass
@@ -96,9 +107,12 @@ class Worker:
         self.workdir = workdir
         self.running: dict[tuple[str, str], GuestJob] = {}  # (requester, job id) -> job
         self._checks = OfferChecks(MAX_CONCURRENT_OFFERS)
-        self.queue = AdmissionQueue(self._fits)
+        self.queue = AdmissionQueue(self.fits)
         self.held = HeldResults(workdir.parent / "held")
         self.claims = Claims(ledger, self.held, open_stream)
+        # Set by the node when it takes MPI ranks; and whether a peer is in our view.
+        self.group: GroupHook | None = None
+        self.peer_live: Callable[[str], bool] = lambda peer: True
 
     # ----- the stream handler -----------------------------------------------------------------
 
@@ -141,6 +155,16 @@ class Worker:
                 stream, Refusal(DeclineKind.INVALID, received.problem or "invalid job"), 0
             )
             return None
+        if spec.limits.network is Network.GROUP:
+            admitted = (
+                self.group.admit(requester, spec)
+                if self.group is not None
+                else "this node takes no MPI ranks"
+            )
+            if isinstance(admitted, str):
+                await self._decline(stream, Refusal(DeclineKind.OTHER, admitted), 0)
+                return None
+            spec = admitted
         needs = terms.needs(spec)
         # Checks first (policy, sandbox, credit), bounded in number at once; then the wait for
         # capacity, where requesters with more verified credit go first.
@@ -249,7 +273,7 @@ class Worker:
         """Whether a guest job is running in a sandbox here now."""
         return any(j.in_sandbox for j in self.running.values())
 
-    def _fits(self, needs: scheduler.Needs) -> str | None:
+    def fits(self, needs: scheduler.Needs) -> str | None:
         settling = sum(not j.in_sandbox for j in self.running.values())
         if settling >= MAX_SETTLING:
             # Their CPUs are free, but each holds a stream and a result: bounded too.
@@ -259,6 +283,8 @@ class Worker:
             for j in self.running.values()
             if j.in_sandbox
         ]
+        if self.group is not None:  # slots reserved for MPI groups are taken
+            running += self.group.held()
         return scheduler.admit(True, self.capacity, running, needs, tuple(self.backends))
 
     # ----- running ----------------------------------------------------------------------------
@@ -340,9 +366,12 @@ class Worker:
         cancelled: set[str] | None = None,
     ) -> JobResult:
         """Stream the running job's output (if `live`) and progress to the requester and obey
-        its Cancel; if the requester goes away, the job runs on all the same. The job's result.
+        its Cancel; if the requester goes away, the job runs on all the same (but for a group
+        job, node.mpi, which is cancelled: its ranks need their launcher). The job's result.
         Each job id the requester cancels goes to `cancelled` (in a task session a Cancel names
         its task: one may be for a later task of the batch)."""
+        group = spec.limits.network is Network.GROUP
+        requester = stream.remote_peer
         async with trio.open_nursery() as n:
 
             async def forward_output() -> None:
@@ -383,6 +412,10 @@ class Worker:
                 try:
                     await fn()
                 except StreamGone as exc:
+                    if group:
+                        log.info("group job %s: requester gone (%s); ending it", job_id, exc)
+                        await job.cancel()
+                        return
                     log.info("job %s: requester unreachable (%s); running on", job_id, exc)
                     n.cancel_scope.cancel()
                 except wire.RemoteProtocolError as exc:
@@ -393,11 +426,22 @@ class Worker:
                 await job.wait()
                 n.cancel_scope.cancel()
 
+            async def watch_requester() -> None:
+                # A silent partition breaks no stream: the membership view notices it first.
+                while True:
+                    await trio.sleep(LIVENESS_CHECK)
+                    if not self.peer_live(requester):
+                        break
+                log.info("group job %s: requester %s left our view; ending it", job_id, requester)
+                await job.cancel()
+
             if live:
                 n.start_soon(supervise, forward_output)
             n.start_soon(supervise, progress)
             n.start_soon(supervise, listen_for_cancel)
             n.start_soon(end_with_the_job)
+            if group:
+                n.start_soon(watch_requester)
         return await job.wait()
 
 

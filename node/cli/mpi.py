@@ -1,0 +1,204 @@
+"""`rain mpi run` and `rain mpi hosts`: MPI groups across idle peers, as mpirun/srun.
+
+`rain mpi run -n N [--per-node K] [--cpus-per-rank C] [--mem SIZE] [--time D] [-l]
+[--input PATH]... [--json] -- CMD ARGS` asks the node to assemble a group (every member's
+slots reserved at once), then runs hydra's own mpiexec from this environment's MPICH with
+rainnet's agent (node.mpi.agent) as its ssh, one pseudo host per member. The ranks' output
+streams back through mpiexec; `-l` prefixes each line with its rank, as `srun -l`. The exit
+code is mpiexec's: non-zero if any rank failed or a member was lost. Each member's part is a
+job of its own (`rain jobs`), paid for its CPU-seconds.
+
+`rain mpi bench -n N [--size N]` runs an HPL-style LU solve (node/mpi/hpl.py) across a group.
+
+`rain mpi hosts -n N [--per-node K] [--format mpich|openmpi|json]` prints the group it would
+pick as a hostfile, reserving nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from node.cli import CliError, duration_arg, size_arg
+from node.cli.status import ask
+from node.home import resolve_home
+from node.mpi.agent import GROUP_ENV, HOME_ENV, SECRET_ENV
+
+# MPICH's transport between members: TCP through libfabric. Its default (UCX) took shared
+# memory between network namespaces of one kernel, which is not what a group of machines has.
+TRANSPORT = ("MPIR_CVAR_CH4_NETMOD", "ofi", "FI_PROVIDER", "tcp")
+# Each rank runs under this: a rank that fails is reported with its exit code and killed by
+# signal, which is what makes hydra end the whole group at once (a plain non-zero exit left
+# the other ranks waiting in their next collective forever).
+RANK_WRAPPER = (
+    '"$@"; c=$?; [ "$c" -eq 0 ] && exit 0; '
+    'echo "rain: rank ${PMI_RANK:-?} exited with $c" >&2; kill -KILL $$'
+)
+SETTLE_WAIT = 30.0  # after the run, how long the members' claims may take to settle
+SETTLE_POLL = 0.2
+LOST_WAIT = 3.0  # after a failed run, how long to wait to learn which member was lost
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("mpi", help="MPI groups across idle peers (mpirun/srun)")
+    mpi = p.add_subparsers(dest="mpi_command", metavar="SUBCOMMAND", required=True)
+    run = mpi.add_parser("run", help="run an MPI program across a group of idle peers")
+    _group_args(run)
+    run.add_argument("--time", type=duration_arg, default=600.0, help="wall time (default 10m)")
+    run.add_argument("-l", dest="label", action="store_true", help="prefix lines with the rank")
+    run.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="PATH[:NAME]",
+        help="a local file placed in every member's job directory (repeatable)",
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="the ranks' output to stderr; the group and its members' jobs as JSON",
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    run.set_defaults(func=cmd_run)
+    bench = mpi.add_parser("bench", help="an HPL-style benchmark of a group (Gflops)")
+    _group_args(bench)
+    bench.add_argument("--size", type=int, default=4000, metavar="N", help="order of A (4000)")
+    bench.add_argument("--nb", type=int, default=64, help="panel width (64)")
+    bench.add_argument("--time", type=duration_arg, default=1800.0, help="wall time (30m)")
+    bench.set_defaults(func=cmd_bench)
+    hosts = mpi.add_parser("hosts", help="print the group `rain mpi run` would pick")
+    _group_args(hosts)
+    hosts.add_argument("--format", choices=("mpich", "openmpi", "json"), default="mpich")
+    hosts.set_defaults(func=cmd_hosts)
+
+
+def _group_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", dest="ranks", type=int, required=True, help="number of ranks")
+    p.add_argument("--per-node", type=int, metavar="K", help="at most K ranks on one member")
+    p.add_argument("--cpus-per-rank", type=float, default=1.0, metavar="C")
+    p.add_argument("--mem", type=size_arg, default=256 << 20, help="memory per rank (256M)")
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "ranks": args.ranks,
+        "per_node": args.per_node,
+        "cpus_per_rank": args.cpus_per_rank,
+        "memory_per_rank": args.mem,
+        "wall_seconds": getattr(args, "time", None),
+    }
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """node/mpi/hpl.py as the group's program: its Gflops beside one process's."""
+    program = Path(__file__).resolve().parent.parent / "mpi" / "hpl.py"
+    args.input, args.label, args.json = [str(program)], False, False
+    args.argv = ["python3", program.name, str(args.size), str(args.nb)]
+    return cmd_run(args)
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    sys.stdout.write(ask(args, "mpi-plan", **_request(args), format=args.format)["hostfile"])
+    return 0
+
+
+def mpiexec_argv(
+    bin_dir: Path, group: dict[str, Any], command: list[str], label: bool
+) -> list[str]:
+    """hydra's command line for an assembled group (pure)."""
+    hosts = ",".join(f"{m['host']}:{m['ranks']}" for m in group["members"])
+    argv = [
+        str(bin_dir / "mpiexec"),
+        "-launcher",
+        "ssh",
+        "-launcher-exec",
+        str(bin_dir / "rain-mpi-agent"),
+        "-localhost",
+        group["launcher"],
+        "-hosts",
+        hosts,
+        "-genvnone",  # the ranks get their member's environment, not ours
+        "-wdir",
+        "/job",  # each member's job directory (its inputs), not our working directory
+    ]
+    for i in range(0, len(TRANSPORT), 2):
+        argv += ["-genv", TRANSPORT[i], TRANSPORT[i + 1]]
+    if label:
+        argv += ["-prepend-pattern", "%r: "]
+    return [*argv, "-n", str(group["ranks"]), "sh", "-c", RANK_WRAPPER, "rank", *command]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        raise CliError("give the program after --, e.g. rain mpi run -n 4 -- python3 prog.py")
+    inputs = []
+    for item in args.input:
+        src, _, name = str(item).partition(":")
+        inputs.append([str(Path(src).absolute()), name or Path(src).name])
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "mpiexec").exists():
+        raise CliError(f"no mpiexec beside {sys.executable} (pip install mpich)")
+    group = ask(args, "mpi-assemble", **_request(args), inputs=inputs)
+    env = {
+        **os.environ,
+        "HYDRA_LAUNCHER_AUTOFORK": "0",  # never run a "local" host's proxy outside a sandbox
+        HOME_ENV: str(resolve_home(args.home)),
+        GROUP_ENV: group["group_id"],
+        SECRET_ENV: group["secret"],
+    }
+    argv = mpiexec_argv(bin_dir, group, command, args.label)
+    try:
+        proc = subprocess.run(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr if args.json else None,
+            timeout=args.time + 60,
+            check=False,
+        )
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    except subprocess.TimeoutExpired:
+        print(f"rain: the group ran past its time ({args.time:g} s)", file=sys.stderr)
+        code = 124
+    finally:
+        ended = ask(args, "mpi-end", group_id=group["group_id"])
+    members = [m for m in ended.get("members", []) if m.get("job_id")]
+    if code != 0:
+        _report_lost(args, members)
+    if args.json:
+        jobs = _settled([m["job_id"] for m in members], args)
+        print(json.dumps({**ended, "exit_code": code, "jobs": jobs}, indent=2))
+    return code
+
+
+def _report_lost(args: argparse.Namespace, members: list[dict[str, Any]]) -> None:
+    """Which members failed, and why (a lost member's job says so once its end is known)."""
+    hosts = {m["job_id"]: m["host"] for m in members}
+    for st in _settled(list(hosts), args, LOST_WAIT):
+        if st["state"] == "failed":
+            worker = (st.get("worker") or "?")[-8:]
+            print(
+                f"rain: member {worker} ({hosts[st['job_id']]}) failed: {st.get('error')}",
+                file=sys.stderr,
+            )
+
+
+def _settled(
+    job_ids: list[str], args: argparse.Namespace, wait: float = SETTLE_WAIT
+) -> list[dict[str, Any]]:
+    """The members' jobs once they have ended (their claims settled), within `wait`."""
+    deadline = time.monotonic() + wait
+    while True:
+        done = ask(args, "finished", job_ids=job_ids)["jobs"]
+        if len(done) == len(job_ids) or time.monotonic() > deadline:
+            break
+        time.sleep(SETTLE_POLL)
+    keep = ("job_id", "worker", "state", "exit_code", "cpu_seconds", "credit", "error")
+    return [{k: st.get(k) for k in keep} for st in done]
