@@ -156,10 +156,10 @@ def test_cancel_reaches_tasks_in_a_task_session(cluster: Cluster) -> None:
 def test_no_worker_gets_a_clear_message(cluster: Cluster) -> None:
     lone = cluster.start(*REQUESTER)
     lone.wait_ready()
-    res = lone.rain("submit", "--queue-limit", "3s", "--wait", "--", "true", check=False)
+    res = lone.rain("submit", "--queue-limit", "8s", "--wait", "--", "true", check=False)
     assert res.returncode == 1
     assert "waiting: no workers known yet" in res.stderr  # said as it waited, and at the end:
-    assert "waited 3s (its queue limit): no workers known yet" in res.stderr
+    assert "waited 8s (its queue limit): no workers known yet" in res.stderr
 
 
 def test_files_of_100_mib_go_in_and_out_intact(cluster: Cluster, tmp_path: Path) -> None:
