@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "panel": "node.cli.panel",
     "light": "node.cli.light",
     "top": "node.cli.top",
+    "demo": "node.cli.demo",
     "pool": "node.cli.pool",
     "mpi": "node.cli.mpi",
 }

@@ -51,7 +51,11 @@ RESERVATION_LEASE = 30.0  # members hold the slots this long for the launch
 # One round of reservations, all members together; the rounds together stay within the
 # control socket's 10 s for one request.
 RESERVE_TIMEOUT = 3.0
-ROUNDS = 2  # plans tried, each without the members that refused the one before
+ROUNDS = 6  # plans tried, each without the members that refused the one before
+# Members that refused for want of room are asked again, after a pause, within this (the
+# control request that asks for a group waits 10 s).
+ASSEMBLY_PATIENCE = 6.0
+REASSEMBLY_PAUSE = 1.0
 MAX_GROUPS = 64  # groups kept at once (each its members' reservations)
 PIDS_PER_RANK = 64  # a rank's threads (MPICH's progress threads, OFI's) and helpers
 OUTPUT_BYTES = 256 << 10  # a proxy's own messages kept (the ranks' output goes to mpiexec)
@@ -114,8 +118,15 @@ class Groups:
             return Unassembled(f"{len(self.groups)} MPI groups are running from this node")
         refused: set[str] = set()
         why = ""
+        patience = trio.current_time() + ASSEMBLY_PATIENCE
         for _ in range(ROUNDS):
             plan = self.plan(request, refused)
+            if isinstance(plan, Unassembled) and refused and trio.current_time() < patience:
+                # Short of members only for those that refused: a refusal for want of room now
+                # (a task session closing, a job ending) passes; ask them all again shortly.
+                await trio.sleep(REASSEMBLY_PAUSE)
+                refused.clear()
+                plan = self.plan(request, refused)
             if isinstance(plan, Unassembled):
                 return Unassembled(plan.reason + (f"; {why}" if why else ""))
             group_id, secret = secrets.token_hex(16), secrets.token_urlsafe(24)

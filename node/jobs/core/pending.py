@@ -45,7 +45,7 @@ def _plural(n: int, word: str) -> str:
 
 def _never_fits(records: Sequence[NodeRecord], needs: Needs) -> str | None:
     """What no worker in `records` has, however idle: None if one could run the job."""
-    if any(_fits(r, needs) for r in records):
+    if any(fits(r, needs) for r in records):
         return None
     lacking = []
     if not any(set(r.backends) & set(needs.backends) for r in records):
@@ -62,7 +62,8 @@ def _never_fits(records: Sequence[NodeRecord], needs: Needs) -> str | None:
     return " or ".join(lacking)
 
 
-def _fits(record: NodeRecord, needs: Needs) -> bool:
+def fits(record: NodeRecord, needs: Needs) -> bool:
+    """Whether the worker of `record` could ever run a job of `needs` (whatever its state)."""
     return (
         bool(set(record.backends) & set(needs.backends))
         and record.cpus >= needs.cpus
@@ -84,7 +85,7 @@ def explain(
     never = _never_fits(records, needs)
     if never is not None:
         return Pending(f"no worker has {never}", hopeless=True)
-    capable = [r for r in records if _fits(r, needs)]
+    capable = [r for r in records if fits(r, needs)]
     trusted = [r for r in capable if r.peer_id not in distrusted]
     if not trusted:
         return Pending(

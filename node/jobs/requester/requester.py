@@ -71,6 +71,8 @@ log = logging.getLogger("rainnet.requester")
 MAX_LOST_ATTEMPTS = 6
 # No known worker could ever run the job: fail after this (records may be a few seconds old).
 HOPELESS_PATIENCE = 2.0
+# Replicas that disagree and no worker left to run one more: how long one may still come.
+TIEBREAK_PATIENCE = 60.0
 DECLINE_PAUSE = 0.2  # after every known worker declined: first pause, doubling...
 MAX_DECLINE_PAUSE = 5.0  # ...up to this
 MAX_EXTRA_REPLICAS = 2  # runs beyond --replicas to break a disagreement
@@ -322,6 +324,7 @@ class Requester:
         lost_attempts = 0
         queued_at = trio.current_time()
         hopeless_since: float | None = None
+        tie_since: float | None = None
         pause = DECLINE_PAUSE
         while lost_attempts < MAX_LOST_ATTEMPTS:
             known = self._candidates()
@@ -330,11 +333,23 @@ class Requester:
                 known, needs, exclude=exclude, committed=self.offers.committed
             )
             if not ranked:
-                waiting = pending.explain(
-                    [c.record for c in known], needs, declined, self.untrusted
-                )
-                job.wait_for(waiting.text)
+                records = [c.record for c in known]
                 now = trio.current_time()
+                if (
+                    vote is not None
+                    and len(vote.results) >= job.replicas
+                    and not any(r.peer_id not in used and pending.fits(r, needs) for r in records)
+                ):
+                    # A run to break the tie needs a worker not used yet: one may still come.
+                    tie_since = tie_since or now
+                    if now - tie_since > TIEBREAK_PATIENCE:
+                        vote.undecidable()
+                        return
+                    job.wait_for("results differ: waiting for another worker to break the tie")
+                    await trio.sleep(MAX_DECLINE_PAUSE)
+                    continue
+                waiting = pending.explain(records, needs, declined, self.untrusted)
+                job.wait_for(waiting.text)
                 hopeless_since = (hopeless_since or now) if waiting.hopeless else None
                 if hopeless_since is not None and now - hopeless_since > HOPELESS_PATIENCE:
                     await self._end(job, JobState.FAILED, waiting.text)

@@ -56,6 +56,12 @@ class Vote:
         self.tally: voting.Tally | None = None
         self._fetcher: str | None = None
 
+    def undecidable(self) -> None:
+        """No worker is left to break the tie: decided as failed, every run paid."""
+        if not self.decided.is_set():
+            self.tally = voting.Tally(False, True, None, frozenset(self.results), frozenset(), 0)
+            self.decided.set()
+
     async def cast(self, worker: str, result_hash: bytes) -> tuple[str, int]:
         if not self.decided.is_set():  # once decided, late results change nothing
             self.results[worker] = result_hash
