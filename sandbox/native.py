@@ -108,8 +108,6 @@ def bwrap_argv(
         argv += ["--ro-bind", path, path]
     for path in host.etc:
         argv += ["--ro-bind-try", path, path]
-    for source, path in runtime:
-        argv += ["--ro-bind", source, path]
     argv += [
         "--ro-bind-data",
         str(fds.passwd),
@@ -131,10 +129,12 @@ def bwrap_argv(
         "--bind-fd",  # by descriptor: the job's uid need not be able to walk to the directory
         str(fds.job_dir),
         "/job",
-        "--chdir",
-        "/job",
-        "--clearenv",
     ]
+    # After the job's own /tmp and /job: the node's environment may live below /tmp (a clone
+    # there), and a bind made before them would be hidden by them.
+    for source, path in runtime:
+        argv += ["--ro-bind", source, path]
+    argv += ["--chdir", "/job", "--clearenv"]
     for name, value in hostfs.job_env(spec.env_dict).items():
         argv += ["--setenv", name, value]
     # Last of the mounts: the root itself (a tmpfs holding the mount points) becomes read-only,
