@@ -164,7 +164,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if key != me:
             with store.read() as txn:
                 state = txn.chain_state(key)
-            if state is None or state.verified == 0:
+                forks = bool(tuple(txn.fork_proofs(key)))
+            if (state is None or state.verified == 0) and not forks:
                 # (Blocks of it we hold from our own exchanges are no copy of its chain:
                 # "ok, 0 blocks" would say it was checked.)
                 raise CliError(
