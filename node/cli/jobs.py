@@ -267,24 +267,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
         else:
             print(array_of if fields["array"] else job_ids[0])
         return 0
-    what = f"array {array_of} of {len(job_ids)} tasks" if fields["array"] else _ids_text(job_ids)
+    what = f"array {array_of} of {len(job_ids)} tasks" if fields["array"] else f"job {job_ids[0]}"
     print(f"rain: submitted {what}", file=sys.stderr)
     try:
         return _wait_for(args, job_ids, bool(fields["array"]))
     except KeyboardInterrupt:
         # As srun: interrupting the wait cancels what it waited for (and says so).
-        cancelled = [j for j in job_ids if _cancel_quietly(args, j)]
-        if cancelled:
-            print(f"\nrain: cancelled {_ids_text(cancelled)} (Ctrl-C)", file=sys.stderr)
+        named = [array_of] if array_of else job_ids  # (an array's id: all its tasks at once)
+        if all(_cancel_quietly(args, j) for j in named):
+            print(f"\nrain: cancelled {what} (Ctrl-C)", file=sys.stderr)
         else:
-            print(f"\nrain: could not cancel {_ids_text(job_ids)}", file=sys.stderr)
+            print(f"\nrain: could not cancel {what}: see rain jobs", file=sys.stderr)
         return 130
-
-
-def _ids_text(job_ids: list[str]) -> str:
-    if len(job_ids) == 1:
-        return f"job {job_ids[0]}"
-    return f"{len(job_ids)} jobs ({job_ids[0]} .. {job_ids[-1]})"
 
 
 def _cancel_quietly(args: argparse.Namespace, job_id: str) -> bool:
