@@ -96,18 +96,6 @@ def rank_workers(
     return [c.record for c in fit[:limit]]
 
 
-def explain_no_worker(records: Sequence[NodeRecord], needs: Needs) -> str:
-    """A one-line account of why none of `records` fits, for the user."""
-    if not records:
-        return "no workers known yet (is this node connected? see `rain peers`)"
-    reasons: dict[str, int] = {}
-    for record in records:
-        why = can_run(record, needs) or "busy with offers"
-        reasons[why] = reasons.get(why, 0) + 1
-    parts = [f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
-    return f"no worker can take it now ({', '.join(parts)})"
-
-
 @dataclass(frozen=True)
 class Capacity:
     """What a worker lends: its guest share of CPUs and memory."""
