@@ -158,8 +158,13 @@ def time_to_stop(job: cgroups.JobCgroup, since: float, quiet: float = 1.0) -> fl
         now, cpu = time.monotonic(), _cpu(job)
         if cpu != last:
             last, last_change = cpu, now
-        elif now - last_change >= quiet and job.is_frozen():
-            return max(0.0, last_change - since)
+        elif now - last_change >= quiet:
+            try:
+                frozen = job.is_frozen()
+            except FileNotFoundError:  # given up (killed, its cgroup removed) meanwhile: stopped
+                frozen = True
+            if frozen:
+                return max(0.0, last_change - since)
     raise AssertionError("the guest's CPU use did not stop within 60 s")
 
 

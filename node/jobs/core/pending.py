@@ -29,6 +29,12 @@ class Refusal:
     kind: DeclineKind
     text: str
 
+    def said(self) -> str:
+        """The words for the job's owner (a credit refusal says it is about credit)."""
+        if self.kind is DeclineKind.CREDIT and not self.text.startswith("credit"):
+            return f"credit: {self.text}"
+        return self.text
+
 
 @dataclass(frozen=True)
 class Pending:
@@ -100,9 +106,7 @@ def explain(
     refusals = [declined[r.peer_id] for r in open_ if r.peer_id in declined]
     if refusals:
         kind, n = Counter(r.kind for r in refusals).most_common(1)[0]
-        text = next(r.text for r in reversed(refusals) if r.kind is kind)
-        if kind is DeclineKind.CREDIT and not text.startswith("credit"):
-            text = f"credit: {text}"
+        text = next(r.said() for r in reversed(refusals) if r.kind is kind)
         return Pending(f"{_plural(n, 'worker')} declined: {text}")
     extra = f" ({len(owner)} more in owner state)" if owner else ""
     return Pending(f"all {_plural(len(open_), 'capable worker')} busy{extra}")

@@ -367,6 +367,12 @@ class Requester:
             worker = ranked[0].peer_id
             tried.add(worker)
             used.add(worker)
+            before = declined.get(worker)  # (said again while it is asked again: the news)
+            job.wait_for(
+                f"offered to worker {worker[-8:]} again (it declined: {before.said()})"
+                if before
+                else f"offered to worker {worker[-8:]} (it starts it when it has room, or declines)"
+            )
             try:
                 await self._attempt(job, worker, vote)
                 return
@@ -437,9 +443,6 @@ class Requester:
         self.sessions.placing += rideable
         ride = rideable and self.sessions.should_ride(job, worker)
         slot = self.offers.slot(worker, ride)
-        job.wait_for(
-            f"offered to worker {worker[-8:]} (it starts it when it has room, or declines)"
-        )
         try:
             await slot.acquire()
             if job.finished.is_set():  # (settled meanwhile: a result held for us came back)
