@@ -42,7 +42,8 @@ RANK_WRAPPER = (
 )
 SETTLE_WAIT = 30.0  # after the run, how long the members' claims may take to settle
 SETTLE_POLL = 0.2
-LOST_WAIT = 3.0  # after a failed run, how long to wait to learn which member was lost
+LOST_WAIT = 8.0  # after a failed run, how long to wait to learn which member was lost (a
+# silent one is known lost when its job's lease, GROUP_LEASE, lapses)
 
 
 def register(sub: Any) -> None:

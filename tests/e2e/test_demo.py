@@ -3,6 +3,7 @@ the panel answers, an MPI pi runs across it, and Ctrl-C leaves no process and no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -73,6 +74,15 @@ def test_rain_demo_brings_a_network_up_and_down(tmp_path: Path) -> None:
         assert proc.returncode == 0, text
         assert "stopped 3 nodes" in "".join(lines)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # (a failed check: stop it as a user would, nodes and all)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for info_file in folder.glob("node*/node.json"):  # nothing may outlive the test
+            with contextlib.suppress(OSError, ValueError):
+                pid = json.loads(info_file.read_text())["pid"]
+                if str(folder) in Path(f"/proc/{pid}/cmdline").read_text():  # (still that node)
+                    os.kill(pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -35,10 +36,15 @@ REFUSED = "refused a connection from 127.0.0.1:"
 
 
 @pytest.fixture
-def open_cluster(tmp_path: Path) -> Cluster:
+def open_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A cluster whose nodes are not put in a pool of the cluster's own: these tests make their
-    pools with `rain pool`, and start open-network nodes on purpose."""
-    return Cluster(tmp_path, open_network=True)
+    pools with `rain pool`, and start open-network nodes on purpose. Stopped after the test
+    (they were left running: every run of the suite left nine nodes behind)."""
+    cluster = Cluster(tmp_path, open_network=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
 
 
 def make_pool(cluster: Cluster, name: str, homes: list[str]) -> None:
