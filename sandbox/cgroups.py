@@ -569,6 +569,12 @@ def _read_procs(d: Path) -> list[int]:
         return [int(x) for x in (d / "cgroup.procs").read_text().split()]
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        # A cgroup removed between opening its file and reading it reads ENODEV: it holds
+        # no process any more (seen when a job is cancelled as its sandbox starts).
+        if exc.errno == errno.ENODEV:
+            return []
+        raise
 
 
 def _walk_dirs(root: Path) -> Iterator[Path]:
