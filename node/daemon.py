@@ -265,6 +265,7 @@ class Node:
                 self.network.open_stream,
                 self.config.home / "work",
             )
+            self.worker.owner_suspends = self._owner_suspends
             if runtime is not None and "native" in self.backends:
                 worker = self.worker
                 self.member = GroupMember(runtime, worker.fits, self._may_start)
@@ -278,6 +279,10 @@ class Node:
             return "this node is starting"
         return None if decision.start_allowed else decision.reason
 
+    def _owner_suspends(self) -> bool:
+        decision = self.idle.decision if self.idle else None
+        return decision is not None and decision.state == "suspended"
+
     async def _on_policy(self, decision: Decision) -> None:
         self.set_state(decision.state)
         from sandbox import SandboxError
@@ -288,6 +293,8 @@ class Node:
                 if decision.action == "suspend":
                     await job.suspend()
                 elif decision.action == "resume":
+                    if self.worker is not None and self.worker.holds.held(job.id):
+                        continue  # frozen with its MPI group still: its requester lets it go
                     await job.resume()
                 elif decision.action == "give_up":
                     await job.cancel()

@@ -16,6 +16,8 @@ attempt is over for the requester, who may run the job elsewhere):
     Agree | Refuse -------------------------->  (ledger: the requester countersigns the result)
                                       <-------  OutputChunk ... OutputDone (released only now)
     Cancel (any time) ----------------------->
+    Hold(on | off) -------------------------->  (an MPI group's job only, while it runs: frozen
+                                                 or thawed with the rest of its group)
 
 A task session (`/rain/tasks/1.0.0`) carries many small jobs of one shape (the same CPUs, memory,
 GPUs and image; one run each, no input or output files) to one worker, one after another in one
@@ -269,6 +271,17 @@ class Cancel(wire.Message):
     job_id: str = field(default="", metadata=wire.limit(64))  # in a task session: which task
 
 
+@wire.message("job-hold")
+@dataclass(frozen=True)
+class Hold(wire.Message):
+    """Freeze (`on`) or thaw an MPI group's job: another member of its group was suspended by
+    its owner, and ranks that run on would spin in their next collective, burning what the
+    requester pays for. The worker bounds how long a job may be held (node.jobs.worker)."""
+
+    on: bool
+    reason: str = field(default="", metadata=wire.limit(MAX_REASON))
+
+
 TO_WORKER: tuple[type[wire.Message], ...] = (
     Offer,
     LedgerFrame,
@@ -278,6 +291,7 @@ TO_WORKER: tuple[type[wire.Message], ...] = (
     Cancel,
     Tasks,
     Collect,
+    Hold,
 )
 TO_REQUESTER: tuple[type[wire.Message], ...] = (
     LedgerFrame,

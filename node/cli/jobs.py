@@ -326,11 +326,20 @@ def _follow_all(
             del pending[: len(ended)]
 
 
+# What `follow` says when its worker reports the job frozen or running again.
+FROZEN = {
+    "suspended": "suspended: its worker's owner is back (it resumes when the owner is away)",
+    "held": "held: another member of its MPI group is suspended",
+    "running": "resumed",
+}
+
+
 def follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]:
     """Poll the job, printing new output, until it ends; its final state (with all its output
     printed: what came live, then the rest from its stored files)."""
     offsets = {"stdout_from": 0, "stderr_from": 0}
     said = None
+    worker_said = "running"
     for _ in range(MAX_WAIT_POLLS):
         st = ask(args, "job", job_id=job_id, wait=LONG_POLL, **offsets)
         _print_output(st, echo)
@@ -338,6 +347,11 @@ def follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]:
         if echo and waiting and waiting != said:  # as squeue's REASON, when it changes
             print(f"rain: job {job_id} waiting: {waiting}", file=sys.stderr)
         said = waiting
+        frozen = st.get("worker_state") or "running"
+        if echo and frozen != worker_said and frozen in FROZEN and not st["finished"]:
+            print(f"rain: job {job_id} {FROZEN[frozen]}", file=sys.stderr)
+        if frozen in FROZEN:  # (not "exiting" and the like: they say nothing new)
+            worker_said = frozen
         offsets = {"stdout_from": st["stdout_next"], "stderr_from": st["stderr_next"]}
         if st["finished"]:
             return _read_rest(args, st, echo)
@@ -525,18 +539,26 @@ def _get_one(args: argparse.Namespace, job_id: str, dest: Path) -> None:
     st = ask(args, "job", job_id=job_id)
     if st["state"] != "done":
         raise CliError(f"job {job_id} is {st['state']}: no outputs yet")
-    src = Path(st["result_dir"])
-    dest.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((src / "manifest.json").read_text())
-    for entry in manifest["files"]:
-        origin = src / entry["stored_as"]
-        target = dest / entry["name"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(origin, target)
-        digest = hashlib.sha256(target.read_bytes()).hexdigest()
-        if digest != entry["sha256"]:
-            raise CliError(f"{target}: sha256 {digest} differs from the signed {entry['sha256']}")
-        print(target)
+    for entry in result_files(st):
+        print(copy_result_file(st, entry, dest / entry["name"]))
+
+
+def result_files(st: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files a done job brought back (its signed manifest's entries)."""
+    files: list[dict[str, Any]] = json.loads(
+        (Path(st["result_dir"]) / "manifest.json").read_text()
+    )["files"]
+    return files
+
+
+def copy_result_file(st: dict[str, Any], entry: dict[str, Any], target: Path) -> Path:
+    """One of a done job's files copied to `target`, checked against its signed hash."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(st["result_dir"]) / entry["stored_as"], target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise CliError(f"{target}: sha256 {digest} differs from the signed {entry['sha256']}")
+    return target
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -25,7 +25,9 @@ from typing import Any
 
 import trio
 
+from ledger.admission import floor_problem
 from node.jobs.core import scheduler
+from node.jobs.core.holds import MemberState, wanted_holds
 from node.jobs.requester import Requester
 from node.jobs.requester.record import JobRecord
 from node.mpi.assembly import (
@@ -36,6 +38,7 @@ from node.mpi.assembly import (
     Ready,
     Unassembled,
     addr_ips,
+    group_limits,
     launcher_address,
     plan_group,
 )
@@ -69,6 +72,7 @@ class Group:
     plan: GroupPlan
     launcher: str  # our address the members' proxies connect back to (mpiexec -localhost)
     inputs: tuple[tuple[FileEntry, Path], ...] = ()  # files for every member's job directory
+    outputs: tuple[str, ...] = ()  # paths in each member's job directory brought back
     created: float = field(default_factory=time.time)
     jobs: dict[str, str] = field(default_factory=dict)  # pseudo host -> member job id
 
@@ -103,6 +107,8 @@ class Groups:
         self._open_stream = open_stream
         self._our_addrs = our_addrs
         self.groups: dict[str, Group] = {}
+        self._group_of: dict[str, str] = {}  # member job id -> group id
+        requester.on_member_state = self._member_state
 
     def plan(
         self, request: GroupRequest, exclude: set[str] | None = None
@@ -112,10 +118,23 @@ class Groups:
         return plan_group(request, [c.record for c in known], rtts, exclude or set())
 
     async def assemble(
-        self, request: GroupRequest, inputs: tuple[tuple[FileEntry, Path], ...] = ()
+        self,
+        request: GroupRequest,
+        inputs: tuple[tuple[FileEntry, Path], ...] = (),
+        outputs: tuple[str, ...] = (),
     ) -> Group | Unassembled:
         if len(self.groups) >= MAX_GROUPS:
             return Unassembled(f"{len(self.groups)} MPI groups are running from this node")
+        first = self.plan(request)
+        if isinstance(first, Unassembled):  # (what is missing first: it says more)
+            return first
+        # The whole group at once: each member checks its own part, and parts that each fit
+        # could together take us past the floor (half a group would start, then be refused).
+        ledger = self.requester.ledger
+        balance = await ledger.balance()
+        below = floor_problem(balance.balance_milli, group_limits(request), ledger.floor_milli)
+        if below is not None:
+            return Unassembled(f"the group of {request.ranks} ranks was {below}")
         refused: set[str] = set()
         why = ""
         patience = trio.current_time() + ASSEMBLY_PATIENCE
@@ -134,7 +153,9 @@ class Groups:
             if isinstance(outcome, Ready):
                 ips = addr_ips(self._our_addrs())
                 launcher = launcher_address(ips, [m.address for m in plan.members])
-                group = Group(group_id, secret, request, plan, launcher, inputs=inputs)
+                group = Group(
+                    group_id, secret, request, plan, launcher, inputs=inputs, outputs=outputs
+                )
                 self.groups[group_id] = group
                 log.info(
                     "group %s: %d ranks on %d members", group_id, plan.ranks, len(plan.members)
@@ -225,6 +246,7 @@ class Groups:
         spec = JobSpec.create(
             argv,
             env={GROUP_ENV: group_id, SECRET_ENV: secret},
+            outputs=group.outputs,
             limits=Limits(
                 cpus=member.ranks * req.cpus_per_rank,
                 memory=member.ranks * req.memory_per_rank,
@@ -237,7 +259,28 @@ class Groups:
         group.jobs[host] = ""  # (taken: a second launch for it is refused, even meanwhile)
         job = await self.requester.submit_to(spec, member.peer_id, group.inputs)
         group.jobs[host] = job.job_id
+        self._group_of[job.job_id] = group_id
         return job
+
+    def _member_state(self, job: JobRecord) -> None:
+        """A member's job says it is suspended (its owner is back), held, or running again:
+        the others are held while any member is suspended, and let go when none is
+        (node.jobs.core.holds)."""
+        group = self.groups.get(self._group_of.get(job.job_id, ""))
+        if group is None:
+            return
+        jobs = [self.requester.jobs.get(j) for j in group.jobs.values() if j]
+        states = {j.job_id: j.worker_state or MemberState.RUNNING.value for j in jobs if j}
+        for job_id, hold in wanted_holds(states).items():
+            member_job = self.requester.jobs[job_id]
+            if hold != member_job.hold:
+                log.info(
+                    "group %s: %s member job %s",
+                    group.group_id,
+                    "holding" if hold else "letting go",
+                    job_id,
+                )
+            member_job.want_hold(hold)
 
     async def end(self, group_id: str) -> dict[str, Any]:
         """The group's end: its members' jobs still running are cancelled, the reservations
@@ -245,6 +288,8 @@ class Groups:
         group = self.groups.pop(group_id, None)
         if group is None:
             return {"group_id": group_id, "ended": False}
+        for job_id in group.jobs.values():
+            self._group_of.pop(job_id, None)
         for m in group.plan.members:
             job = self.requester.jobs.get(group.jobs.get(m.host) or "")
             if job is None:

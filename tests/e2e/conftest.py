@@ -10,6 +10,7 @@ import pytest
 
 from tests.e2e.netns import Topology, require_netns
 from tests.e2e.nodes import Cluster
+from tests.e2e.owner_helpers import stop_gracefully
 
 
 @pytest.fixture
@@ -19,6 +20,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop_all()
+
+
+@pytest.fixture
+def nodes(cluster: Cluster) -> Iterator[Cluster]:
+    """A cluster whose nodes are stopped gracefully (SIGTERM first: workers kill and remove
+    their guests; a SIGKILLed worker would leave a frozen guest behind)."""
+    try:
+        yield cluster
+    finally:
+        stop_gracefully(cluster)
 
 
 @pytest.fixture

@@ -47,14 +47,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def nodes(cluster: Cluster) -> Iterator[Cluster]:
-    try:
-        yield cluster
-    finally:
-        stop_gracefully(cluster)
-
-
 def last_transition(worker: Worker, action: str) -> dict[str, Any] | None:
     """The worker's latest policy transition with `action` (suspend, resume, give_up)."""
     found = [t for t in worker.policy()["transitions"] if t["action"] == action]

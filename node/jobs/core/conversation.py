@@ -29,6 +29,7 @@ The rules. A job (Kind.JOB):
                 <------------ PAID: OutputChunk ... OutputDone -> DONE
     Cancel -----------------> while RUNNING: the worker stops the job, and its Finished claims
                               what the job used (paid as any result); elsewhere: CANCELLED
+    Hold -------------------> while RUNNING, a group job's only (node.mpi): frozen or thawed
 
 A task session (Kind.SESSION) is admitted like a job (OFFERED/CHECKING, Accept -> OPEN), then:
 
@@ -61,6 +62,7 @@ from rainnet.jobproto import (
     Collect,
     Decline,
     Finished,
+    Hold,
     InputChunk,
     InputDone,
     Offer,
@@ -124,7 +126,7 @@ REQUESTER_SENDS: dict[State, tuple[Msg, ...]] = {
     State.OFFERED: (LedgerFrame, Cancel),
     State.INPUTS: (InputChunk, InputDone, Cancel),
     State.OPEN: (Tasks, Collect),
-    State.RUNNING: (Cancel,),
+    State.RUNNING: (Cancel, Hold),
     State.RESULT_OFFERED: (Settle, Cancel),
     State.PAID: (Cancel,),
 }
@@ -133,7 +135,7 @@ WORKER_RECEIVES: dict[State, tuple[Msg, ...]] = {
     State.CHECKING: (LedgerFrame, Cancel),
     State.INPUTS: (InputChunk, InputDone),
     State.OPEN: (Tasks, Collect, Cancel),
-    State.RUNNING: (Cancel,),
+    State.RUNNING: (Cancel, Hold),
     State.RESULT_OFFERED: (Settle, Cancel),
 }
 WORKER_SENDS: dict[State, tuple[Msg, ...]] = {
@@ -272,6 +274,8 @@ class _Conversation:
             self.state = State.COLLECTING
         elif isinstance(msg, OutputDone):
             self.state = State.OPEN if self.kind is Kind.SESSION else State.DONE
+        elif isinstance(msg, Hold) and self.kind is Kind.SESSION:
+            return "a hold on a task session (groups hold a job's stream)"
         return None
 
     def _tasks_out(self, ids: tuple[str, ...]) -> str | None:

@@ -78,6 +78,10 @@ class JobRecord:
     queue_limit: float = QUEUE_LIMIT  # seconds it may wait for a worker before it fails
     peak_memory: int | None = None  # bytes, as its worker measured them
     pending: str | None = None  # why it is not running now (node.jobs.core.pending)
+    # What its worker last said of it while it runs: running, suspended (by the worker's
+    # owner), held (an MPI group's job, frozen with its group: node.jobs.core.holds).
+    worker_state: str | None = None
+    hold: bool = False  # a group job: whether we want it held (sent to its worker)
     cancel: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
     # Set (and replaced) whenever output arrives or the job ends: what `rain submit --wait`
@@ -131,6 +135,19 @@ class JobRecord:
             self.pending = why
             self.touch()
 
+    def reported(self, state: str) -> bool:
+        """Its worker's report of its state; whether that changed."""
+        if state == self.worker_state:
+            return False
+        self.worker_state = state
+        self.touch()
+        return True
+
+    def want_hold(self, on: bool) -> None:
+        if on != self.hold:
+            self.hold = on
+            self.touch()
+
     def requeue(self) -> None:
         """The attempt ended without a result: back to waiting for a worker."""
         self.state, self.worker = JobState.QUEUED, None
@@ -165,6 +182,7 @@ class JobRecord:
             "array_task": self.array_task,
             "peak_memory": self.peak_memory,
             "pending_reason": self.pending if not self.finished.is_set() else None,
+            "worker_state": self.worker_state if self.state is JobState.RUNNING else None,
             "how": pending.ending(
                 self.state.value,
                 self.exit_code,

@@ -41,6 +41,8 @@ from node.jobs.core.conversation import (
     RequesterConversation,
     ResultOffered,
 )
+from node.jobs.core.conversation import State as ConvState
+from node.jobs.core.holds import MemberState
 from node.jobs.core.pending import Refusal
 from node.jobs.requester.offers import (
     GROUP_LEASE,
@@ -109,6 +111,9 @@ class Requester:
             ledger, jobs_dir, store, self._saver, self.untrusted, self._end
         )
         self.sessions = TaskSessions(self.offers, self.settlement, self._saver, candidates)
+        # Told when an MPI group's job reports a new state (node.mpi.groups holds the rest of
+        # its group while one member's owner is back).
+        self.on_member_state: Callable[[JobRecord], None] = lambda job: None
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drive jobs until cancelled; first take back the unfinished ones from the store."""
@@ -235,6 +240,9 @@ class Requester:
                 why = f"paid {worker[-8:]}, which has not delivered the result ({exc})"
             except AttemptLost as exc:
                 why = f"lost {worker[-8:]}: {exc}"
+                if job.worker_state == MemberState.SUSPENDED.value:
+                    # Its stream ended while its worker's owner held it frozen: given up.
+                    why = f"given up by {worker[-8:]}: its owner came back and stayed ({exc})"
             except Exception as exc:
                 log.exception("job %s failed", job.job_id)
                 why = f"{type(exc).__name__}: {exc}"
@@ -513,7 +521,10 @@ class Requester:
 
         async def cancel_on_request() -> None:
             with watch, contextlib.suppress(StreamGone):
-                await job.cancel.wait()
+                if job.group_job:
+                    await self._hold_until_cancelled(job, stream)
+                else:
+                    await job.cancel.wait()
                 await stream.send(jobproto.Cancel(reason="cancelled by its owner"))
 
         assert self._nursery is not None
@@ -524,6 +535,8 @@ class Requester:
                 event = await stream.receive(lease)
                 if isinstance(event, jobproto.Progress):
                     job.cpu_seconds = event.cpu_seconds
+                    if job.reported(event.state) and job.group_job:
+                        self.on_member_state(job)
                 elif isinstance(event, jobproto.Output):
                     job.keep_output(event)
                 else:
@@ -534,6 +547,26 @@ class Requester:
         load.release()  # the job has ended there: its CPUs are free for the next
         seen = trio.current_time() - seen_from
         await self.settlement.job(job, worker, stream, event, vote, seen)
+
+    async def _hold_until_cancelled(self, job: JobRecord, stream: JobStream) -> None:
+        """A group job's holds go out as its group asks (`on_member_state`), until it is
+        cancelled (or ends)."""
+
+        async def send_holds() -> None:
+            sent = False
+            while True:
+                changed = job.changed
+                # (Only while it runs: once its result is offered a hold means nothing.)
+                if job.hold != sent and stream.conv.state is ConvState.RUNNING:
+                    sent = job.hold
+                    why = "another member of its MPI group is suspended" if sent else ""
+                    await stream.send(jobproto.Hold(on=sent, reason=why))
+                await changed.wait()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(send_holds)
+            await job.cancel.wait()
+            n.cancel_scope.cancel()
 
     # ----- results held for us ------------------------------------------------------------------
 
@@ -574,6 +607,8 @@ class Requester:
             await stream.close()
             return
         log.info("%s offers the results of %d jobs it held for us", worker, len(mine))
+        for job in mine.values():  # (requeued meanwhile, each names no worker now)
+            job.worker = worker
         try:
             seen = {j: job.seen_running() for j, job in mine.items()}
             conclude = await self.settlement.group(worker, stream, event, mine, seen)

@@ -32,6 +32,7 @@ import trio
 from node.jobs import blocking, transfer
 from node.jobs.core import results, scheduler, terms
 from node.jobs.core.conversation import Kind, OfferReceived, WorkerConversation
+from node.jobs.core.holds import Holds, MemberState, reported_state
 from node.jobs.core.pending import Refusal
 from node.jobs.stream import JobStream
 from node.jobs.worker.admission import AdmissionQueue, OfferChecks
@@ -41,12 +42,16 @@ from node.ledger_link import Admitted, Commitments, LedgerLink
 from rainnet import identity, jobproto, wire
 from rainnet.jobproto import DeclineKind
 from rainnet.streams import FramedStream, StreamGone
-from sandbox import Backend, Job, JobResult, JobSpec, Network
+from sandbox import Backend, Job, JobResult, JobSpec, JobState, Network
 
 log = logging.getLogger("rainnet.worker")
 
 OFFER_TIMEOUT = 30.0
 PROGRESS_INTERVAL = 2.0
+# How often a job's state is looked at between progress reports: a change (suspended by the
+# owner, held by its group, resumed) is reported at once, so a group is frozen together.
+STATE_POLL = 0.1
+PROMPT_STATES = frozenset(s.value for s in MemberState)
 MAX_CONCURRENT_OFFERS = 8
 QUEUE_WAIT = 10.0  # an offer waits this long for capacity before it is declined
 INPUT_TIMEOUT = 30.0  # between two input chunks
@@ -113,6 +118,10 @@ class Worker:
         # Set by the node when it takes MPI ranks; and whether a peer is in our view.
         self.group: GroupHook | None = None
         self.peer_live: Callable[[str], bool] = lambda peer: True
+        # Group jobs held by their requester (node.jobs.core.holds), and whether the idle
+        # policy has frozen the guests (set by the node).
+        self.holds = Holds()
+        self.owner_suspends: Callable[[], bool] = lambda: False
 
     # ----- the stream handler -----------------------------------------------------------------
 
@@ -374,29 +383,45 @@ class Worker:
         requester = stream.remote_peer
         async with trio.open_nursery() as n:
 
+            async def send(msg: wire.Message) -> None:
+                # Whole or not at all: the job's end cancels these tasks, and a message cut
+                # off midway would leave the stream unusable for the Finished that follows.
+                with trio.CancelScope(shield=True):
+                    await stream.send(msg)
+
             async def forward_output() -> None:
                 async for chunk in job.output():
                     for i in range(0, len(chunk.data), jobproto.CHUNK):
                         piece = chunk.data[i : i + jobproto.CHUNK]
-                        await stream.send(jobproto.Output(stream=chunk.stream.value, data=piece))
+                        await send(jobproto.Output(stream=chunk.stream.value, data=piece))
 
             async def progress() -> None:
-                start = trio.current_time()
+                start = sent_at = trio.current_time()
+                said = job.state.value
                 while True:
-                    await trio.sleep(PROGRESS_INTERVAL)
-                    await stream.send(
+                    await trio.sleep(STATE_POLL)
+                    state = self._reported_state(job)
+                    now = trio.current_time()
+                    prompt = state != said and state in PROMPT_STATES
+                    if not prompt and now - sent_at < PROGRESS_INTERVAL:
+                        continue
+                    said, sent_at = state, now
+                    await send(
                         jobproto.Progress(
-                            state=job.state.value,
+                            state=state,
                             cpu_seconds=job.cpu_seconds(),
-                            wall_seconds=trio.current_time() - start,
+                            wall_seconds=now - start,
                         )
                     )
 
             async def listen_for_cancel() -> None:
                 while True:
-                    msg = await stream.receive_a(
-                        jobproto.Cancel, timeout=spec.limits.wall_seconds * 4 + 3600
-                    )
+                    msg = await stream.receive(timeout=spec.limits.wall_seconds * 4 + 3600)
+                    if isinstance(msg, jobproto.Hold):
+                        await self._hold(job, job_id, group, msg)
+                        continue
+                    if not isinstance(msg, jobproto.Cancel):
+                        raise wire.RemoteProtocolError(f"{msg.TYPE} while the job runs")
                     target = msg.job_id or job_id
                     if cancelled is not None:
                         cancelled.add(target)
@@ -431,8 +456,12 @@ class Worker:
                 while True:
                     await trio.sleep(LIVENESS_CHECK)
                     if not self.peer_live(requester):
+                        why = f"requester {requester} left our view"
                         break
-                log.info("group job %s: requester %s left our view; ending it", job_id, requester)
+                    if self.holds.overdue(job.id, trio.current_time()):
+                        why = "held by its group too long"
+                        break
+                log.info("group job %s: %s; ending it", job_id, why)
                 await job.cancel()
 
             if live:
@@ -442,7 +471,29 @@ class Worker:
             n.start_soon(end_with_the_job)
             if group:
                 n.start_soon(watch_requester)
-        return await job.wait()
+        try:
+            return await job.wait()
+        finally:
+            self.holds.release(job.id)
+
+    def _reported_state(self, job: Job) -> str:
+        frozen = job.state is JobState.SUSPENDED
+        held = self.holds.held(job.id)
+        return reported_state(frozen, held, self.owner_suspends(), job.state.value)
+
+    async def _hold(self, job: Job, job_id: str, group: bool, msg: jobproto.Hold) -> None:
+        """The requester holds (or lets go) its group job: frozen with the rest of its group
+        while another member's owner is back (node.jobs.core.holds)."""
+        if not group:
+            raise wire.RemoteProtocolError("a hold for a job that is not of an MPI group")
+        if msg.on:
+            self.holds.hold(job.id, trio.current_time())
+            log.info("group job %s held: %s", job_id, msg.reason or "its group is suspended")
+            await job.suspend()
+        elif self.holds.release(job.id):
+            log.info("group job %s let go", job_id)
+            if not self.owner_suspends():  # (else the owner's resume thaws it)
+                await job.resume()
 
 
 def owed(result: JobResult, job_id: str, cancelled: set[str], cpu_ms: int) -> bool:
