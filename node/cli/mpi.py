@@ -1,12 +1,13 @@
 """`rain mpi run` and `rain mpi hosts`: MPI groups across idle peers, as mpirun/srun.
 
 `rain mpi run -n N [--per-node K] [--cpus-per-rank C] [--mem SIZE] [--time D] [-l]
-[--input PATH]... [--json] -- CMD ARGS` asks the node to assemble a group (every member's
-slots reserved at once), then runs hydra's own mpiexec from this environment's MPICH with
-rainnet's agent (node.mpi.agent) as its ssh, one pseudo host per member. The ranks' output
-streams back through mpiexec; `-l` prefixes each line with its rank, as `srun -l`. The exit
-code is mpiexec's: non-zero if any rank failed or a member was lost. Each member's part is a
-job of its own (`rain jobs`), paid for its CPU-seconds.
+[--input PATH]... [--output PATH]... [--json] -- CMD ARGS` asks the node to assemble a group
+(every member's slots reserved at once), then runs hydra's own mpiexec from this
+environment's MPICH with rainnet's agent (node.mpi.agent) as its ssh, one pseudo host per
+member. The ranks' output streams back through mpiexec; `-l` prefixes each line with its
+rank, as `srun -l`. The exit code is mpiexec's: non-zero if any rank failed or a member was
+lost. Each member's part is a job of its own (`rain jobs`), paid for its CPU-seconds; the
+`--output` files each member's ranks left come back to the current directory.
 
 `rain mpi bench -n N [--size N]` runs an HPL-style LU solve (node/mpi/hpl.py) across a group.
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import CliError, duration_arg, size_arg
+from node.cli.jobs import copy_result_file, result_files
 from node.cli.status import ask
 from node.home import resolve_home
 from node.mpi.agent import GROUP_ENV, HOME_ENV, SECRET_ENV
@@ -61,6 +63,14 @@ def register(sub: Any) -> None:
         help="a local file placed in every member's job directory (repeatable)",
     )
     run.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file (or directory) the ranks leave in their job directory, brought back here "
+        "(from each member that left it: from several, into member-I/ folders) (repeatable)",
+    )
+    run.add_argument(
         "--json",
         action="store_true",
         help="the ranks' output to stderr; the group and its members' jobs as JSON",
@@ -71,7 +81,9 @@ def register(sub: Any) -> None:
     _group_args(bench)
     bench.add_argument("--size", type=int, default=4000, metavar="N", help="order of A (4000)")
     bench.add_argument("--nb", type=int, default=64, help="panel width (64)")
-    bench.add_argument("--time", type=duration_arg, default=1800.0, help="wall time (30m)")
+    # (10 minutes: N=4000 takes seconds, and a newcomer's credit floor covers 4 ranks for 10
+    # minutes, not for 30: the group's cost at its limits is checked before it starts.)
+    bench.add_argument("--time", type=duration_arg, default=600.0, help="wall time (10m)")
     bench.set_defaults(func=cmd_bench)
     hosts = mpi.add_parser("hosts", help="print the group `rain mpi run` would pick")
     _group_args(hosts)
@@ -146,7 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     bin_dir = Path(sys.executable).parent
     if not (bin_dir / "mpiexec").exists():
         raise CliError(f"no mpiexec beside {sys.executable} (pip install mpich)")
-    group = ask(args, "mpi-assemble", **_request(args), inputs=inputs)
+    outputs = getattr(args, "output", [])
+    group = ask(args, "mpi-assemble", **_request(args), inputs=inputs, outputs=outputs)
     env = {
         **os.environ,
         "HYDRA_LAUNCHER_AUTOFORK": "0",  # never run a "local" host's proxy outside a sandbox
@@ -173,6 +186,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     members = [m for m in ended.get("members", []) if m.get("job_id")]
     if code != 0:
         _report_lost(args, members)
+    if outputs:
+        code = _bring_outputs(args, ended.get("members", []), outputs, Path.cwd()) or code
     if args.json:
         jobs = _settled([m["job_id"] for m in members], args)
         print(json.dumps({**ended, "exit_code": code, "jobs": jobs}, indent=2))
@@ -189,6 +204,37 @@ def _report_lost(args: argparse.Namespace, members: list[dict[str, Any]]) -> Non
                 f"rain: member {worker} ({hosts[st['job_id']]}) failed: {st.get('error')}",
                 file=sys.stderr,
             )
+
+
+def _asked(name: str, paths: list[str]) -> bool:
+    """Whether a result file is one of the paths asked for (or inside one, a directory)."""
+    return any(name == p or name.startswith(p.rstrip("/") + "/") for p in paths)
+
+
+def _bring_outputs(
+    args: argparse.Namespace, members: list[dict[str, Any]], outputs: list[str], dest: Path
+) -> int:
+    """The members' output files, here: a file left by one member as DEST/NAME, by several
+    as DEST/member-I/NAME (I: the member's place in the group; its ranks are in `rain mpi run
+    --json`). 1 if a path asked for was left by no member."""
+    found: dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]] = {}
+    place = {m["job_id"]: i for i, m in enumerate(members) if m.get("job_id")}
+    for st in _settled(list(place), args):
+        if st["state"] != "done":
+            continue
+        index = place[st["job_id"]]
+        full = ask(args, "job", job_id=st["job_id"])
+        for entry in result_files(full):
+            if _asked(entry["name"], outputs):  # (not the proxy's own stdout and stderr)
+                found.setdefault(entry["name"], []).append((index, full, entry))
+    for name, copies in sorted(found.items()):
+        for index, st, entry in copies:
+            target = dest / name if len(copies) == 1 else dest / f"member-{index}" / name
+            print(f"rain: output {copy_result_file(st, entry, target)}", file=sys.stderr)
+    missing = [p for p in outputs if not any(_asked(n, [p]) for n in found)]
+    for path in missing:
+        print(f"rain: no member left {path}", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def _settled(

@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ledger.block import MAX_CPUS_MILLI, MAX_WALL_MS, JobLimits
 from node.jobs.core.scheduler import ACCEPTING_STATES
 from rainnet.records import NodeRecord
 
@@ -52,6 +53,16 @@ class GroupRequest:
             raise ValueError("--mem: 4M to 1T per rank")
         if not 0.1 <= self.wall_seconds <= 7 * 86400:
             raise ValueError("--time: up to 7 days")
+
+
+def group_limits(request: GroupRequest) -> JobLimits:
+    """The whole group's limits as one job's (all its ranks' CPUs, its wall time): what the
+    requester's credit floor is checked against before any member is reserved."""
+    return JobLimits(
+        cpus_milli=min(MAX_CPUS_MILLI, max(1, round(request.ranks * request.cpus_per_rank * 1000))),
+        gpus=0,
+        wall_ms=min(MAX_WALL_MS, max(1, round(request.wall_seconds * 1000))),
+    )
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,18 @@ from node.control.channel import refusal
 from node.control.jobs import input_files
 from node.mpi.assembly import GroupRequest, HostFormat, Unassembled, hostfile
 from node.mpi.groups import Groups
-from sandbox import SpecError
+from sandbox import JobSpec, SpecError
 
 MAX_ARGV = 256
+
+
+def output_paths(paths: Any) -> tuple[str, ...]:
+    """The paths checked as a job's outputs are (SpecError naming what is wrong)."""
+    if paths is None:
+        return ()
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise SpecError("outputs", "must be a list of paths")
+    return JobSpec.create(["true"], outputs=paths).outputs
 
 
 def _request(req: dict[str, Any]) -> GroupRequest:
@@ -55,13 +64,15 @@ async def plan(groups: Groups, req: dict[str, Any]) -> dict[str, Any]:
 
 
 async def assemble(groups: Groups, req: dict[str, Any]) -> dict[str, Any]:
-    """Also takes `inputs` ([local path, name] pairs): files placed in every member's job."""
+    """Also takes `inputs` ([local path, name] pairs): files placed in every member's job;
+    and `outputs` (paths): what each member's job directory holds there at the end comes back."""
     try:
         request = _request(req)
         inputs = await trio.to_thread.run_sync(input_files, req.get("inputs"))
+        outputs = output_paths(req.get("outputs"))
     except (ValueError, SpecError) as exc:
         return refusal(str(exc))
-    group = await groups.assemble(request, inputs)
+    group = await groups.assemble(request, inputs, outputs)
     if isinstance(group, Unassembled):
         return refusal(group.reason)
     return {**group.as_dict(), "secret": group.secret}

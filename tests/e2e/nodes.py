@@ -95,12 +95,12 @@ class NodeProcess:
         return str(self.info["addrs"][0])
 
     def rain(
-        self, *args: str, timeout: float = 15.0, check: bool = True
+        self, *args: str, timeout: float = 15.0, check: bool = True, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         cmd = [PYTHON, "-m", "node.cli", "--home", str(self.home), *args]
         if self.netns:
             cmd = [*_in_netns(self.netns), *cmd]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
         if check and res.returncode != 0:
             raise AssertionError(f"rain {' '.join(args)} failed ({res.returncode}): {res.stderr}")
         return res

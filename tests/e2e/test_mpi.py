@@ -153,6 +153,46 @@ def test_a_failing_rank_ends_the_group_and_nothing_is_left(
     assert code == 0, err
 
 
+OUTPUTS = r"""
+import os
+from mpi4py import MPI
+rank = MPI.COMM_WORLD.Get_rank()
+os.makedirs("ranks", exist_ok=True)
+with open(f"ranks/{rank}.txt", "w") as f:
+    f.write(f"rank {rank}\n")
+with open("all.txt", "a") as f:  # one on each member, with the lines of its ranks
+    f.write(f"{rank}\n")
+if rank == 0:
+    with open("result.txt", "w") as f:
+        f.write("42\n")
+"""
+
+
+def test_the_members_output_files_come_back(
+    shared_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
+) -> None:
+    req, _ = shared_nodes
+    prog = program(tmp_path, OUTPUTS)
+    here = tmp_path / "here"
+    here.mkdir()
+    res = req.rain(
+        "mpi", "run", *GROUP, "--input", str(prog), "--output", "result.txt", "--output",
+        "ranks", "--output", "all.txt", "--output", "missing.txt", "--", "python3", prog.name,
+        timeout=90, check=False, cwd=here,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr  # (missing.txt: no member left it)
+    assert "rain: no member left missing.txt" in res.stderr
+    assert (here / "result.txt").read_text() == "42\n"  # one member left it: here
+    assert sorted(p.name for p in (here / "ranks").iterdir()) == ["0.txt", "1.txt", "2.txt"]
+    assert (here / "ranks" / "2.txt").read_text() == "rank 2\n"
+    # Both members left all.txt: each copy in its member's folder (ranks 0-1, then 2).
+    assert sorted((here / "member-0" / "all.txt").read_text().split()) == ["0", "1"]
+    assert (here / "member-1" / "all.txt").read_text() == "2\n"
+    assert not (here / "all.txt").exists()
+    assert sorted(p.name for p in here.iterdir()) == ["member-0", "member-1", "ranks", "result.txt"]
+    assert sorted(p.name for p in (here / "member-0").iterdir()) == ["all.txt"]  # (not the logs)
+
+
 def test_a_group_that_cannot_form_says_why(
     shared_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
 ) -> None:
@@ -161,6 +201,14 @@ def test_a_group_that_cannot_form_says_why(
     assert res.returncode == 1
     assert "need 9 ranks; 2 idle peers take MPI" in res.stderr
     assert "room for 4 ranks at 2 per node" in res.stderr
+    # Within the members' room but past our credit floor, for the whole group at its limits
+    # (each member's part alone would pass its own check).
+    res = req.rain(
+        "mpi", "run", "-n", "4", "--per-node", "2", "--time", "1h", "--", "true", check=False
+    )
+    assert res.returncode == 1
+    assert "the group of 4 ranks was refused: your verified balance is" in res.stderr
+    assert "may cost up to 14400 (4 CPUs, 0 GPUs, 3600 s)" in res.stderr, res.stderr
 
 
 LOOP = """
