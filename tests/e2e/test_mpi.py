@@ -256,3 +256,33 @@ def test_a_lost_member_ends_the_group_and_nothing_is_left(
         if run.poll() is None:
             run.kill()
             run.wait(timeout=10)
+
+
+def test_members_are_paid_for_what_ran_when_the_requester_vanished(
+    group_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
+) -> None:
+    """The requester killed mid-run: each member ends its ranks (they cannot go on without
+    their launcher), claims what they used, and holds that claim; the requester, back, pays
+    it, and both chains verify."""
+    req, workers = group_nodes
+    prog = program(tmp_path, LOOP)
+    cmd = [PYTHON, "-m", "node.cli", "--home", str(req.home), "mpi", "run", *GROUP]
+    cmd += ["--input", str(prog), "--", "python3", prog.name]
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(running(prog.name)) >= 3, 30, "the ranks run")
+        req.kill9()
+        wait_until(lambda: not running(prog.name), 15, "the members end the group's ranks")
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=10)
+    assert all(credit(w)["earned"] == 0 for w in workers)
+    req.args += ["--bootstrap", workers[0].addr]  # (its own address changes with the restart)
+    req.start().wait_ready()
+    wait_until(lambda: all(credit(w)["earned"] > 0 for w in workers), 60, "the members are paid")
+    spent = credit(req)["spent"]
+    assert spent == pytest.approx(sum(credit(w)["earned"] for w in workers), abs=0.002)
+    for node in (req, *workers):
+        node.rain("credit", "verify")

@@ -619,14 +619,19 @@ class Requester:
 
 def _owes_held(job: JobRecord, worker: str) -> bool:
     """Whether a result `worker` held for us is one we owe: of a job of one copy it ran, not
-    settled since, and unfinished; or cancelled by us before it was paid (what it used is
-    owed); or paid to it, and failed for want of its files (they come at last)."""
+    settled since, and unfinished; or cancelled by us (or an MPI group's, failed) before it was
+    paid (what it used is owed); or paid to it, and failed for want of its files (they come at
+    last)."""
     if job.replicas > 1 or job.settling or worker not in job.accepted_by:
         return False
     if not job.finished.is_set():
         return True
     if job.state is JobState.CANCELLED:
         return job.claim is None
+    if job.state is JobState.FAILED and job.claim is None and job.group_job:
+        # A group job fails when its group ends without it (we went away, or restarted): its
+        # worker ended it for us, and what its ranks used until then is owed.
+        return True
     return job.state is JobState.FAILED and job.claim == job.job_id and job.worker == worker
 
 

@@ -439,7 +439,7 @@ class Worker:
                 except StreamGone as exc:
                     if group:
                         log.info("group job %s: requester gone (%s); ending it", job_id, exc)
-                        await job.cancel()
+                        await end_for_the_requester()
                         return
                     log.info("job %s: requester unreachable (%s); running on", job_id, exc)
                     n.cancel_scope.cancel()
@@ -462,6 +462,13 @@ class Worker:
                         why = "held by its group too long"
                         break
                 log.info("group job %s: %s; ending it", job_id, why)
+                await end_for_the_requester()
+
+            async def end_for_the_requester() -> None:
+                # Its ranks ran for the requester until it went (or held them too long): what
+                # they used is owed, and claimed; the result is held for the requester's return.
+                if cancelled is not None:
+                    cancelled.add(job_id)
                 await job.cancel()
 
             if live:
