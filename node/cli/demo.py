@@ -52,6 +52,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--keep", action="store_true", help="leave the nodes running when the narration ends"
     )
+    p.add_argument("--stop", action="store_true", help="stop a demo left running (--keep)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -198,10 +199,45 @@ def _default_folder() -> Path:
     return Path(xdg).expanduser().absolute() / "rainnet-demo"
 
 
+def running_nodes(folder: Path) -> list[int]:
+    """The pids of the demo's nodes still running: a home's node.json names its pid, and that
+    process is a rain-node of that home (not another process that got the pid since)."""
+    pids = []
+    for info_file in sorted(folder.glob(f"node*/{NODE_INFO_FILE}")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            pid = int(json.loads(info_file.read_text())["pid"])
+            words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"node.main" in words and str(info_file.parent).encode() in words:
+                pids.append(pid)
+    return pids
+
+
+def stop_running(folder: Path) -> int:
+    """SIGTERM the demo's running nodes and wait for each to be gone (SIGKILL after
+    STOP_TIMEOUT); how many there were."""
+    pids = running_nodes(folder)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     if not 2 <= args.nodes <= 16:
         raise CliError("--nodes must be between 2 and 16")
     folder = (args.dir or _default_folder()).expanduser().absolute()
+    if args.stop:
+        stopped = stop_running(folder)
+        print(f"stopped {stopped} nodes" if stopped else f"no demo node runs in {folder}")
+        return 0
+    if running_nodes(folder):
+        raise CliError(f"the demo in {folder} is running already (rain demo --stop stops it)")
     if args.fresh and folder.exists():
         shutil.rmtree(folder)
     demo = Demo(folder, args.nodes)
@@ -214,7 +250,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"panel: {demo.panel_url()}", flush=True)
         demo.narrate()
         if args.keep:
-            _say("the nodes keep running: stop them with kill (their pids are in node.json)")
+            _say("the nodes keep running: rain demo --stop stops them")
             demo.procs.clear()
             return 0
         _say("the network stays up, the panel live; Ctrl-C stops every node")

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.e2e.nodes import wait_until
+from tests.e2e.nodes import REQUESTER, Cluster, wait_until
 
 
 def _alive(pid: int) -> bool:
@@ -86,3 +86,29 @@ def test_rain_demo_brings_a_network_up_and_down(tmp_path: Path) -> None:
                 pid = json.loads(info_file.read_text())["pid"]
                 if str(folder) in Path(f"/proc/{pid}/cmdline").read_text():  # (still that node)
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_rain_demo_stop_stops_a_kept_demo_and_only_its_nodes(tmp_path: Path) -> None:
+    """A demo left running (`--keep`) is stopped by `rain demo --stop`; a second `rain demo` on
+    it refuses meanwhile; a pid in a home's node.json that is not that home's node is spared."""
+    folder = tmp_path / "demo"
+    cluster = Cluster(folder)
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        node = cluster.start(*REQUESTER, name="node0")
+        node.wait_ready()
+        (folder / "node1").mkdir()
+        (folder / "node1" / "node.json").write_text(json.dumps({"pid": stranger.pid}))
+        demo = [sys.executable, "-m", "node.cli", "demo", "--dir", str(folder)]
+        again = subprocess.run(demo, capture_output=True, text=True, timeout=30)
+        assert again.returncode == 1 and "running already" in again.stderr, again.stderr
+        stop = subprocess.run([*demo, "--stop"], capture_output=True, text=True, timeout=30)
+        assert stop.stdout.strip() == "stopped 1 nodes", stop
+        assert node.proc is not None and node.proc.wait(timeout=5) == 0  # (SIGTERM: clean)
+        assert stranger.poll() is None
+        stop = subprocess.run([*demo, "--stop"], capture_output=True, text=True, timeout=30)
+        assert stop.stdout.startswith("no demo node runs in"), stop
+    finally:
+        stranger.kill()
+        stranger.wait()
+        cluster.stop_all()
