@@ -10,6 +10,7 @@ from pathlib import Path
 
 NODE_INFO_FILE = "node.json"
 CONTROL_SOCKET = "control.sock"
+MPI_LOGS_DIR = "mpi-logs"  # each MPI group's output, as `rain mpi run` saw it (`rain logs`)
 
 
 def resolve_home(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -7,6 +7,8 @@ credit and keeps the result in its home (`HOME/jobs/<job id>/`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import hashlib
 import json
 import shlex
@@ -20,7 +22,7 @@ from typing import Any
 from node.cli import CliError, duration_arg, size_arg
 from node.cli.status import ask
 from node.control import channel as control
-from node.home import CONTROL_SOCKET, resolve_home
+from node.home import CONTROL_SOCKET, MPI_LOGS_DIR, resolve_home
 from node.units import format_size, parse_duration, parse_size
 
 LONG_POLL = 4.0  # the node answers as soon as there is output or the job ends
@@ -509,6 +511,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    group = _group_log(args)
+    if group is not None:
+        _print_group_log(args, group)
+        return 0
     if args.follow:
         follow(args, args.job_id, echo=True)
         return 0
@@ -516,6 +522,37 @@ def cmd_logs(args: argparse.Namespace) -> int:
     _print_output(st, True)
     _read_rest(args, st, True)
     return 0
+
+
+def _group_log(args: argparse.Namespace) -> Path | None:
+    """An MPI group's kept output (HOME/mpi-logs/ID.stdout), for its id or a unique start."""
+    folder = resolve_home(args.home) / MPI_LOGS_DIR
+    if "/" in args.job_id or not args.job_id:
+        return None
+    found = sorted(folder.glob(f"{glob.escape(args.job_id)}*.stdout"))
+    return found[0] if len(found) == 1 else None
+
+
+def _print_group_log(args: argparse.Namespace, stdout: Path) -> None:
+    """The group's output as `rain mpi run` printed it (its ranks', through mpiexec); with
+    --follow, until no member of the group runs."""
+    group_id = stdout.name.removesuffix(".stdout")
+    offsets = [0, 0]
+    members = ask(args, "resolve", job_id=group_id)["job_ids"] if args.follow else []
+    for _ in range(MAX_WAIT_POLLS):
+        ended = not members or len(ask(args, "finished", job_ids=members)["jobs"]) == len(members)
+        for i, (path, out) in enumerate(
+            ((stdout, sys.stdout), (stdout.with_suffix(".stderr"), sys.stderr))
+        ):
+            with contextlib.suppress(OSError), path.open("rb") as f:
+                f.seek(offsets[i])
+                data = f.read()
+                offsets[i] += len(data)
+                out.buffer.write(data)
+                out.flush()
+        if ended:  # (read once more after the end: the last lines)
+            return
+        time.sleep(0.5)
 
 
 def cmd_get(args: argparse.Namespace) -> int:

@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from typing import Any
 from node.cli import CliError, duration_arg, size_arg
 from node.cli.jobs import copy_result_file, result_files
 from node.cli.status import ask
-from node.home import resolve_home
+from node.home import MPI_LOGS_DIR, resolve_home
 from node.mpi.agent import GROUP_ENV, HOME_ENV, SECRET_ENV
 
 # MPICH's transport between members: TCP through libfabric. Its default (UCX) took shared
@@ -44,6 +46,9 @@ RANK_WRAPPER = (
 )
 SETTLE_WAIT = 30.0  # after the run, how long the members' claims may take to settle
 SETTLE_POLL = 0.2
+NAME_CHARS = 64  # a job's name, at most (node.control.jobs.MAX_NAME)
+LOGS_KEPT = 200
+LOG_CAP = 16 << 20  # bytes of each of a group's stdout and stderr kept
 LOST_WAIT = 8.0  # after a failed run, how long to wait to learn which member was lost (a
 # silent one is known lost when its job's lease, GROUP_LEASE, lapses)
 
@@ -55,6 +60,7 @@ def register(sub: Any) -> None:
     _group_args(run)
     run.add_argument("--time", type=duration_arg, default=600.0, help="wall time (default 10m)")
     run.add_argument("-l", dest="label", action="store_true", help="prefix lines with the rank")
+    run.add_argument("--name", help="the group's name in rain jobs (default: its command)")
     run.add_argument(
         "--input",
         action="append",
@@ -159,7 +165,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not (bin_dir / "mpiexec").exists():
         raise CliError(f"no mpiexec beside {sys.executable} (pip install mpich)")
     outputs = getattr(args, "output", [])
-    group = ask(args, "mpi-assemble", **_request(args), inputs=inputs, outputs=outputs)
+    name = getattr(args, "name", None) or f"mpi {shlex.join(command)}"[:NAME_CHARS]
+    group = ask(args, "mpi-assemble", **_request(args), inputs=inputs, outputs=outputs, name=name)
+    members_line = f"{group['ranks']} ranks on {len(group['members'])} members"
+    # As `rain submit` does: the id first (`rain jobs`, `rain cancel ID` from elsewhere).
+    print(f"rain: MPI group {group['job_id']}: {members_line}", file=sys.stderr, flush=True)
     env = {
         **os.environ,
         "HYDRA_LAUNCHER_AUTOFORK": "0",  # never run a "local" host's proxy outside a sandbox
@@ -168,19 +178,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         SECRET_ENV: group["secret"],
     }
     argv = mpiexec_argv(bin_dir, group, command, args.label)
+    logs = group_logs(resolve_home(args.home), group["job_id"])
     try:
-        proc = subprocess.run(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sys.stderr if args.json else None,
-            timeout=args.time + 60,
-            check=False,
-        )
-        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-    except subprocess.TimeoutExpired:
-        print(f"rain: the group ran past its time ({args.time:g} s)", file=sys.stderr)
-        code = 124
+        code = run_teed(argv, env, args.time + 60, sys.stderr if args.json else sys.stdout, logs)
+        if code is None:
+            print(f"rain: the group ran past its time ({args.time:g} s)", file=sys.stderr)
+            code = 124
     finally:
         ended = ask(args, "mpi-end", group_id=group["group_id"])
     members = [m for m in ended.get("members", []) if m.get("job_id")]
@@ -192,6 +195,64 @@ def cmd_run(args: argparse.Namespace) -> int:
         jobs = _settled([m["job_id"] for m in members], args)
         print(json.dumps({**ended, "exit_code": code, "jobs": jobs}, indent=2))
     return code
+
+
+def group_logs(home: Path, job_id: str) -> tuple[Path, Path]:
+    """Where `rain mpi run` keeps a group's output (its stdout, its stderr) for `rain logs`:
+    the ranks' output reaches us through mpiexec, not through the members' jobs. The oldest
+    beyond LOGS_KEPT groups go."""
+    folder = home / MPI_LOGS_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    kept = sorted(folder.glob("*.stdout"), key=lambda p: p.stat().st_mtime)
+    for old in kept[: max(0, len(kept) - LOGS_KEPT + 1)]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".stderr").unlink(missing_ok=True)
+    return folder / f"{job_id}.stdout", folder / f"{job_id}.stderr"
+
+
+def run_teed(
+    argv: list[str], env: dict[str, str], timeout: float, out: Any, logs: tuple[Path, Path]
+) -> int | None:
+    """Run mpiexec, its stdout to `out` and its stderr to ours, each also kept in its log
+    file (up to LOG_CAP); its exit code (128 + N for a signal), None past `timeout`."""
+    proc = subprocess.Popen(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = [
+        threading.Thread(target=_tee, args=(proc.stdout, out, logs[0]), daemon=True),
+        threading.Thread(target=_tee, args=(proc.stderr, sys.stderr, logs[1]), daemon=True),
+    ]
+    for t in pumps:
+        t.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+    except BaseException:  # Ctrl-C: the group ends with us (mpi-end cancels its members)
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for t in pumps:
+            t.join(timeout=5)
+    return code if code >= 0 else 128 - code
+
+
+def _tee(source: Any, out: Any, log_path: Path) -> None:
+    kept = 0
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while chunk := source.read1(1 << 16):
+            out.buffer.write(chunk)
+            out.flush()
+            if kept < LOG_CAP:
+                os.write(fd, chunk[: LOG_CAP - kept])
+                kept += len(chunk)
+    finally:
+        os.close(fd)
 
 
 def _report_lost(args: argparse.Namespace, members: list[dict[str, Any]]) -> None:

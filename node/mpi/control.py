@@ -17,9 +17,9 @@ from typing import Any
 import trio
 
 from node.control.channel import refusal
-from node.control.jobs import input_files
+from node.control.jobs import MAX_NAME, input_files
 from node.mpi.assembly import GroupRequest, HostFormat, Unassembled, hostfile
-from node.mpi.groups import Groups
+from node.mpi.groups import GroupJob, Groups
 from sandbox import JobSpec, SpecError
 
 MAX_ARGV = 256
@@ -65,14 +65,18 @@ async def plan(groups: Groups, req: dict[str, Any]) -> dict[str, Any]:
 
 async def assemble(groups: Groups, req: dict[str, Any]) -> dict[str, Any]:
     """Also takes `inputs` ([local path, name] pairs): files placed in every member's job;
-    and `outputs` (paths): what each member's job directory holds there at the end comes back."""
+    `outputs` (paths): what each member's job directory holds there at the end comes back;
+    `name`: the group's name in `rain jobs`."""
+    name = req.get("name")
     try:
         request = _request(req)
         inputs = await trio.to_thread.run_sync(input_files, req.get("inputs"))
         outputs = output_paths(req.get("outputs"))
+        if name is not None and not (isinstance(name, str) and 0 < len(name) <= MAX_NAME):
+            raise SpecError("name", f"1 to {MAX_NAME} characters")
     except (ValueError, SpecError) as exc:
         return refusal(str(exc))
-    group = await groups.assemble(request, inputs, outputs)
+    group = await groups.assemble(request, GroupJob(inputs, outputs, name))
     if isinstance(group, Unassembled):
         return refusal(group.reason)
     return {**group.as_dict(), "secret": group.secret}

@@ -64,21 +64,33 @@ PIDS_PER_RANK = 64  # a rank's threads (MPICH's progress threads, OFI's) and hel
 OUTPUT_BYTES = 256 << 10  # a proxy's own messages kept (the ranks' output goes to mpiexec)
 
 
+@dataclass(frozen=True)
+class GroupJob:
+    """What the user's group carries besides its shape: like a job's."""
+
+    inputs: tuple[tuple[FileEntry, Path], ...] = ()  # files for every member's job directory
+    outputs: tuple[str, ...] = ()  # paths in each member's job directory brought back
+    name: str | None = None  # `rain jobs` NAME (`--name`, or the command)
+
+
 @dataclass
 class Group:
-    group_id: str
+    group_id: str  # the protocol's (with the secret, what members admit the launch by)
     secret: str
     request: GroupRequest
     plan: GroupPlan
     launcher: str  # our address the members' proxies connect back to (mpiexec -localhost)
-    inputs: tuple[tuple[FileEntry, Path], ...] = ()  # files for every member's job directory
-    outputs: tuple[str, ...] = ()  # paths in each member's job directory brought back
+    # The group as the user sees it: a job whose tasks JOB_I are its members' parts, so that
+    # `rain jobs` folds them in one row, and `rain cancel` / `rain get` take the group's id.
+    job_id: str
+    job: GroupJob = GroupJob()
     created: float = field(default_factory=time.time)
     jobs: dict[str, str] = field(default_factory=dict)  # pseudo host -> member job id
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "group_id": self.group_id,
+            "job_id": self.job_id,
             "ranks": self.plan.ranks,
             "launcher": self.launcher,
             "members": [
@@ -120,8 +132,7 @@ class Groups:
     async def assemble(
         self,
         request: GroupRequest,
-        inputs: tuple[tuple[FileEntry, Path], ...] = (),
-        outputs: tuple[str, ...] = (),
+        job: GroupJob = GroupJob(),
     ) -> Group | Unassembled:
         if len(self.groups) >= MAX_GROUPS:
             return Unassembled(f"{len(self.groups)} MPI groups are running from this node")
@@ -153,9 +164,7 @@ class Groups:
             if isinstance(outcome, Ready):
                 ips = addr_ips(self._our_addrs())
                 launcher = launcher_address(ips, [m.address for m in plan.members])
-                group = Group(
-                    group_id, secret, request, plan, launcher, inputs=inputs, outputs=outputs
-                )
+                group = Group(group_id, secret, request, plan, launcher, self._new_job_id(), job)
                 self.groups[group_id] = group
                 log.info(
                     "group %s: %d ranks on %d members", group_id, plan.ranks, len(plan.members)
@@ -246,7 +255,7 @@ class Groups:
         spec = JobSpec.create(
             argv,
             env={GROUP_ENV: group_id, SECRET_ENV: secret},
-            outputs=group.outputs,
+            outputs=group.job.outputs,
             limits=Limits(
                 cpus=member.ranks * req.cpus_per_rank,
                 memory=member.ranks * req.memory_per_rank,
@@ -257,10 +266,24 @@ class Groups:
             ),
         )
         group.jobs[host] = ""  # (taken: a second launch for it is refused, even meanwhile)
-        job = await self.requester.submit_to(spec, member.peer_id, group.inputs)
+        index = group.plan.members.index(member)
+        job = await self.requester.submit_to(
+            spec,
+            member.peer_id,
+            group.job.inputs,
+            job_id=f"{group.job_id}_{index}",
+            name=group.job.name,
+        )
         group.jobs[host] = job.job_id
         self._group_of[job.job_id] = group_id
         return job
+
+    def _new_job_id(self) -> str:
+        """An id no job of ours has, nor starts with (an array's tasks are ID_N)."""
+        while True:
+            job_id = secrets.token_hex(8)
+            if not any(j.startswith(job_id) for j in self.requester.jobs):
+                return job_id
 
     def _member_state(self, job: JobRecord) -> None:
         """A member's job says it is suspended (its owner is back), held, or running again:

@@ -286,3 +286,52 @@ def test_members_are_paid_for_what_ran_when_the_requester_vanished(
     assert spent == pytest.approx(sum(credit(w)["earned"] for w in workers), abs=0.002)
     for node in (req, *workers):
         node.rain("credit", "verify")
+
+
+def test_the_group_is_a_job_in_rain_jobs_logs_get_and_cancel(
+    shared_nodes: tuple[NodeProcess, list[NodeProcess]], tmp_path: Path
+) -> None:
+    req, _ = shared_nodes
+    prog = program(tmp_path, RING)
+    res = req.rain(
+        "mpi", "run", *GROUP, "--name", "ring-test", "-l", "--input", str(prog), "--",
+        "python3", prog.name, timeout=90,
+    )  # fmt: skip
+    first = res.stderr.splitlines()[0]
+    assert first.startswith("rain: MPI group ") and first.endswith(": 3 ranks on 2 members")
+    group = first.split()[3].rstrip(":")
+    # One row for the group, its members its tasks.
+    (row,) = [line for line in req.rain("jobs").stdout.splitlines() if group in line]
+    assert row.split()[:3] == [f"{group}[2]", "ring-test", "ended"], row
+    assert "2 workers" in row and row.endswith("2/2 done"), row
+    expanded = req.rain("jobs", "--expand").stdout
+    assert f"{group}_0" in expanded and f"{group}_1" in expanded
+    # Its output is the ranks' (they reach us through mpiexec), as `rain mpi run` printed it.
+    logs = req.rain("logs", group).stdout
+    assert logs == res.stdout and "2: rank 2 of 3: sum 6" in logs
+    got = req.rain("get", group, "--to", str(tmp_path / "got")).stdout
+    assert {Path(p).parent.name for p in got.split()} == {f"{group}_0", f"{group}_1"}
+
+    # `rain cancel` of the group's id ends it everywhere.
+    loop = program(tmp_path, LOOP)
+    cmd = [PYTHON, "-m", "node.cli", "--home", str(req.home), "mpi", "run", *GROUP]
+    run = subprocess.Popen(
+        [*cmd, "--input", str(loop), "--", "python3", loop.name],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: len(running(loop.name)) >= 3, 30, "the ranks run")
+        assert run.stderr is not None
+        running_group = run.stderr.readline().split()[3].rstrip(":")
+        req.rain("cancel", running_group)
+        assert run.wait(timeout=30) != 0
+        wait_until(lambda: not running(loop.name), 10, "no rank of the group runs")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=10)
+    states = {j["state"] for j in json.loads(req.rain("jobs", "--json").stdout)
+              if j["job_id"].startswith(running_group)}  # fmt: skip
+    assert states == {"cancelled"}, states

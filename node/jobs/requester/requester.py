@@ -210,16 +210,24 @@ class Requester:
         spec: JobSpec,
         worker: str,
         inputs: tuple[tuple[jobproto.FileEntry, Path], ...] = (),
+        job_id: str | None = None,
+        name: str | None = None,
     ) -> JobRecord:
         """One job for `worker` only, attempted once: an MPI group's member job (node.mpi),
-        whose ranks cannot move elsewhere. Declined, unreachable or lost, it fails saying so."""
+        whose ranks cannot move elsewhere. Declined, unreachable or lost, it fails saying so.
+        `job_id`: its id (an MPI group's members are tasks GROUP_I of the group's id), if not
+        one of its own."""
         if self._nursery is None:
             raise RuntimeError("the requester is not running")
+        job_id = job_id or secrets.token_hex(8)
+        if job_id in self.jobs:
+            raise ValueError(f"job {job_id} exists already")
         job = JobRecord(
-            job_id=secrets.token_hex(8),
+            job_id=job_id,
             spec=spec,
             inputs=tuple(e for e, _ in inputs),
             input_sources=tuple(p for _, p in inputs),
+            name=name,
         )
         await self._saver.save_now([job])
         self.jobs[job.job_id] = job
