@@ -227,11 +227,13 @@ class Node:
     async def _open_sandbox(self) -> None:
         """Open every sandbox backend that works here, and the idle policy that gates them."""
         from sandbox import SandboxConfig, WorkerPolicy, guest_cpu_seconds, probe, sweep
+        from sandbox.native import NativeBackend
+        from sandbox.netwall import WallKind
         from sandbox.select import BACKENDS, no_isolation_message
 
         runtime = Runtime.beside(sys.executable) if self.config.mpi else None
         sandbox_config = SandboxConfig.for_home(self.config.home)
-        if runtime is not None:  # MPI ranks: the host's network, our Python read-only
+        if runtime is not None:  # MPI ranks: the group's network (if walled), our Python read-only
             sandbox_config = dataclasses.replace(
                 sandbox_config,
                 policy=WorkerPolicy(allow_group=True),
@@ -266,11 +268,22 @@ class Node:
                 self.config.home / "work",
             )
             self.worker.owner_suspends = self._owner_suspends
-            if runtime is not None and "native" in self.backends:
-                worker = self.worker
-                self.member = GroupMember(runtime, worker.fits, self._may_start)
-                worker.group = self.member
-                worker.peer_live = self._peer_live
+            native = self.backends.get("native")
+            if runtime is not None and isinstance(native, NativeBackend):
+                if native.wall.kind is WallKind.FIREWALL:
+                    worker = self.worker
+                    self.member = GroupMember(
+                        runtime,
+                        worker.fits,
+                        self._may_start,
+                        native.walls,
+                        lambda: [c.record for c in self._candidates()],
+                    )
+                    worker.group = self.member
+                    worker.peer_live = self._peer_live
+                else:
+                    # No ranks with the host's whole network (sandbox.native says why).
+                    log.warning("this node takes no MPI ranks: %s", native.wall.describe())
 
     def _may_start(self) -> str | None:
         """None if the idle policy lets a guest start now; else why not (for the requester)."""
