@@ -42,6 +42,7 @@ from node.jobs.requester.store import JOBS_FILE, JobStore
 from node.jobs.worker import Worker
 from node.jobs.worker import sessions as task_session
 from node.ledger_link import LedgerLink
+from node.mpi.assembly import addr_ips
 from node.mpi.groups import Groups
 from node.mpi.member import GroupMember
 from node.mpi.reservations import Runtime
@@ -69,6 +70,7 @@ from rainnet.network import Description, NetworkConfig, PeerNetwork
 from rainnet.streams import FramedStream, StreamGone
 
 log = logging.getLogger("rainnet.node")
+GROUP_SILENCE = 6.0  # seconds without contact after which an MPI group's requester is lost
 
 GOSSIP_TIMEOUT = 30.0
 EXCHANGES_IN_DETAIL = 200  # the recent exchanges the panel's list and plot show
@@ -278,6 +280,7 @@ class Node:
                         self._may_start,
                         native.walls,
                         lambda: [c.record for c in self._candidates()],
+                        lambda: addr_ips(self.network.addrs),
                     )
                     worker.group = self.member
                     worker.peer_live = self._peer_live
@@ -324,8 +327,14 @@ class Node:
         ]
 
     def _peer_live(self, peer_id: str) -> bool:
+        """Whether the requester of an MPI group job here is still heard from. Stricter than
+        the view (a peer leaves it 10 s after its last contact): a requester silent for
+        GROUP_SILENCE (three heartbeats missed) is taken as lost, so that a member cut off
+        silently ends its ranks within the 10 s bound of a lost member, not seconds past it."""
         peer = self.network.membership.peers.get(peer_id)
-        return peer is not None and peer.live
+        if peer is None or not peer.live:
+            return False
+        return peer.last_seen is None or time.time() - peer.last_seen < GROUP_SILENCE
 
     def _live_peer_ids(self) -> list[str]:
         return [p.peer_id for p in self.network.membership.live_peers()]

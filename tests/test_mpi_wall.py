@@ -37,6 +37,15 @@ def test_a_member_admits_only_addresses_of_peers_it_knows() -> None:
         Endpoint("10.231.1.11", 4001),
         Endpoint("10.231.1.12", 4002),
     }
+    # A member is named too: its own addresses are not in its view, but are its own.
+    me = wall.admit(["10.231.1.11", "10.231.1.13"], "10.231.1.10", REQUESTER.peer_id, known)
+    assert isinstance(me, str)
+    assert isinstance(
+        wall.admit(
+            ["10.231.1.11", "10.231.1.13"], "10.231.1.10", REQUESTER.peer_id, known, ["10.231.1.13"]
+        ),
+        wall.GroupPeers,
+    )
     stranger = wall.admit(["10.231.1.11", STRANGER], "10.231.1.10", REQUESTER.peer_id, known)
     assert isinstance(stranger, str) and STRANGER in stranger
     # The launcher must be the requester's own, not another peer's (nor anybody's).

@@ -49,6 +49,7 @@ class GroupMember:
         may_start: Callable[[], str | None],
         walls: Walls,
         records: Callable[[], list[NodeRecord]],
+        our_ips: Callable[[], list[str]],
     ) -> None:
         self.runtime = runtime
         self.reservations = Reservations()
@@ -56,6 +57,7 @@ class GroupMember:
         self._may_start = may_start
         self._walls = walls  # the native backend's: it installs each job's wall at its start
         self._records = records  # the signed records of the peers in our view
+        self._our_ips = our_ips
 
     def held(self) -> list[scheduler.Running]:
         """The reserved slots, for the worker's capacity check."""
@@ -91,7 +93,7 @@ class GroupMember:
         why = self._may_start()
         if why is not None:
             return why
-        peers = wall.admit(msg.members, msg.launcher, requester, self._records())
+        peers = wall.admit(msg.members, msg.launcher, requester, self._records(), self._our_ips())
         if isinstance(peers, str):
             return peers
         now = _now()

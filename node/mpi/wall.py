@@ -2,12 +2,12 @@
 
 The requester names the group's addresses in its reservation (rainnet.mpiproto.Reserve: every
 direct IP of each member, and the launcher's). The member does not take them on trust: each must
-be a direct address in the signed record of a peer in its own view, the launcher's one of the
-requester's own; a group naming anything else is refused. What is admitted (`GroupPeers`) is
-kept with the reservation; when the group's job arrives, `wall_for` adds the launcher's port
-(hydra's `--control-port HOST:PORT`, whose host must be the admitted launcher) and gives the
-sandbox its `Wall` (sandbox.netwall): the ports of the peers' nodes themselves refused, any
-other TCP port of the members' hosts allowed, the launcher's one port allowed.
+be a direct address in the signed record of a peer in its own view (or its own), the launcher's
+one of the requester's own; a group naming anything else is refused. What is admitted
+(`GroupPeers`) is kept with the reservation; when the group's job arrives, `wall_for` adds the
+launcher's port (hydra's `--control-port HOST:PORT`, whose host must be the admitted launcher),
+and gives the sandbox its `Wall` (sandbox.netwall): the ports of the peers' nodes themselves
+refused, any other TCP port of the members' hosts allowed, the launcher's one port allowed.
 """
 
 from __future__ import annotations
@@ -55,9 +55,14 @@ def canonical_ips(ips: Iterable[str]) -> list[str]:
 
 
 def admit(
-    members: Sequence[str], launcher: str, requester: str, records: Iterable[NodeRecord]
+    members: Sequence[str],
+    launcher: str,
+    requester: str,
+    records: Iterable[NodeRecord],
+    ours: Iterable[str] = (),
 ) -> GroupPeers | str:
-    """The addresses of a reservation this member lets its ranks reach, or why not."""
+    """The addresses of a reservation this member lets its ranks reach, or why not. `ours`:
+    this node's own IPs (a group names us too; our view holds only the others)."""
     known = list(records)
     if not members or not launcher:
         return "the group names no member addresses (its requester predates the network wall)"
@@ -70,8 +75,9 @@ def admit(
         return "the requester's signed record is not in this member's view"
     if launcher not in {e.ip for e in tcp_endpoints(theirs)}:
         return f"the launcher address {launcher} is not one of the requester's"
+    mine = set(ours)
     for ip in members:
-        if ip not in by_ip:
+        if ip not in by_ip and ip not in mine:
             return f"the member address {ip} is not one of a peer this member knows"
     hosts = frozenset(members)
     seen = hosts | {launcher}
