@@ -12,8 +12,9 @@ run left. The rules, for sockets of the job's cgroup:
   to this host itself (loopback, or one of our addresses) is marked and judged on input;
   everything else is refused (TCP with a reset, the rest with an ICMP "prohibited").
 - in, for connections a rank of the job opened to this host: the receiving socket (nftables
-  looks the listener up) must belong to a rank (a cgroup under some node's `rainnet*` parent:
-  members of a group on one machine are different nodes), or be the launcher's port; the node's
+  looks the listener up) must belong to a rank (a cgroup under some node's `rainnet*` parent,
+  as listed when the job starts: members of a group on one machine are different nodes, and
+  each node makes its parent when its sandbox opens), or be the launcher's port; the node's
   own ports (libp2p, the panel) and anything else listening here are refused.
 - in, for new connections to the job's own sockets: only from this host, the group's hosts and
   the launcher's.
