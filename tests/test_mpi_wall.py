@@ -202,3 +202,18 @@ def test_addresses_that_are_not_canonical_literals_are_refused(bad: str) -> None
         decode(reserve_fields(launcher=bad))
     with pytest.raises(ValueError):
         Wall(frozenset({bad}))
+
+
+def test_where_the_wall_cannot_be_installed_ranks_are_refused_and_it_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(netwall, "nft_path", lambda: None)
+    status = netwall.probe(Path("/sys/fs/cgroup/unified"), PurePosixPath("rainnet-x"))
+    assert status.kind is netwall.WallKind.HOST_NETWORK
+    assert "nftables" in status.describe() and status.describe().startswith("refused")
+    assert netwall.sweep("rainnet-x") == []  # (nothing to sweep without nft)
+    monkeypatch.setattr(netwall, "nft_path", lambda: "/usr/sbin/nft")
+    assert "not below" in netwall.probe(Path("/cg2"), PurePosixPath("r")).detail
+    assert "no cgroup v2" in netwall.probe(None, PurePosixPath("r")).detail
+    ok = netwall.WallStatus(netwall.WallKind.FIREWALL, "").describe()
+    assert ok.startswith("only the group's members and launcher (nftables by cgroup")
