@@ -18,12 +18,17 @@ run left. The rules, for sockets of the job's cgroup:
   own ports (libp2p, the panel) and anything else listening here are refused.
 - in, for new connections to the job's own sockets: only from this host, the group's hosts and
   the launcher's.
+- in, for new connections a rank on another host opened (its first packet carries RANK_DSCP,
+  set by that rank's own wall): as for this host's own ranks, the receiving socket must be a
+  rank's. The group's other members run their ranks behind the same wall, so a rank reaches
+  only ranks' sockets on their hosts too (and their nodes' ports are refused already at the
+  rank's own end).
 
-So on the group's other hosts a rank may reach any TCP port but their nodes' own (we cannot tell
-their ranks' ephemeral listeners from anything else there; their own walls judge only their own
-ranks' connections); on this host only ranks' sockets and the launcher's port. Ranks of another
-group on this host are reachable too (a socket's cgroup tells a rank from the rest, not which
-group it is of).
+So a rank reaches the launcher's one port, and ranks' sockets on the group's hosts; nothing else
+there, no other host. Ranks of another group on the same hosts are reachable too (a socket's
+cgroup tells a rank from the rest, not which group it is of), and a member's host is judged
+only while that member's ranks run (when its wall is there): a member host's listeners outside
+the ranks are refused by that member's wall, not by ours.
 
 `Wall`, `Target` and `render` are pure (tested in memory); `Walls` is the registry through which
 the member (node.mpi) hands the native backend the wall of the job it admitted; `probe`,
@@ -52,6 +57,10 @@ RANK_PARENT_PREFIX = "rainnet"  # every node's job cgroups are under rainnet-<ta
 MAX_RANK_PARENTS = 1024
 MAX_EXPECTED = 64  # walls of admitted group jobs not started yet (a declined one is dropped)
 MARK_BASE = 0x52000000  # 'R': a rank's connections to this host carry MARK_BASE | job bits
+# A rank's first packet to another member's host carries this DSCP (pool 2, "experimental or
+# local use", RFC 2474): the walls there judge such connections as a rank's. A rank cannot
+# clear it (set after its socket); another program setting it only refuses itself.
+RANK_DSCP = 0x0B
 NFT_TIMEOUT = 10.0
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -112,8 +121,8 @@ class WallStatus:
         """For `rain sandbox check` and the node's log."""
         if self.kind is WallKind.FIREWALL:
             return (
-                "only the group's members and launcher (nftables by cgroup; on their hosts "
-                "any port but their nodes' own, on this host only ranks and the launcher)"
+                "only the group's members and launcher (nftables by cgroup: their ranks' "
+                "sockets and the launcher's port; not the nodes' ports, nor other hosts)"
             )
         return f"refused: the wall cannot be installed here ({self.detail})"
 
@@ -164,6 +173,7 @@ def render(wall: Wall, target: Target) -> str:
         launcher = [f"{family} daddr . tcp dport {{ {wall.launcher.ip} . {wall.launcher.port} }}"]
     parents = ", ".join(_quote(p) for p in target.rank_parents)
     mark = f"0x{target.mark:08x}"
+    dscp = f"0x{RANK_DSCP:02x}"
     lines = [
         f"table inet {target.table} {{",
         *_set("hosts4", "ipv4_addr", v4),
@@ -181,8 +191,9 @@ def render(wall: Wall, target: Target) -> str:
         "    ip6 daddr . tcp dport @nodes6 counter reject with tcp reset",
         # To this host: which socket it would reach is known only on input (below).
         f"    fib daddr type local meta l4proto tcp ct state new ct mark set {mark} accept",
-        "    ip daddr @hosts4 meta l4proto tcp accept",
-        "    ip6 daddr @hosts6 meta l4proto tcp accept",
+        # To another member's host: its first packet tells that host's walls it is a rank's.
+        f"    ip daddr @hosts4 meta l4proto tcp ip dscp set {dscp} accept",
+        f"    ip6 daddr @hosts6 meta l4proto tcp ip6 dscp set {dscp} accept",
         "    meta l4proto tcp counter reject with tcp reset",
         "    counter reject with icmpx admin-prohibited",
         "  }",
@@ -190,6 +201,12 @@ def render(wall: Wall, target: Target) -> str:
         "    type filter hook input priority filter; policy accept;",
         f"    ct state new ct mark {mark} jump rank_to_here",
         f"    ct state new {cg} jump to_rank",
+        f"    ct state new ip dscp {dscp} jump rank_from_afar",
+        f"    ct state new ip6 dscp {dscp} jump rank_from_afar",
+        "  }",
+        "  chain rank_from_afar {",
+        *([f"    socket cgroupv2 level 1 {{ {parents} }} accept"] if parents else []),
+        "    counter reject with tcp reset",
         "  }",
         "  chain rank_to_here {",
         *(f"    {rule} accept" for rule in launcher),

@@ -6,7 +6,8 @@
 
 A group of the 4 members on LAN m computes (MPICH's OFI tcp between namespaces) and each member
 is paid for its own ranks; its ranks cannot reach their nodes' own ports, a listener on their
-own host, the requester's node, nor the outsider (the network wall, sandbox.netwall); a group
+own host or on the other members' hosts, the requester's node, nor the outsider (the network
+wall, sandbox.netwall); a group
 that would need the member behind NAT is refused, saying so; and a member whose link goes down
 silently (no FIN, no RST) ends the group, named, with no rank left anywhere. The partition is
 the last test: it leaves that member cut off.
@@ -196,20 +197,24 @@ print(f"rank {rank}: sum {total}; " + ", ".join(f"{k} {v}" for k, v in sorted(se
 
 def test_a_rank_reaches_nothing_outside_its_group(net: Net, tmp_path: Path) -> None:
     """Each rank tries its own host's listener (on loopback: whichever member it is on), every
-    member's node port, the requester's node port and a listener on a host outside the group:
-    all refused, while the group still computes."""
+    member's node port and a listener of the test's on every member's host, the requester's
+    node port and a listener on a host outside the group: all refused, while the group still
+    computes (its ranks reach each other's sockets on those same hosts)."""
     lan = net.lan
     targets = {
         "own-host-listener": ("127.0.0.1", LISTEN_PORT),
         "outsider": (net.outsider, LISTEN_PORT),
         "requester-node": (lan.ip(10), NODE_PORT),
         **{f"member{i}-node": (lan.ip(11 + i), NODE_PORT) for i in range(MEMBERS)},
+        # (on its own host, and the other members' hosts: their walls judge a rank's SYN)
+        **{f"member{i}-listener": (lan.ip(11 + i), LISTEN_PORT) for i in range(MEMBERS)},
     }
     # The control: outside the sandbox, each of them is reachable from a member's host.
     first = lan.hosts[1]
     assert _connects(first, "127.0.0.1", LISTEN_PORT)
     assert _connects(first, net.outsider, LISTEN_PORT)
     assert _connects(first, lan.ip(10), NODE_PORT) and _connects(first, lan.ip(11), NODE_PORT)
+    assert _connects(first, lan.ip(12), LISTEN_PORT)
 
     prog = program(tmp_path, PROBE.replace("{TARGETS}", repr(targets)))
     res = mpi_run(net, prog)
