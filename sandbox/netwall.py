@@ -22,7 +22,8 @@ run left. The rules, for sockets of the job's cgroup:
   set by that rank's own wall): as for this host's own ranks, the receiving socket must be a
   rank's. The group's other members run their ranks behind the same wall, so a rank reaches
   only ranks' sockets on their hosts too (and their nodes' ports are refused already at the
-  rank's own end).
+  rank's own end). A router that rewrote DSCP on the way would leave such connections unjudged
+  there: on one LAN nothing does.
 
 So a rank reaches the launcher's one port, and ranks' sockets on the group's hosts; nothing else
 there, no other host. Ranks of another group on the same hosts are reachable too (a socket's
