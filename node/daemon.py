@@ -42,6 +42,7 @@ from node.jobs.requester.store import JOBS_FILE, JobStore
 from node.jobs.worker import Worker
 from node.jobs.worker import sessions as task_session
 from node.ledger_link import LedgerLink
+from node.mpi.assembly import addr_ips
 from node.mpi.groups import Groups
 from node.mpi.member import GroupMember
 from node.mpi.reservations import Runtime
@@ -69,6 +70,7 @@ from rainnet.network import Description, NetworkConfig, PeerNetwork
 from rainnet.streams import FramedStream, StreamGone
 
 log = logging.getLogger("rainnet.node")
+GROUP_SILENCE = 6.0  # seconds without contact after which an MPI group's requester is lost
 
 GOSSIP_TIMEOUT = 30.0
 EXCHANGES_IN_DETAIL = 200  # the recent exchanges the panel's list and plot show
@@ -227,11 +229,13 @@ class Node:
     async def _open_sandbox(self) -> None:
         """Open every sandbox backend that works here, and the idle policy that gates them."""
         from sandbox import SandboxConfig, WorkerPolicy, guest_cpu_seconds, probe, sweep
+        from sandbox.native import NativeBackend
+        from sandbox.netwall import WallKind
         from sandbox.select import BACKENDS, no_isolation_message
 
         runtime = Runtime.beside(sys.executable) if self.config.mpi else None
         sandbox_config = SandboxConfig.for_home(self.config.home)
-        if runtime is not None:  # MPI ranks: the host's network, our Python read-only
+        if runtime is not None:  # MPI ranks: the group's network (if walled), our Python read-only
             sandbox_config = dataclasses.replace(
                 sandbox_config,
                 policy=WorkerPolicy(allow_group=True),
@@ -266,11 +270,23 @@ class Node:
                 self.config.home / "work",
             )
             self.worker.owner_suspends = self._owner_suspends
-            if runtime is not None and "native" in self.backends:
-                worker = self.worker
-                self.member = GroupMember(runtime, worker.fits, self._may_start)
-                worker.group = self.member
-                worker.peer_live = self._peer_live
+            native = self.backends.get("native")
+            if runtime is not None and isinstance(native, NativeBackend):
+                if native.wall.kind is WallKind.FIREWALL:
+                    worker = self.worker
+                    self.member = GroupMember(
+                        runtime,
+                        worker.fits,
+                        self._may_start,
+                        native.walls,
+                        lambda: [c.record for c in self._candidates()],
+                        lambda: addr_ips(self.network.addrs),
+                    )
+                    worker.group = self.member
+                    worker.peer_live = self._peer_live
+                else:
+                    # No ranks with the host's whole network (sandbox.native says why).
+                    log.warning("this node takes no MPI ranks: %s", native.wall.describe())
 
     def _may_start(self) -> str | None:
         """None if the idle policy lets a guest start now; else why not (for the requester)."""
@@ -311,8 +327,14 @@ class Node:
         ]
 
     def _peer_live(self, peer_id: str) -> bool:
+        """Whether the requester of an MPI group job here is still heard from. Stricter than
+        the view (a peer leaves it 10 s after its last contact): a requester silent for
+        GROUP_SILENCE (three heartbeats missed) is taken as lost, so that a member cut off
+        silently ends its ranks within the 10 s bound of a lost member, not seconds past it."""
         peer = self.network.membership.peers.get(peer_id)
-        return peer is not None and peer.live
+        if peer is None or not peer.live:
+            return False
+        return peer.last_seen is None or time.time() - peer.last_seen < GROUP_SILENCE
 
     def _live_peer_ids(self) -> list[str]:
         return [p.peer_id for p in self.network.membership.live_peers()]

@@ -34,6 +34,9 @@ PIDS = "pids"
 CPU = "cpu"  # bandwidth (quota)
 CPUACCT = "cpuacct"  # usage counter; on v2 `cpu.stat` exists in every cgroup
 FREEZER = "freezer"  # on v2 `cgroup.freeze` is core (kernel >= 5.2)
+# Not a controller: a place in the v2 hierarchy, which sockets are tagged with (an MPI rank's
+# network wall matches it: sandbox.netwall); on hybrid machines a v2 directory of its own.
+FIREWALL = "firewall"
 NEEDED = (MEMORY, PIDS, CPU, CPUACCT, FREEZER)
 
 _V1_CONTROLLERS = frozenset(
@@ -54,7 +57,7 @@ _V1_CONTROLLERS = frozenset(
         "misc",
     }
 )
-_V2_CORE = frozenset({CPUACCT, FREEZER})  # provided by every v2 cgroup, not listed as controllers
+_V2_CORE = frozenset({CPUACCT, FREEZER, FIREWALL})  # every v2 cgroup has them (not listed)
 CFS_PERIOD_US = 100_000
 
 

@@ -4,7 +4,9 @@ A job's processes die with the node (each launch chain carries a parent-death si
 cgroup, its job directory (and the file system mounted on it) and, for Docker, its container
 outlive a node that was killed before it could tear them down. The node calls `sweep()` at start,
 before it runs any job: everything under the sandbox's cgroup parent, its work directory and every
-container with the sandbox's label is then a leftover, and is killed and removed.
+container with the sandbox's label is then a leftover, and is killed and removed; so is every
+nftables table of this node's MPI ranks' network walls (sandbox.netwall), which would otherwise
+hold rules for cgroups that are gone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import cgroups, jobdir
+from sandbox import cgroups, jobdir, netwall
 from sandbox.config import SandboxConfig
 
 
@@ -22,6 +24,7 @@ class SweepReport:
     cgroups: list[str] = field(default_factory=list)
     job_dirs: list[str] = field(default_factory=list)
     containers: list[str] = field(default_factory=list)
+    walls: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -41,6 +44,10 @@ def sweep(config: SandboxConfig, *, docker_api: Any | None = None) -> SweepRepor
                 report.cgroups.append(name)
             except Exception as exc:
                 report.errors.append(f"cgroup {name}: {exc}")
+    try:
+        report.walls = netwall.sweep(config.cgroup_name)
+    except Exception as exc:
+        report.errors.append(f"network walls: {exc}")
     if config.workdir.is_dir():
         for entry in sorted(config.workdir.iterdir()):
             try:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import trio
 
-from sandbox import cgroups, child, hostfs, jobdir, seccomp_filter, startfail
+from sandbox import cgroups, child, hostfs, jobdir, netwall, seccomp_filter, startfail
 from sandbox.config import SandboxConfig, untraversable
 from sandbox.errors import BackendUnavailable, SandboxFailure
 from sandbox.job import Accounting, Backend, Job
@@ -49,11 +49,6 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # If the sandbox dies first, the pipe closes, `read` fails and nothing runs.
 _LAUNCHER = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
 _LAUNCH_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
-# How narrow the network wall of an MPI rank (Network.GROUP) is here, for `rain sandbox check`.
-GROUP_WALL = (
-    "every wall but the network: ranks share the host's network, not narrowed to their "
-    "group's members and launcher (no per-group firewall yet)"
-)
 # Binds pairs of (source, mount point) read-only until `--`, then execs the rest.
 _BINDER = (
     'while [ "$1" != -- ]; do mount -o bind,ro "$1" "$2" || exit 125; shift 2; done; '
@@ -86,7 +81,8 @@ def bwrap_argv(
     argv = [
         bwrap,
         "--unshare-all",
-        # An MPI rank keeps the host's network: it talks TCP to the group's other members.
+        # An MPI rank keeps the host's network: it talks TCP to the group's other members
+        # (only to them, and its launcher: the job's firewall, sandbox.netwall).
         *(["--share-net"] if spec.limits.network is Network.GROUP else []),
         "--unshare-user",  # --unshare-all only *tries* a user namespace; insist
         "--disable-userns",  # no nested user namespaces inside (seccomp denies them too)
@@ -251,6 +247,8 @@ class NativeBackend(Backend):
         self.layout = layout
         self.host = host
         self.uids: UidPool = pool(config.uid_base, config.uid_count)
+        self.walls = netwall.Walls()  # the walls of group jobs admitted (node.mpi.member)
+        self.wall = netwall.WallStatus(netwall.WallKind.HOST_NETWORK, "MPI ranks not taken")
 
     @classmethod
     async def open(cls, config: SandboxConfig) -> NativeBackend:
@@ -289,8 +287,36 @@ class NativeBackend(Backend):
         except Exception as exc:
             raise BackendUnavailable(f"cannot build the seccomp filter: {exc}") from exc
         backend = cls(config, bwrap=bwrap, tools=tools, layout=layout, host=hostfs.scan())
+        if config.policy.allow_group:
+            backend.wall = await trio.to_thread.run_sync(backend._probe_wall)
         await backend._smoke_test()
         return backend
+
+    def _probe_wall(self) -> netwall.WallStatus:
+        v2 = self.layout.v2
+        try:
+            # The v2 parent of our jobs exists from the start, so that the walls of other nodes'
+            # ranks on this machine (members of one group) let their ranks reach ours.
+            cgroups.ensure_parent(self.layout, self.config.cgroup_base, (cgroups.FIREWALL,))
+        except OSError as exc:
+            return netwall.WallStatus(netwall.WallKind.HOST_NETWORK, f"cgroup v2: {exc}")
+        return netwall.probe(None if v2 is None else v2.mount, self.config.cgroup_base)
+
+    def wall_target(self, job_id: str) -> netwall.Target:
+        """Where a group job's wall goes: its table and its cgroup v2 (blocking: it lists the
+        v2 root for the parents of every node's ranks here)."""
+        v2 = self.layout.v2
+        relpath = self.config.cgroup_base / job_id
+        cgroup = None if v2 is None else netwall.nft_cgroup(v2.mount, relpath)
+        if v2 is None or cgroup is None:
+            raise SandboxFailure("no cgroup v2 that nftables can name: no rank's wall here")
+        table = netwall.table_name(self.config.cgroup_name, job_id)
+        try:
+            names = [e.name for e in os.scandir(v2.mount) if e.is_dir(follow_symlinks=False)]
+        except OSError as exc:
+            raise SandboxFailure(f"cannot list {v2.mount}: {exc}") from exc
+        parents = netwall.rank_parents(v2.mount, names)
+        return netwall.Target(table, cgroup, len(relpath.parts), parents, netwall.mark_of(table))
 
     async def _smoke_test(self) -> None:
         # The whole chain once (uid switch, user namespace, mounts, seccomp, cgroup): bwrap
@@ -309,6 +335,11 @@ class NativeBackend(Backend):
             raise BackendUnavailable(
                 "the native backend runs the host's programs, not images; this job needs docker"
             )
+        if spec.limits.network is Network.GROUP and self.wall.kind is not netwall.WallKind.FIREWALL:
+            # No rank runs with the host's whole network: it could reach the node's own ports,
+            # the owner's LAN (router, printer, NAS) and beyond, which the owner lending idle CPU
+            # never agreed to. Such a node does not advertise MPI at all (node.daemon).
+            raise BackendUnavailable(f"MPI ranks: {self.wall.describe()}")
         if spec.limits.network not in (Network.NONE, Network.GROUP):
             raise BackendUnavailable(
                 "the native backend cannot give a job network access without the host's loopback"
@@ -331,10 +362,15 @@ class NativeJob(Job):
         self._cgroup: cgroups.JobCgroup | None = None
         self._proc: child.ChildProcess | None = None
         self._peak_sampled = 0
+        self._wall_table: str | None = None
 
     async def _launch(self) -> None:
         b = self.backend
         lim = self.spec.limits
+        rank = lim.network is Network.GROUP
+        wall = b.walls.take(self.spec) if rank else None
+        if rank and wall is None:
+            raise SandboxFailure("an MPI rank job without its group's network wall")
         uid = self.uid = b.uids.acquire()
         gid = uid
         args = (
@@ -358,6 +394,7 @@ class NativeJob(Job):
             cgroups.CgroupLimits(
                 memory=lim.job_memory, pids=lim.pids + OVERHEAD_PIDS, cpus=lim.cpus
             ),
+            (*cgroups.NEEDED, cgroups.FIREWALL) if rank else cgroups.NEEDED,
         )
         passwd, group = hostfs.passwd_lines(uid, gid)
         child_fds: list[int] = []
@@ -386,6 +423,11 @@ class NativeJob(Job):
         cgroup, pid = self._cgroup, self._proc.pid
 
         def confine_and_go() -> None:
+            if wall is not None:
+                # Before the go: not one packet of the job's leaves without its wall.
+                target = b.wall_target(self.id)
+                self._wall_table = target.table
+                netwall.install(netwall.render(wall, target))
             # The launcher is blocked in `read`: it has not forked, so moving it moves the job.
             # In a thread: moving a task between cgroup v1 hierarchies waits for RCU grace
             # periods in the kernel: ~11 ms a job on this 2-core machine while nodes worked
@@ -559,6 +601,11 @@ class NativeJob(Job):
                 errors.append(exc)
         # (Mounted only in the launch chain's own namespace: here they are empty directories.)
         shutil.rmtree(self._runtime_dir(), ignore_errors=True)
+        if self._wall_table is not None:
+            try:
+                netwall.remove(self._wall_table)
+            except Exception as exc:
+                errors.append(exc)
         return errors
 
 

@@ -1,7 +1,8 @@
 """A self-test of every wall of a backend, run by `rain sandbox check`.
 
 Each check runs a small hostile job and looks, from outside, at whether the wall held: the job
-tries to reach a port listening on the host's loopback, to write outside its directory, to call
+tries to reach a port listening on the host's loopback (an MPI rank too, behind its group's
+network wall, where the node takes ranks), to write outside its directory, to call
 ptrace, mount, keyctl and unshare, to fork past its pids limit, to allocate past its memory limit,
 to write past its disk limit in files each under it, to outlast its CPU and wall limits; the
 sandbox's own CPU-seconds are compared with the job's own process clock; a suspended job must use
@@ -24,10 +25,10 @@ from pathlib import Path
 
 import trio
 
-from sandbox import cgroups
+from sandbox import cgroups, netwall
 from sandbox.job import Backend, Job
 from sandbox.result import Reason
-from sandbox.spec import JobSpec, Limits, MiB
+from sandbox.spec import JobSpec, Limits, MiB, Network
 
 PYTHON = "/usr/bin/python3"
 BASH = "/usr/bin/bash"
@@ -93,6 +94,7 @@ async def run_all(backend: Backend) -> list[WallCheck]:
     checks: list[Callable[[Backend], Awaitable[WallCheck]]] = [
         check_uid,
         check_network,
+        *([check_rank_network] if backend.name == "native" else []),  # (ranks run only there)
         check_filesystem,
         check_disk,
         check_syscalls,
@@ -131,6 +133,21 @@ async def check_uid(backend: Backend) -> WallCheck:
 
 
 async def check_network(backend: Backend) -> WallCheck:
+    return await _reach_loopback(backend, "network", Network.NONE)
+
+
+async def check_rank_network(backend: Backend) -> WallCheck:
+    """An MPI rank (the host's network, behind its group's wall) of a group with no other
+    member must not reach a port of the host's that is not a rank's."""
+    from sandbox.native import NativeBackend
+
+    assert isinstance(backend, NativeBackend)
+    if backend.wall.kind is not netwall.WallKind.FIREWALL:
+        return WallCheck("rank network", None, f"MPI ranks: {backend.wall.describe()}")
+    return await _reach_loopback(backend, "rank network", Network.GROUP)
+
+
+async def _reach_loopback(backend: Backend, name: str, network: Network) -> WallCheck:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
@@ -146,10 +163,16 @@ async def check_network(backend: Backend) -> WallCheck:
             ]
         else:
             return WallCheck("network", None, "not tested: neither bash nor python3 in /usr/bin")
-        r = await backend.run(JobSpec.create(argv, limits=Limits(wall_seconds=20)))
+        spec = JobSpec.create(argv, limits=Limits(wall_seconds=20, network=network))
+        if network is Network.GROUP:
+            from sandbox.native import NativeBackend
+
+            assert isinstance(backend, NativeBackend)
+            backend.walls.expect(spec, netwall.Wall(frozenset()))
+        r = await backend.run(spec)
     reached = b"CONNECTED" in r.stdout
     return WallCheck(
-        "network",
+        name,
         not reached and r.exit_code != 0,
         "connecting to the host's 127.0.0.1 " + ("succeeded" if reached else "failed"),
     )

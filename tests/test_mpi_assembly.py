@@ -15,11 +15,13 @@ from node.mpi.assembly import Answer, Assembly, Failed, GroupPlan, GroupRequest,
 from node.mpi.reservations import (
     GROUP_ENV,
     SECRET_ENV,
+    Admitted,
     Reservation,
     Reservations,
     Runtime,
     admit_group_job,
 )
+from node.mpi.wall import GroupPeers
 from rainnet import mpiproto, records, wire
 from rainnet.identity import Identity
 from sandbox import JobSpec, Limits, Network
@@ -171,9 +173,9 @@ GROUP = "ab" * 16
 
 
 def reservation(secret: str, expires: float = 100.0, cpus: float = 2.0) -> Reservation:
-    return Reservation(
-        REQ, GROUP, 2, cpus, 1 * GiB, 60.0, hashlib.sha256(secret.encode()).digest(), expires
-    )
+    digest = hashlib.sha256(secret.encode()).digest()
+    peers = GroupPeers(frozenset({"127.0.0.1"}), frozenset(), "127.0.0.1")
+    return Reservation(REQ, GROUP, 2, cpus, 1 * GiB, 60.0, digest, expires, peers)
 
 
 def group_spec(secret: str, cpus: float = 2.0, argv0: str = "/else/bin/hydra_pmi_proxy") -> JobSpec:
@@ -191,9 +193,11 @@ def test_a_group_job_is_admitted_once_with_the_secret_and_runs_our_proxy() -> No
     assert isinstance(
         admit_group_job(group_spec("s3cret"), "someone-else", held, RUNTIME, 1.0), str
     )
-    spec = admit_group_job(group_spec("s3cret"), REQ, held, RUNTIME, 1.0)
-    assert isinstance(spec, JobSpec)
+    admitted = admit_group_job(group_spec("s3cret"), REQ, held, RUNTIME, 1.0)
+    assert isinstance(admitted, Admitted)
+    spec = admitted.spec
     assert spec.argv[0] == RUNTIME.proxy
+    assert admitted.wall.launcher is not None and admitted.wall.launcher.port == 5000
     env = spec.env_dict
     assert SECRET_ENV not in env and env["PATH"].startswith("/opt/node/bin:")
     # Taken: a second job for the same reservation (paid twice) is refused.

@@ -110,8 +110,12 @@ def addr_ips(addrs: Iterable[str]) -> list[str]:
 
 
 def behind_nat(record: NodeRecord) -> bool:
-    """Whether a node is reachable only through a relay (all its addresses are circuits)."""
-    return bool(record.addrs) and not direct_ips(record)
+    """Whether a node is behind NAT: it holds a relay reservation (`--relay-via`, what a node
+    behind NAT is run with, advertises circuit addresses beside its own private ones, which
+    nobody outside its LAN reaches), or it has no direct address at all."""
+    return any(CIRCUIT in a for a in record.addrs) or (
+        bool(record.addrs) and not direct_ips(record)
+    )
 
 
 def rank_slots(record: NodeRecord, request: GroupRequest) -> int:

@@ -38,11 +38,13 @@ from node.mpi.assembly import (
     Ready,
     Unassembled,
     addr_ips,
+    direct_ips,
     group_limits,
     launcher_address,
     plan_group,
 )
 from node.mpi.reservations import GROUP_ENV, PROXY, SECRET_ENV
+from node.mpi.wall import canonical_ips
 from rainnet import mpiproto, wire
 from rainnet.jobproto import FileEntry
 from rainnet.streams import FramedStream, StreamGone
@@ -160,10 +162,10 @@ class Groups:
             if isinstance(plan, Unassembled):
                 return Unassembled(plan.reason + (f"; {why}" if why else ""))
             group_id, secret = secrets.token_hex(16), secrets.token_urlsafe(24)
-            outcome = await self._reserve(plan, group_id, secret, request)
+            ips = addr_ips(self._our_addrs())
+            launcher = launcher_address(ips, [m.address for m in plan.members])
+            outcome = await self._reserve(plan, group_id, secret, request, launcher)
             if isinstance(outcome, Ready):
-                ips = addr_ips(self._our_addrs())
-                launcher = launcher_address(ips, [m.address for m in plan.members])
                 group = Group(group_id, secret, request, plan, launcher, self._new_job_id(), job)
                 self.groups[group_id] = group
                 log.info(
@@ -176,10 +178,20 @@ class Groups:
         return Unassembled(f"need {request.ranks} ranks; {why}")
 
     async def _reserve(
-        self, plan: GroupPlan, group_id: str, secret: str, request: GroupRequest
+        self, plan: GroupPlan, group_id: str, secret: str, request: GroupRequest, launcher: str
     ) -> Ready | Failed:
         assembly = Assembly(plan)
         digest = hashlib.sha256(secret.encode()).digest()
+        # Every direct address of every member: a rank may connect from (and be reached at)
+        # whichever its MPI picks. Each member admits only those of peers it knows itself.
+        records = {c.record.peer_id: c.record for c in self._candidates()}
+        ips = {
+            ip
+            for m in plan.members
+            if m.peer_id in records
+            for ip in direct_ips(records[m.peer_id])
+        }
+        members = tuple(canonical_ips(sorted(ips)))[: mpiproto.MAX_ADDRESSES]
 
         async def one(peer_id: str, ranks: int) -> None:
             msg = mpiproto.Reserve(
@@ -190,6 +202,8 @@ class Groups:
                 wall_seconds=request.wall_seconds,
                 lease_seconds=RESERVATION_LEASE,
                 secret_sha256=digest,
+                members=members,
+                launcher=launcher,
             )
             try:
                 answer = await self._ask(peer_id, msg)

@@ -6,7 +6,8 @@ sans-io `Reservations` (node.mpi.reservations) for its lease, its CPUs and memor
 taken. The group's ranks then arrive as an ordinary job of the job protocol (hydra's proxy,
 `limits.network = group`): the worker asks `admit` whether it is the launch of a reservation,
 and runs the spec it returns (our own proxy, our Python first on PATH) in the sandbox with
-the host's network and the node's environment read-only. The worker ends such a job when its
+the host's network narrowed by the group's wall (node.mpi.wall; handed to the native backend
+through its `walls`) and the node's environment read-only. The worker ends such a job when its
 requester's stream breaks or the requester leaves our view: ranks whose launcher is gone would
 otherwise wait on it forever.
 """
@@ -19,10 +20,19 @@ from collections.abc import Callable
 from typing import Any
 
 from node.jobs.core import scheduler
-from node.mpi.reservations import Reservation, Reservations, Runtime, admit_group_job
+from node.mpi import wall
+from node.mpi.reservations import (
+    Admitted,
+    Reservation,
+    Reservations,
+    Runtime,
+    admit_group_job,
+)
 from rainnet import mpiproto, wire
+from rainnet.records import NodeRecord
 from rainnet.streams import FramedStream
 from sandbox import JobSpec
+from sandbox.netwall import Walls
 
 log = logging.getLogger("rainnet.mpi")
 
@@ -37,18 +47,28 @@ class GroupMember:
         runtime: Runtime,
         room: Callable[[scheduler.Needs], str | None],
         may_start: Callable[[], str | None],
+        walls: Walls,
+        records: Callable[[], list[NodeRecord]],
+        our_ips: Callable[[], list[str]],
     ) -> None:
         self.runtime = runtime
         self.reservations = Reservations()
         self._room = room  # the worker's capacity check (reservations included)
         self._may_start = may_start
+        self._walls = walls  # the native backend's: it installs each job's wall at its start
+        self._records = records  # the signed records of the peers in our view
+        self._our_ips = our_ips
 
     def held(self) -> list[scheduler.Running]:
         """The reserved slots, for the worker's capacity check."""
         return [scheduler.Running(r.cpus, r.memory) for r in self.reservations.held(_now())]
 
     def admit(self, requester: str, spec: JobSpec) -> JobSpec | str:
-        return admit_group_job(spec, requester, self.reservations, self.runtime, _now())
+        admitted = admit_group_job(spec, requester, self.reservations, self.runtime, _now())
+        if not isinstance(admitted, Admitted):
+            return admitted
+        self._walls.expect(admitted.spec, admitted.wall)
+        return admitted.spec
 
     async def handle(self, raw: Any) -> None:
         stream = FramedStream(raw, mpiproto.TO_MEMBER, mpiproto.MPI_MAX_FRAME)
@@ -73,6 +93,9 @@ class GroupMember:
         why = self._may_start()
         if why is not None:
             return why
+        peers = wall.admit(msg.members, msg.launcher, requester, self._records(), self._our_ips())
+        if isinstance(peers, str):
+            return peers
         now = _now()
         room = self._room(scheduler.Needs(cpus=msg.cpus, memory=msg.memory))
         if room is not None:
@@ -86,6 +109,7 @@ class GroupMember:
             wall_seconds=msg.wall_seconds,
             secret_sha256=msg.secret_sha256,
             expires=now + msg.lease_seconds,
+            peers=peers,
         )
         return self.reservations.reserve(reservation, now, room)
 

@@ -9,7 +9,9 @@ take them between the reservation and the launch.
 a reservation: from the requester that reserved, naming the group and carrying the secret whose
 hash came with the reservation, within what was reserved, running hydra's proxy (mapped to our
 own: every node has its MPICH). The reservation is taken by it, so one group job is admitted
-(and paid) per member. Plain synchronous code; node.mpi.member is its trio edge.
+(and paid) per member, with the network wall its ranks run behind (node.mpi.wall: the group's
+addresses the member admitted at the reservation, and the launcher's port). Plain synchronous
+code; node.mpi.member is its trio edge.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import hmac
 import os
 from dataclasses import dataclass
 
+from node.mpi.wall import GroupPeers, wall_for
 from sandbox import JobSpec
 from sandbox.hostfs import DEFAULT_PATH
+from sandbox.netwall import Wall
 
 MAX_RESERVATIONS = 64
 PROXY = "hydra_pmi_proxy"
@@ -39,6 +43,7 @@ class Reservation:
     wall_seconds: float
     secret_sha256: bytes
     expires: float
+    peers: GroupPeers  # where its ranks may connect (node.mpi.wall.admit)
 
 
 class Reservations:
@@ -101,14 +106,20 @@ class Runtime:
         return cls(proxy, bin_dir) if os.access(proxy, os.X_OK) else None
 
 
+@dataclass(frozen=True)
+class Admitted:
+    spec: JobSpec  # what to run: our proxy, our PATH, the secret dropped
+    wall: Wall  # the network its ranks may reach
+
+
 def is_group_job(spec: JobSpec) -> bool:
     return spec.limits.network.value == "group"
 
 
 def admit_group_job(
     spec: JobSpec, requester: str, reservations: Reservations, runtime: Runtime, now: float
-) -> JobSpec | str:
-    """The spec to run for a group job (our proxy, our PATH, the secret dropped), or why not."""
+) -> Admitted | str:
+    """What to run for a group job, behind which wall, or why not."""
     env = spec.env_dict
     group_id, secret = env.pop(GROUP_ENV, None), env.pop(SECRET_ENV, None)
     if group_id is None or secret is None:
@@ -124,10 +135,14 @@ def admit_group_job(
             f"the group job asks for {lim.cpus:g} CPUs and {lim.memory >> 20} MiB; "
             f"{taken.cpus:g} CPUs and {taken.memory >> 20} MiB were reserved"
         )
+    wall = wall_for(taken.peers, spec.argv)
+    if isinstance(wall, str):
+        return wall
     env[GROUP_ENV] = group_id
     env["PATH"] = f"{runtime.bin_dir}:{DEFAULT_PATH}"
     # The sandbox shows no /sys: hwloc (in hydra and MPICH) would say so on every start.
     env["HWLOC_HIDE_ERRORS"] = "2"
-    return dataclasses.replace(
+    run = dataclasses.replace(
         spec, argv=(runtime.proxy, *spec.argv[1:]), env=tuple(sorted(env.items()))
     )
+    return Admitted(run, wall)

@@ -21,6 +21,8 @@ from typing import Any
 
 from node import pools
 from rainnet.pool import PoolSecret
+from sandbox import netwall
+from sandbox.config import SandboxConfig
 
 PYTHON = sys.executable
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -184,6 +186,28 @@ class Cluster:
             if node.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     node.proc.wait(timeout=10)
+        _sweep_walls(self.nodes)
+
+
+def _sweep_walls(nodes: Sequence[NodeProcess]) -> None:
+    """Delete the MPI ranks' firewall tables of nodes killed while ranks ran (a node sweeps
+    its own at its next start, which the homes of a test never see)."""
+    nft = netwall.nft_path()
+    if nft is None:
+        return
+    prefixes: dict[str | None, set[str]] = {}
+    for node in nodes:
+        name = SandboxConfig.for_home(node.home).cgroup_name
+        prefixes.setdefault(node.netns, set()).add(netwall.table_prefix(name))
+    for ns, mine in prefixes.items():
+        enter = _in_netns(ns) if ns else []
+        listed = subprocess.run(
+            [*enter, nft, "list", "tables", "inet"], capture_output=True, text=True, timeout=10
+        )
+        for line in listed.stdout.splitlines():
+            table = line.split()[-1] if line.startswith("table inet ") else ""
+            if any(table.startswith(p) for p in mine):
+                subprocess.run([*enter, nft, "delete", "table", "inet", table], timeout=10)
 
 
 def wait_until(

@@ -3,6 +3,7 @@ clears what only a live node could remove, and choosing backends when some canno
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import os
@@ -17,7 +18,7 @@ import pytest
 import trio
 
 from sandbox import cgroups, select, sweep
-from sandbox.errors import BackendUnavailable, PolicyRefused, SpecError
+from sandbox.errors import BackendUnavailable, PolicyRefused, SandboxFailure, SpecError
 from sandbox.job import Backend, Job
 from sandbox.policy import WorkerPolicy
 from sandbox.result import JobResult, Reason
@@ -242,3 +243,73 @@ def test_output_past_its_cap_is_drained_and_billed(native_backend: Backend) -> N
     print(f"500 MB past the cap: drained for {job.drain_ns / 1e9:.3f} CPU-s, billed with the job")
     quiet, _ = run(main, JobSpec.create(["sh", "-c", "echo hi"]))
     assert quiet.drain_ns == 0
+
+
+REACH = """
+import socket, sys
+for target in sys.argv[1:]:
+    ip, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((ip, int(port)), 3).close()
+        print(target, "reached")
+    except OSError as exc:
+        print(target, type(exc).__name__)
+"""
+
+
+def test_a_ranks_wall_admits_what_it_names_refuses_the_rest_and_goes_with_it(
+    sandbox_root: Path,
+) -> None:
+    """An MPI rank (the host's network) behind a wall naming a launcher: it reaches the
+    launcher's port, not another port of this host nor an address outside the group (refused
+    in the output hook: nothing leaves the machine); the table is gone with the job, and one
+    a crashed node left is swept."""
+    import socket
+
+    from sandbox import netwall
+    from sandbox.native import NativeBackend
+    from sandbox.spec import Network
+
+    config = make_config(
+        sandbox_root / "wall", policy=WorkerPolicy(allow_group=True), cgroup_name="rainnet-wt"
+    )
+    backend = run(NativeBackend.open, config)
+    assert isinstance(backend, NativeBackend)
+    assert backend.wall.kind is netwall.WallKind.FIREWALL, backend.wall.detail
+    prefix = netwall.table_prefix(config.cgroup_name)
+    with (
+        socket.create_server(("127.0.0.1", 0)) as other,
+        socket.create_server(("127.0.0.1", 0)) as launcher,
+    ):
+        other_port, launcher_port = other.getsockname()[1], launcher.getsockname()[1]
+        targets = [f"127.0.0.1:{launcher_port}", f"127.0.0.1:{other_port}", "198.51.100.7:80"]
+        spec = JobSpec.create(
+            ["/usr/bin/python3", "-c", REACH, *targets],
+            limits=Limits(wall_seconds=30, network=Network.GROUP),
+        )
+        wall = netwall.Wall(frozenset(), launcher=netwall.Endpoint("127.0.0.1", launcher_port))
+        backend.walls.expect(spec, wall)
+        result = run(backend.run, spec)
+    assert result.ok, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        f"{targets[0]} reached",
+        f"{targets[1]} ConnectionRefusedError",
+        f"{targets[2]} ConnectionRefusedError",
+    ]
+    assert netwall.tables(prefix) == []
+    # Without its wall, a rank does not start at all.
+    bare = JobSpec.create(["/bin/true"], limits=Limits(network=Network.GROUP))
+    with pytest.raises(SandboxFailure, match="network wall"):
+        run(backend.run, bare)
+    # A crashed node's table (here for the cgroup parent: a job's is gone with the crash) is
+    # swept at its next start.
+    target = backend.wall_target("crashed")
+    v2 = cgroups.detect_layout().v2
+    assert v2 is not None
+    parent = netwall.nft_cgroup(v2.mount, config.cgroup_base)
+    assert parent is not None
+    netwall.install(netwall.render(wall, dataclasses.replace(target, cgroup=parent, level=1)))
+    assert netwall.tables(prefix) == [target.table]
+    assert sweep(config).walls == [target.table]
+    assert netwall.tables(prefix) == []
+    cgroups.remove_tree(cgroups.detect_layout(), config.cgroup_base)  # (this test's parent)
