@@ -11,8 +11,10 @@ runs after one warm-up, against its baseline measured in the same run:
 - launch: `rain mpi run -n 4` of a trivial program (MPI_Init, a barrier), from the command to
   its end (assembly, the reservations, the agents, the member jobs and their sandboxes, the
   proxies, the ranks, the jobs' results), against plain `mpiexec -n 4` of the same program on
-  one host (the requester's). Goal: at most 1.5x. Loopback: 2 ranks a member, half a CPU a
-  rank; --netns: one rank on each of the 4 members. --netns also prints plain mpiexec across
+  one host (the requester's). Goal: at most 1.5x. Loopback: 2 ranks a member; --netns: one
+  rank on each of the 4 members; each rank --cpus-per-rank C (1, as `rain mpi run`'s default:
+  a CFS quota of half a CPU slows a rank's Python start and MPI_Init, plain mpiexec's ranks
+  have no quota). --netns also prints plain mpiexec across
   the same 4 namespaces (hydra's ssh launcher, an `nsenter` script as its ssh): what a launch
   across hosts costs hydra itself.
 - ping-pong between 2 ranks on 2 members (a whole CPU each): 8-byte round trips (latency) and
@@ -442,7 +444,13 @@ def plain_once(s: Setup, ranks: int) -> dict[str, float]:
 
 
 def measure(
-    s: Setup, n: int, netns: bool, hpl_size: int, breakdown_runs: int, figures_too: bool
+    s: Setup,
+    n: int,
+    netns: bool,
+    hpl_size: int,
+    breakdown_runs: int,
+    figures_too: bool,
+    cpus: float,
 ) -> None:
     root = s.root
     (root / "trivial.py").write_text(TRIVIAL)
@@ -451,7 +459,7 @@ def measure(
     cases = "".join(f"{ip}) ns={ns} ;;\n" for ip, ns in s.hosts.items())
     ssh.write_text(NSENTER_SSH.format(cases=cases))
     ssh.chmod(0o755)
-    per_node, cpus = (1, 0.5) if netns else (2, 0.5)
+    per_node = 1 if netns else 2
     if figures_too:
         print("\n".join(figures(s, n, netns, hpl_size, per_node, cpus)), flush=True)
     if breakdown_runs:
@@ -478,6 +486,7 @@ def figures(s: Setup, n: int, netns: bool, hpl_size: int, per_node: int, cpus: f
     launch = {k: statistics.median(v) for k, v in runs.items()}
     r, p = launch["rain mpi run"], launch["mpiexec, one host"]
     where = "4 members in 4 namespaces" if netns else "2 members on 127.0.0.1"
+    where += f", {cpus:g} CPU a rank"
     out.append(f"launch, 4 ranks, trivial program ({where}):")
     for name, t in launch.items():
         out.append(f"  {name:<34} {t:.3f} s")
@@ -551,6 +560,13 @@ def main() -> None:
         "--breakdown-runs", type=int, default=3, help="runs of the launch's breakdown (0: none)"
     )
     parser.add_argument(
+        "--cpus-per-rank",
+        type=float,
+        default=1.0,
+        help="the launch's ranks' CPU share (1, rain mpi run's default; plain mpiexec's have "
+        "no quota)",
+    )
+    parser.add_argument(
         "--breakdown-only", action="store_true", help="only where the launch's time goes"
     )
     args = parser.parse_args()
@@ -559,7 +575,13 @@ def main() -> None:
         setup = namespaces if args.netns else loopback
         with setup(Path(tmp)) as s:
             measure(
-                s, args.n, args.netns, args.hpl_size, args.breakdown_runs, not args.breakdown_only
+                s,
+                args.n,
+                args.netns,
+                args.hpl_size,
+                args.breakdown_runs,
+                not args.breakdown_only,
+                args.cpus_per_rank,
             )
     print(f"load average at the end: {load()}")
 
