@@ -10,20 +10,28 @@ which member and why, SIGTERM mpiexec (so the whole group ends at once, not when
 timeouts fire) and exit 255, as ssh does when the connection drops. SIGTERM to the agent
 cancels its member's job.
 
-Plain blocking code, no trio or libp2p (it starts once per member, on the launch's path):
-`rain mpi run` passes the node's home, the group id and its secret in the environment.
+Plain blocking code on the standard library alone, its own small client of the control socket
+(node.control.channel's protocol: one JSON line each way): it starts once per member, on the
+launch's path, several at once, so it imports neither trio nor libp2p nor the CLI's modules
+(those doubled its start). `rain mpi run` passes the node's home, the group id and its secret
+in the environment.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import json
 import os
 import shlex
 import signal
+import socket
 import sys
-from collections.abc import Sequence
-from types import FrameType
+
+TYPE_CHECKING = False  # (typing itself is not imported: it costs the start ~3 ms)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import FrameType
+    from typing import Any
 
 HOME_ENV = "RAIN_MPI_HOME"
 GROUP_ENV = "RAIN_MPI_GROUP_ID"
@@ -31,6 +39,14 @@ SECRET_ENV = "RAIN_MPI_GROUP_SECRET"
 # ssh's options that take a value (hydra passes `-x`, which does not).
 SSH_OPTIONS_WITH_VALUE = frozenset("bcDEeFIiJLlmOoPpQRSWw")
 LOST = 255
+CONTROL_SOCKET = "control.sock"  # in the node's home (node.home.CONTROL_SOCKET)
+REQUEST_TIMEOUT = 10.0  # the node answers one request within this (node.control.channel)
+MAX_ANSWER = 64 << 20  # (node.control.channel.MAX_RESPONSE)
+LONG_POLL = 4.0  # the node answers a `job` request at once when there is output or it ended
+
+
+class Unreachable(Exception):
+    """The node could not be asked, or it refused (why, in words for the user)."""
 
 
 def parse_ssh(argv: Sequence[str]) -> tuple[str, list[str]]:
@@ -48,10 +64,6 @@ def parse_ssh(argv: Sequence[str]) -> tuple[str, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from node.cli import CliError
-    from node.cli.jobs import follow
-    from node.cli.status import ask
-
     words = list(sys.argv[1:] if argv is None else argv)
     try:
         host, command = parse_ssh(words)
@@ -59,30 +71,88 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError) as exc:
         print(f"rain-mpi-agent: {exc} (run by `rain mpi run` only)", file=sys.stderr)
         return LOST
-    args = argparse.Namespace(home=home)
+    sock = os.path.join(home, CONTROL_SOCKET)
     try:
-        job_id = ask(args, "mpi-launch", group_id=group_id, secret=secret, host=host, argv=command)[
-            "job_id"
-        ]
-    except CliError as exc:
+        launched = ask(
+            sock, "mpi-launch", group_id=group_id, secret=secret, host=host, argv=command
+        )
+        job_id = str(launched["job_id"])
+    except Unreachable as exc:
         return _lost(host, str(exc))
 
     def cancel(signum: int, frame: FrameType | None) -> None:
         try:
-            ask(args, "cancel", job_id=job_id)
+            ask(sock, "cancel", job_id=job_id)
         finally:
             os._exit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, cancel)
     try:
-        final = follow(args, job_id, echo=True)
-    except CliError as exc:
+        final = follow(sock, job_id)
+    except Unreachable as exc:
         return _lost(host, str(exc))
     if final["state"] == "done" and final.get("exit_code") is not None:
         return int(final["exit_code"]) & 0xFF
     worker = (final.get("worker") or "?")[-8:]
     return _lost(host, f"member {worker} {final['state']}: {final.get('error') or ''}")
+
+
+def ask(sock: str, op: str, **params: Any) -> dict[str, Any]:
+    """The node's answer to one request on its control socket `sock`."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(REQUEST_TIMEOUT)
+            conn.connect(sock)
+            conn.sendall(json.dumps({"op": op, **params}).encode() + b"\n")
+            with conn.makefile("rb") as answers:
+                line = answers.readline(MAX_ANSWER)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise Unreachable(f"no rain-node is running with home {os.path.dirname(sock)}") from None
+    except TimeoutError:
+        raise Unreachable(f"the node did not answer within {REQUEST_TIMEOUT:.0f} s") from None
+    except OSError as exc:
+        raise Unreachable(f"cannot talk to the node at {sock}: {exc}") from None
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        raise Unreachable("the node's answer is not JSON") from None
+    if not isinstance(answer, dict):
+        raise Unreachable("the node's answer is not an object")
+    if answer.get("refused"):
+        raise Unreachable(str(answer.get("error") or "refused"))
+    return answer
+
+
+def follow(sock: str, job_id: str) -> dict[str, Any]:
+    """Relay the member's job's output (the proxy's own messages) until it ends, and the rest
+    of it from the node's stored copy; the job's final state. As `rain submit --wait` does
+    (node.cli.jobs.follow), with a line when the job waits and why."""
+    st: dict[str, Any] = {"stdout_next": 0, "stderr_next": 0, "finished": False}
+    said = None
+    while not st["finished"]:
+        st = _relay(sock, job_id, st, wait=LONG_POLL)
+        waiting = st.get("pending_reason")
+        if waiting and waiting != said:
+            print(f"rain: job {job_id} waiting: {waiting}", file=sys.stderr, flush=True)
+        said = waiting
+    while st["stdout_next"] < st["stdout_size"] or st["stderr_next"] < st["stderr_size"]:
+        before = (st["stdout_next"], st["stderr_next"])
+        st = _relay(sock, job_id, st)
+        if (st["stdout_next"], st["stderr_next"]) == before:
+            break  # (nothing more to read, though the sizes say otherwise)
+    return st
+
+
+def _relay(sock: str, job_id: str, st: dict[str, Any], **wait: float) -> dict[str, Any]:
+    """The job's state from the offsets of `st` on, its new output written out."""
+    offsets = {"stdout_from": st["stdout_next"], "stderr_from": st["stderr_next"]}
+    st = ask(sock, "job", job_id=job_id, **offsets, **wait)
+    sys.stdout.write(st["stdout"])
+    sys.stdout.flush()
+    sys.stderr.write(st["stderr"])
+    sys.stderr.flush()
+    return st
 
 
 def _lost(host: str, why: str) -> int:
