@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.jobs.core.conversation import Kind, RequesterConversation, State
-from node.jobs.core.holds import HOLD_LIMIT, Holds, MemberState, reported_state, wanted_holds
+from node.jobs.core.holds import (
+    HOLD_LIMIT,
+    NEWS,
+    Holds,
+    MemberState,
+    news,
+    reported_state,
+    wanted_holds,
+)
 from rainnet import jobproto, wire
 
 STATES = st.sampled_from([s.value for s in MemberState])
@@ -69,3 +77,12 @@ def test_a_hold_travels_on_a_running_job_stream_only() -> None:
     done.state = State.RESULT_OFFERED
     with pytest.raises(wire.LocalProtocolError):
         done.send(hold)
+
+
+def test_followers_are_told_of_freezes_and_resumes_only() -> None:
+    said = "running"
+    told = []
+    for state in ["running", "exiting", "suspended", "suspended", "held", None, "exiting"]:
+        line, said = news(state, said)
+        told.append(line)
+    assert told == [None, None, NEWS["suspended"], None, NEWS["held"], "resumed", None]

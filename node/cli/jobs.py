@@ -23,6 +23,7 @@ from node.cli import CliError, duration_arg, size_arg
 from node.cli.status import ask
 from node.control import channel as control
 from node.home import CONTROL_SOCKET, MPI_LOGS_DIR, resolve_home
+from node.jobs.core import holds
 from node.units import format_size, parse_duration, parse_size
 
 LONG_POLL = 4.0  # the node answers as soon as there is output or the job ends
@@ -328,14 +329,6 @@ def _follow_all(
             del pending[: len(ended)]
 
 
-# What `follow` says when its worker reports the job frozen or running again.
-FROZEN = {
-    "suspended": "suspended: its worker's owner is back (it resumes when the owner is away)",
-    "held": "held: another member of its MPI group is suspended",
-    "running": "resumed",
-}
-
-
 def follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]:
     """Poll the job, printing new output, until it ends; its final state (with all its output
     printed: what came live, then the rest from its stored files)."""
@@ -349,11 +342,9 @@ def follow(args: argparse.Namespace, job_id: str, echo: bool) -> dict[str, Any]:
         if echo and waiting and waiting != said:  # as squeue's REASON, when it changes
             print(f"rain: job {job_id} waiting: {waiting}", file=sys.stderr)
         said = waiting
-        frozen = st.get("worker_state") or "running"
-        if echo and frozen != worker_said and frozen in FROZEN and not st["finished"]:
-            print(f"rain: job {job_id} {FROZEN[frozen]}", file=sys.stderr)
-        if frozen in FROZEN:  # (not "exiting" and the like: they say nothing new)
-            worker_said = frozen
+        line, worker_said = holds.news(st.get("worker_state"), worker_said)
+        if echo and line and not st["finished"]:
+            print(f"rain: job {job_id} {line}", file=sys.stderr)
         offsets = {"stdout_from": st["stdout_next"], "stderr_from": st["stderr_next"]}
         if st["finished"]:
             return _read_rest(args, st, echo)

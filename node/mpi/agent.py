@@ -127,15 +127,21 @@ def ask(sock: str, op: str, **params: Any) -> dict[str, Any]:
 def follow(sock: str, job_id: str) -> dict[str, Any]:
     """Relay the member's job's output (the proxy's own messages) until it ends, and the rest
     of it from the node's stored copy; the job's final state. As `rain submit --wait` does
-    (node.cli.jobs.follow), with a line when the job waits and why."""
+    (node.cli.jobs.follow), with a line when the job waits and why, and when it is frozen
+    (its member's owner is back, or another's) or resumed."""
     st: dict[str, Any] = {"stdout_next": 0, "stderr_next": 0, "finished": False}
-    said = None
+    from node.jobs.core.holds import news  # (standard library alone: ~3 ms)
+
+    said, worker_said = None, "running"
     while not st["finished"]:
         st = _relay(sock, job_id, st, wait=LONG_POLL)
         waiting = st.get("pending_reason")
         if waiting and waiting != said:
             print(f"rain: job {job_id} waiting: {waiting}", file=sys.stderr, flush=True)
         said = waiting
+        line, worker_said = news(st.get("worker_state"), worker_said)
+        if line and not st["finished"]:  # (suspended with its group, held, resumed)
+            print(f"rain: job {job_id} {line}", file=sys.stderr, flush=True)
     while st["stdout_next"] < st["stdout_size"] or st["stderr_next"] < st["stderr_size"]:
         before = (st["stdout_next"], st["stderr_next"])
         st = _relay(sock, job_id, st)

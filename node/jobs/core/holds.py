@@ -32,6 +32,25 @@ class MemberState(enum.StrEnum):
     HELD = "held"  # frozen because another member of its group is suspended
 
 
+# What a follower of the job (`rain submit --wait`, the MPI agent) says when its worker's
+# report changes.
+NEWS = {
+    MemberState.SUSPENDED.value: "suspended: its worker's owner is back (it resumes when the "
+    "owner is away)",
+    MemberState.HELD.value: "held: another member of its MPI group is suspended",
+    MemberState.RUNNING.value: "resumed",
+}
+
+
+def news(state: str | None, said: str) -> tuple[str | None, str]:
+    """(what to say, or None; what has been said) when a job's worker state is `state` and
+    `said` was the last one told (at first, running). Other states (exiting...) say nothing."""
+    state = state or MemberState.RUNNING.value
+    if state not in NEWS or state == said:
+        return None, said
+    return NEWS[state], state
+
+
 def reported_state(frozen: bool, held: bool, owner_suspends: bool, state: str) -> str:
     """What a worker reports of a job: `held` when only its group's hold freezes it."""
     if frozen and held and not owner_suspends:
