@@ -31,9 +31,10 @@ runs after one warm-up, against its baseline measured in the same run:
   start; the `mpi-assemble` round trip; mpiexec's start to its first agent; the agents' Python
   start, imports and `mpi-launch`; each member's taking of the offer ("running job" in its
   log), then its inputs, sandbox and proxy up to the rank's process; the rank's Python start,
-  MPI_Init, barrier, MPI_Finalize; then the end: the rank's, proxy's and sandbox's exit and the
-  member's claim settled (before the job counts as done: on the command's path), the result's
-  files, the agents' exits, mpiexec's, `mpi-end`. A step of several members is the slowest
+  MPI_Init, barrier, MPI_Finalize; then the end: the rank's, proxy's and sandbox's exit (the
+  member says so before it claims), the agents' exits, mpiexec's, `mpi-end`; and, off the
+  command's path since the member says its proxy exited, its claim settled and the result's
+  files. A step of several members is the slowest
   member's. Beside it, the same clocks under plain `mpiexec -n 4` on one host.
 The load average is printed at the start, before the breakdown and at the end: on a machine
 shared with other work, read the figures beside it.
@@ -334,8 +335,13 @@ def breakdown_once(s: Setup, ranks: int, per_node: int, cpus: float) -> dict[str
     member_of = {m["host"]: m["peer_id"] for m in ended["members"]}
     nodes = {n.peer_id: n for n in s.members}
     running, done, settled = {}, {}, {}
+    # (After the run: mpiexec waits for the proxies to end, not for the members' claims.)
     wait_until(
-        lambda: all(log_times(nodes[member_of[by_job[j]]], f"job {j} settled") for j in by_job),
+        lambda: all(
+            log_times(nodes[member_of[by_job[j]]], f"job {j} settled")
+            and log_times(s.req, f"job {j} done")
+            for j in by_job
+        ),
         30,
         "the members' jobs settle",
         interval=0.05,
@@ -371,18 +377,15 @@ def breakdown_once(s: Setup, ranks: int, per_node: int, cpus: float) -> dict[str
         "rank: MPI_Init (mpi4py's import)": max(i - f for i, f in zip(init, first, strict=True)),
         "rank: barrier (the last rank's init to the barrier's end)": max(barrier) - max(init),
         "rank: MPI_Finalize": max(f - b for f, b in zip(final, barrier, strict=True)),
-        "end: finalized to the member's claim settled (exit, proxy, sandbox, claim; ms)": max(
-            settled.values()
-        )
+        "end: finalized to the last agent's exit (rank, proxy, sandbox; the member's word)": (
+            max(agent_end.values()) - max(final)
+        ),
+        "end: last agent's exit to mpiexec's": t2 - max(agent_end.values()),
+        "  (off the path) finalized to the member's claim settled": max(settled.values())
         - max(final),
-        "end: claim settled to the requester's 'job done' (the result's files; ms)": max(
+        "  (off the path) claim settled to the requester's 'job done'": max(
             done[h] - settled[h] for h in hosts
         ),
-        "end: 'job done' to the last agent's exit (its poll's answer, its exit)": max(
-            agent_end.values()
-        )
-        - max(done.values()),
-        "end: last agent's exit to mpiexec's": t2 - max(agent_end.values()),
         "mpi-end round trip": t3 - t2,
         "whole replay (without the CLI's start)": t3 - t0,
     }

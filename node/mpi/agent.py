@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         final = follow(sock, job_id)
     except Unreachable as exc:
         return _lost(host, str(exc))
-    if final["state"] == "done" and final.get("exit_code") is not None:
+    if final["state"] == "done" and final.get("exit_code") is not None:  # (or it exited)
         return int(final["exit_code"]) & 0xFF
     worker = (final.get("worker") or "?")[-8:]
     return _lost(host, f"member {worker} {final['state']}: {final.get('error') or ''}")
@@ -135,6 +135,9 @@ def follow(sock: str, job_id: str) -> dict[str, Any]:
     said, worker_said = None, "running"
     while not st["finished"]:
         st = _relay(sock, job_id, st, wait=LONG_POLL)
+        if st.get("worker_state") == "exited":  # (node.jobs.core.holds.MemberState.EXITED)
+            # The proxy ended with 0: mpiexec need not wait for the claim to be settled.
+            return {**st, "state": "done", "exit_code": 0}
         waiting = st.get("pending_reason")
         if waiting and waiting != said:
             print(f"rain: job {job_id} waiting: {waiting}", file=sys.stderr, flush=True)

@@ -331,6 +331,6 @@ class Groups:
             job = self.requester.jobs.get(group.jobs.get(m.host) or "")
             if job is None:
                 self.requester.nursery.start_soon(self._release, m.peer_id, group_id)
-            elif not job.finished.is_set():
-                job.cancel.set()
+            elif not job.finished.is_set() and job.worker_state != MemberState.EXITED.value:
+                job.cancel.set()  # (one that exited is being settled: let it be paid)
         return {**group.as_dict(), "ended": True}

@@ -30,6 +30,7 @@ class MemberState(enum.StrEnum):
     RUNNING = "running"
     SUSPENDED = "suspended"  # frozen by its own owner
     HELD = "held"  # frozen because another member of its group is suspended
+    EXITED = "exited"  # its processes ended with exit code 0 (its claim and result follow)
 
 
 # What a follower of the job (`rain submit --wait`, the MPI agent) says when its worker's

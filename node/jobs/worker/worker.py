@@ -19,6 +19,7 @@ job and run through `sandboxed` and the same claims.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -325,6 +326,17 @@ class Worker:
         if guest is not None:
             guest.in_sandbox = False
             self.queue.released()
+        if spec.limits.network is Network.GROUP and result.ok and not stream.ending:
+            # Its launcher waits for this proxy to end, not for its claim: say so before
+            # claiming (the claim, its signature and the result follow as for any job).
+            with contextlib.suppress(StreamGone):
+                await stream.send(
+                    jobproto.Progress(
+                        state=MemberState.EXITED.value,
+                        cpu_seconds=result.cpu_seconds,
+                        wall_seconds=result.wall_seconds,
+                    )
+                )
         if staged:  # not needed any more; the job may wait long for its settlement
             await blocking.run(_remove_tree, self.workdir / offer.job_id / "inputs")
         cpu_ms = terms.claimable_ms(result.cpu_seconds, spec)
