@@ -202,11 +202,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if code is None:
             print(f"rain: the group ran past its time ({args.time:g} s)", file=sys.stderr)
             code = 124
+        if code != 0:
+            # Before the group's end: its cancel would hide why a member's part ended (given
+            # up by its owner, lost), and the other parts end by themselves now.
+            _report_lost(args, group)
     finally:
         ended = ask(args, "mpi-end", group_id=group["group_id"])
     members = [m for m in ended.get("members", []) if m.get("job_id")]
-    if code != 0:
-        _report_lost(args, members)
     if outputs:
         code = _bring_outputs(args, ended.get("members", []), outputs, Path.cwd()) or code
     if args.json:
@@ -273,9 +275,14 @@ def _tee(source: Any, out: Any, log_path: Path) -> None:
         os.close(fd)
 
 
-def _report_lost(args: argparse.Namespace, members: list[dict[str, Any]]) -> None:
+def _report_lost(args: argparse.Namespace, group: dict[str, Any]) -> None:
     """Which members failed, and why (a lost member's job says so once its end is known)."""
-    hosts = {m["job_id"]: m["host"] for m in members}
+    try:
+        launched = ask(args, "resolve", job_id=group["job_id"])["job_ids"]  # (tasks ID_I)
+    except CliError:  # (no member was launched)
+        return
+    places = {f"{group['job_id']}_{i}": m["host"] for i, m in enumerate(group["members"])}
+    hosts = {j: places.get(j, "?") for j in launched}
     for st in _settled(list(hosts), args, LOST_WAIT):
         if st["state"] == "failed":
             worker = (st.get("worker") or "?")[-8:]
