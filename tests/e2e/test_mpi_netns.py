@@ -129,15 +129,15 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 
 
 def rank_processes(name: str) -> list[int]:
-    """The ranks (`python3 NAME`) running anywhere on this machine (not the launcher's side,
-    whose command lines name the program too)."""
+    """The ranks (`python3 -m mpi4py NAME`: node.cli.mpi.under_mpi4py) running anywhere on
+    this machine (not the launcher's side, whose command lines name the program too)."""
     found = []
     for pid in running(name):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv[:2] == [b"python3", name.encode()]:
+        if argv[:4] == [b"python3", b"-m", b"mpi4py", name.encode()]:
             found.append(pid)
     return found
 
