@@ -300,15 +300,20 @@ class Groups:
                 return job_id
 
     def _member_state(self, job: JobRecord) -> None:
-        """A member's job says it is suspended (its owner is back), held, or running again:
-        the others are held while any member is suspended, and let go when none is
-        (node.jobs.core.holds)."""
+        """A member's job says it is suspended (its owner is back), held, or running again,
+        or it ended: the others are held while any member is suspended, and let go when none
+        is (node.jobs.core.holds) or when one has ended."""
         group = self.groups.get(self._group_of.get(job.job_id, ""))
         if group is None:
             return
-        jobs = [self.requester.jobs.get(j) for j in group.jobs.values() if j]
-        states = {j.job_id: j.worker_state or MemberState.RUNNING.value for j in jobs if j}
-        for job_id, hold in wanted_holds(states).items():
+        jobs = [j for j in (self.requester.jobs.get(j) for j in group.jobs.values() if j) if j]
+        states = {j.job_id: j.worker_state or MemberState.RUNNING.value for j in jobs}
+        holds = wanted_holds(states)
+        if any(j.finished.is_set() for j in jobs):
+            # A member's part has ended, and with it the group: the others are let go, so
+            # that their proxies hear mpiexec end their ranks (frozen, they could not).
+            holds = dict.fromkeys(holds, False)
+        for job_id, hold in holds.items():
             member_job = self.requester.jobs[job_id]
             if hold != member_job.hold:
                 log.info(

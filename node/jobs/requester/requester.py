@@ -448,6 +448,8 @@ class Requester:
         job.touch()
         job.cancel.set()  # releases the cancel watcher
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
+        if job.group_job:
+            self.on_member_state(job)
 
     # ----- one attempt ------------------------------------------------------------------------
 
