@@ -277,11 +277,13 @@ def _tee(source: Any, out: Any, log_path: Path) -> None:
 
 def _report_lost(args: argparse.Namespace, group: dict[str, Any]) -> None:
     """Which members failed, and why (a lost member's job says so once its end is known)."""
+    places = {f"{group['job_id']}_{i}": m["host"] for i, m in enumerate(group["members"])}
     try:
         launched = ask(args, "resolve", job_id=group["job_id"])["job_ids"]  # (tasks ID_I)
-    except CliError:  # (no member was launched)
-        return
-    places = {f"{group['job_id']}_{i}": m["host"] for i, m in enumerate(group["members"])}
+    except CliError as exc:  # (none launched, or the node slow to answer: each in turn)
+        if "no job" in str(exc):
+            return
+        launched = list(places)
     hosts = {j: places.get(j, "?") for j in launched}
     for st in _settled(list(hosts), args, LOST_WAIT):
         if st["state"] == "failed":
