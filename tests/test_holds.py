@@ -27,9 +27,10 @@ STATES = st.sampled_from([s.value for s in MemberState])
 def test_a_member_is_held_exactly_while_another_is_suspended(states: dict[str, str]) -> None:
     holds = wanted_holds(states)
     assert set(holds) == set(states)
+    over = MemberState.ENDED.value in states.values()  # (a part ended: the group is over)
     for job, held in holds.items():
         others = [s for j, s in states.items() if j != job]
-        assert held == (MemberState.SUSPENDED.value in others)
+        assert held == (not over and MemberState.SUSPENDED.value in others)
 
 
 def test_one_suspended_member_holds_the_others_and_its_return_lets_them_go() -> None:
@@ -42,6 +43,8 @@ def test_one_suspended_member_holds_the_others_and_its_return_lets_them_go() -> 
     assert wanted_holds({"a": "running", "b": "held", "c": "held"}) == dict.fromkeys("abc", False)
     # Two owners back: each holds the other (whoever resumes first stays frozen for the other).
     assert wanted_holds({"a": "suspended", "b": "suspended"}) == {"a": True, "b": True}
+    # One member's part ended (given up): the group is over, and nobody stays frozen in it.
+    assert wanted_holds({"a": "ended", "b": "held"}) == {"a": False, "b": False}
 
 
 def test_a_worker_reports_held_only_when_its_group_alone_freezes_the_job() -> None:

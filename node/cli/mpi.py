@@ -118,7 +118,8 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_bench(args: argparse.Namespace) -> int:
     """node/mpi/hpl.py as the group's program: its Gflops beside one process's."""
     program = Path(__file__).resolve().parent.parent / "mpi" / "hpl.py"
-    args.input, args.label, args.json = [str(program)], False, False
+    args.input, args.output, args.name = [str(program)], [], None
+    args.label, args.json = False, False
     args.argv = ["python3", program.name, str(args.size), str(args.nb)]
     return cmd_run(args)
 
@@ -182,8 +183,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     bin_dir = Path(sys.executable).parent
     if not (bin_dir / "mpiexec").exists():
         raise CliError(f"no mpiexec beside {sys.executable} (pip install mpich)")
-    outputs = getattr(args, "output", [])
-    name = getattr(args, "name", None) or f"mpi {shlex.join(command)}"[:NAME_CHARS]
+    outputs = args.output
+    name = args.name or f"mpi {shlex.join(command)}"[:NAME_CHARS]
     group = ask(args, "mpi-assemble", **_request(args), inputs=inputs, outputs=outputs, name=name)
     members_line = f"{group['ranks']} ranks on {len(group['members'])} members"
     # As `rain submit` does: the id first (`rain jobs`, `rain cancel ID` from elsewhere).

@@ -130,12 +130,12 @@ def follow(sock: str, job_id: str) -> dict[str, Any]:
     (node.cli.jobs.follow), with a line when the job waits and why, and when it is frozen
     (its member's owner is back, or another's) or resumed."""
     st: dict[str, Any] = {"stdout_next": 0, "stderr_next": 0, "finished": False}
-    from node.jobs.core.holds import news  # (standard library alone: ~3 ms)
+    from node.jobs.core.holds import MemberState, news  # (standard library alone: ~3 ms)
 
     said, worker_said = None, "running"
     while not st["finished"]:
         st = _relay(sock, job_id, st, wait=LONG_POLL)
-        if st.get("worker_state") == "exited":  # (node.jobs.core.holds.MemberState.EXITED)
+        if st.get("worker_state") == MemberState.EXITED.value:
             # The proxy ended with 0: mpiexec need not wait for the claim to be settled.
             return {**st, "state": "done", "exit_code": 0}
         waiting = st.get("pending_reason")

@@ -121,7 +121,6 @@ class Groups:
         self._open_stream = open_stream
         self._our_addrs = our_addrs
         self.groups: dict[str, Group] = {}
-        self._group_of: dict[str, str] = {}  # member job id -> group id
         requester.on_member_state = self._member_state
 
     def plan(
@@ -289,7 +288,6 @@ class Groups:
             name=group.job.name,
         )
         group.jobs[host] = job.job_id
-        self._group_of[job.job_id] = group_id
         return job
 
     def _new_job_id(self) -> str:
@@ -303,17 +301,12 @@ class Groups:
         """A member's job says it is suspended (its owner is back), held, or running again,
         or it ended: the others are held while any member is suspended, and let go when none
         is (node.jobs.core.holds) or when one has ended."""
-        group = self.groups.get(self._group_of.get(job.job_id, ""))
+        group = next((g for g in self.groups.values() if g.job_id == job.array_id), None)
         if group is None:
             return
         jobs = [j for j in (self.requester.jobs.get(j) for j in group.jobs.values() if j) if j]
-        states = {j.job_id: j.worker_state or MemberState.RUNNING.value for j in jobs}
-        holds = wanted_holds(states)
-        if any(j.finished.is_set() for j in jobs):
-            # A member's part has ended, and with it the group: the others are let go, so
-            # that their proxies hear mpiexec end their ranks (frozen, they could not).
-            holds = dict.fromkeys(holds, False)
-        for job_id, hold in holds.items():
+        states = {j.job_id: _hold_state(j) for j in jobs}
+        for job_id, hold in wanted_holds(states).items():
             member_job = self.requester.jobs[job_id]
             if hold != member_job.hold:
                 log.info(
@@ -330,8 +323,6 @@ class Groups:
         group = self.groups.pop(group_id, None)
         if group is None:
             return {"group_id": group_id, "ended": False}
-        for job_id in group.jobs.values():
-            self._group_of.pop(job_id, None)
         for m in group.plan.members:
             job = self.requester.jobs.get(group.jobs.get(m.host) or "")
             if job is None:
@@ -339,3 +330,10 @@ class Groups:
             elif not job.finished.is_set() and job.worker_state != MemberState.EXITED.value:
                 job.cancel.set()  # (one that exited is being settled: let it be paid)
         return {**group.as_dict(), "ended": True}
+
+
+def _hold_state(job: JobRecord) -> str:
+    """A member job's state as node.jobs.core.holds reads it."""
+    if job.finished.is_set():
+        return MemberState.ENDED.value
+    return job.worker_state or MemberState.RUNNING.value

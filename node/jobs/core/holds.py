@@ -9,7 +9,9 @@ its part up (its owner stayed past the policy's limit), its ranks die and hydra 
 
 Rules:
 - the requester: member X's job is held while some member other than X reports `suspended`
-  (frozen by its owner); a member held by us reports `held`, which holds nobody;
+  (frozen by its owner); a member held by us reports `held`, which holds nobody; once any
+  member's part has ended, none is held: the group is over, and a frozen proxy could not hear
+  mpiexec end its ranks;
 - a worker: a held job is frozen; it is thawed when the hold is lifted, unless its own owner
   has frozen it meanwhile (then the owner's resume thaws it, unless it is held still); a hold
   lasts at most HOLD_LIMIT, after which the worker ends the job: a requester cannot keep a
@@ -31,6 +33,7 @@ class MemberState(enum.StrEnum):
     SUSPENDED = "suspended"  # frozen by its own owner
     HELD = "held"  # frozen because another member of its group is suspended
     EXITED = "exited"  # its processes ended with exit code 0 (its claim and result follow)
+    ENDED = "ended"  # (the requester's word, not a worker's: its part is over)
 
 
 # What a follower of the job (`rain submit --wait`, the MPI agent) says when its worker's
@@ -61,6 +64,8 @@ def reported_state(frozen: bool, held: bool, owner_suspends: bool, state: str) -
 
 def wanted_holds(states: Mapping[str, str]) -> dict[str, bool]:
     """For each member job (id -> its last reported state): whether it should be held."""
+    if MemberState.ENDED.value in states.values():
+        return dict.fromkeys(states, False)
     suspended = [j for j, s in states.items() if s == MemberState.SUSPENDED.value]
     return {j: any(other != j for other in suspended) for j in states}
 
