@@ -52,6 +52,8 @@ def test_rain_demo_brings_a_network_up_and_down(tmp_path: Path) -> None:
     reader.start()
     try:
         wait_until(lambda: any(x.startswith("ready: 3 nodes") for x in lines), 90, "ready")
+        # (The panel line follows "ready" at once, but the reader thread may not have it yet.)
+        wait_until(lambda: any(x.startswith("panel: ") for x in lines), 10, "the panel line")
         [url] = [x.split(" ", 1)[1].strip() for x in lines if x.startswith("panel: ")]
         # (The token in the URL buys a cookie, then the page.)
         browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
