@@ -26,6 +26,9 @@ from node.owner.config import PolicyConfig, parse_window
 from node.owner.policy import Decision, IdlePolicy
 from node.owner.signals import PolicyWatch, Sampler, input_files
 
+# (alone: the owner's CPU load is the machine's, so another test's load would be the owner's)
+pytestmark = pytest.mark.alone
+
 
 def quiet_config(input_dir: Path, **overrides: Any) -> PolicyConfig:
     """Small thresholds; CPU load never matters (other tests load these machines)."""

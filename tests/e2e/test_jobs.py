@@ -50,7 +50,7 @@ def test_200_jobs_run_on_peers_and_credit_matches_cpu_seconds(cluster: Cluster) 
     jobs = {j["job_id"]: j for j in json.loads(requester.rain("jobs", "--json").stdout)}
     assert all(jobs[i]["state"] == "done" for i in ids), [jobs[i]["error"] for i in ids]
     for i, job_id in enumerate(ids):
-        assert requester.rain("logs", job_id).stdout == f"job-{i}\n"
+        assert requester.rain_here("logs", job_id) == f"job-{i}\n"
         assert jobs[job_id]["exit_code"] == 0
     assert {jobs[i]["worker"] for i in ids} <= {w.peer_id for w in workers}
 

@@ -20,9 +20,13 @@ from tests.e2e.nodes import PYTHON, Cluster, wait_until
 from tests.e2e.owner_helpers import GuestCgroup, Worker, join, network, start_worker
 from tests.e2e.test_mpi import program, running
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root: ranks run in native sandboxes, whose cgroups we read"
-)
+# (alone: the owner's CPU load is the machine's, so another test's load would be the owner's)
+pytestmark = [
+    pytest.mark.alone,
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="needs root: ranks run in native sandboxes, whose cgroups we read"
+    ),
+]
 
 # 60 rounds of a barrier, 0.1 s apart (6 s of running), then an allreduce everyone prints.
 STEPS = """

@@ -42,9 +42,14 @@ from tests.e2e.owner_helpers import (
     time_to_stop,
 )
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root: guests run in native sandboxes, whose cgroups we read"
-)
+# (alone: the owner's CPU load is the machine's, so another test's load would be the owner's)
+pytestmark = [
+    pytest.mark.alone,
+    pytest.mark.skipif(
+        os.geteuid() != 0,
+        reason="needs root: guests run in native sandboxes, whose cgroups we read",
+    ),
+]
 
 
 def last_transition(worker: Worker, action: str) -> dict[str, Any] | None:

@@ -33,9 +33,11 @@ pytest_plugins = ["tests.e2e.sandbox_fixtures"]
 
 
 def test_a_fork_bomb_stops_at_the_pids_limit(backend: Backend) -> None:
-    # `exec sleep`: the shell becomes the sleep without a fork, which the exhausted pids limit
-    # may refuse (the job would then end early with an error instead of at its wall time).
-    bomb = "bomb() { bomb | bomb & }; bomb; exec sleep 30"
+    # The bomb forks in a subshell of its own, and the job's shell becomes the sleep (`exec`, no
+    # fork): a fork the exhausted pids limit refuses ends only a bomb's shell. (The bomb in the
+    # job's own shell raced it: a slow shell whose fork was refused before its `exec sleep`
+    # ended the job early, exit 2, instead of at its wall time.)
+    bomb = "(bomb() { bomb | bomb & }; bomb) & exec sleep 30"
     spec = JobSpec.create(
         ["sh", "-c", bomb], image=image_for(backend), limits=Limits(pids=32, wall_seconds=2)
     )
