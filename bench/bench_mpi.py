@@ -64,6 +64,7 @@ from node.cli.mpi import TRANSPORT as RAIN_TRANSPORT
 from node.cli.mpi import mpiexec_argv
 from node.control import channel as control
 from node.home import CONTROL_SOCKET
+from node.mpi import agent
 from node.mpi.agent import GROUP_ENV, HOME_ENV, SECRET_ENV
 from tests.e2e.netns import Topology
 from tests.e2e.nodes import (
@@ -133,7 +134,7 @@ TRACE_SH = """#!/bin/sh
 host=""
 for a in "$@"; do case "$a" in -*) ;; *) host=$a; break;; esac; done
 echo "$(date +%s.%N) $host spawn" >> "$RAIN_BENCH_TRACE"
-exec {python} {driver} "$@"
+exec {python} -S -I {driver} "$@"
 """
 TRACE_DRIVER = """
 import os, sys, time
@@ -142,9 +143,8 @@ def mark(*what):
         f.write(" ".join([f"{time.time():.6f}", host, *map(str, what)]) + "\\n")
 host = next(a for a in sys.argv[1:] if not a.startswith("-"))
 mark("python")
-import node.mpi.agent as agent
-if not hasattr(agent, "ask"):  # (an agent that asked through the CLI's modules)
-    import node.cli.status as status, node.cli.jobs as jobs
+sys.path.insert(0, os.environ["RAIN_BENCH_ROOT"])  # (run as rain mpi run runs it: -S -I)
+from node.mpi import agent
 mark("imported")
 def traced(real):
     def ask(to, op, **params):
@@ -154,10 +154,7 @@ def traced(real):
         mark(op, f"{sent:.6f}", answer.get("state", "-"), output)
         return answer
     return ask
-if hasattr(agent, "ask"):
-    agent.ask = traced(agent.ask)
-else:
-    status.ask = jobs.ask = traced(status.ask)
+agent.ask = traced(agent.ask)
 code = agent.main()
 mark("exit", code)
 sys.exit(code)
@@ -300,8 +297,9 @@ def breakdown_once(s: Setup, ranks: int, per_node: int, cpus: float) -> dict[str
     t0 = time.time()
     group = control.request(sock, "mpi-assemble", **request, inputs=inputs)
     t1 = time.time()
-    argv = mpiexec_argv(BIN, group, ["python3", "traced.py"], False)
-    argv[argv.index("-launcher-exec") + 1] = str(s.root / "trace-agent")
+    argv = mpiexec_argv(
+        BIN / "mpiexec", s.root / "trace-agent", group, ["python3", "traced.py"], False
+    )
     env = {
         **os.environ,
         "HYDRA_LAUNCHER_AUTOFORK": "0",
@@ -309,6 +307,7 @@ def breakdown_once(s: Setup, ranks: int, per_node: int, cpus: float) -> dict[str
         GROUP_ENV: group["group_id"],
         SECRET_ENV: group["secret"],
         "RAIN_BENCH_TRACE": str(trace),
+        "RAIN_BENCH_ROOT": str(Path(agent.__file__).resolve().parents[2]),
     }
     try:
         res = subprocess.run(s.at_req(argv), env=env, capture_output=True, text=True, timeout=120)

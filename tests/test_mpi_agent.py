@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from node.cli.mpi import agent_launcher
 from node.control import channel
 from node.home import CONTROL_SOCKET
 from node.mpi import agent
@@ -140,6 +143,30 @@ def test_it_relays_the_jobs_output_and_exits_with_its_code(
     polls = standin.requests[1:]
     assert [p["stdout_from"] for p in polls] == [0, 2]
     assert all(p["wait"] == agent.LONG_POLL for p in polls)
+
+
+def test_its_launcher_runs_it_isolated_on_the_standard_library_alone(
+    home: Path, node: Callable[[Answer], StandIn]
+) -> None:
+    """hydra runs the script agent_launcher writes: the agent as `python -S -I` (no site, no
+    third-party package on its path), which still launches its member and relays its job."""
+    node(job_answers([("a\n", "")], {"state": "done", "exit_code": 4}))
+    script = agent_launcher(home)
+    assert agent_launcher(home) == script and os.access(script, os.X_OK)
+    res = subprocess.run(
+        [str(script), "-x", "127.1.0.1", "/x/hydra_pmi_proxy"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (4, "a\n", "")
+    probe = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", "import sys; print('site' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert probe.stdout.strip() == "False"  # (what -S means here: the agent ran without it)
 
 
 def test_it_reads_what_the_last_answer_did_not_carry(

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import io
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
-from node.cli.mpi import under_mpi4py
+from node.cli.mpi import run_teed, under_mpi4py
 
 
 @pytest.mark.parametrize(
@@ -26,3 +31,16 @@ from node.cli.mpi import under_mpi4py
 )
 def test_python_programs_run_under_mpi4py(command: list[str], expected: list[str]) -> None:
     assert under_mpi4py(command) == expected
+
+
+def test_mpiexec_s_end_its_code_and_a_time_limit_come_back(tmp_path: Path) -> None:
+    """run_teed (mpiexec's runner): the exit code (128 + N for a signal), output teed to the
+    log, and past its time the command killed and None."""
+    logs = (tmp_path / "out", tmp_path / "err")
+    out = io.TextIOWrapper(io.BytesIO(), write_through=True)
+    assert run_teed(["sh", "-c", "echo hi; exit 3"], {}, 30, out, logs) == 3
+    assert out.buffer.getvalue() == b"hi\n" and logs[0].read_bytes() == b"hi\n"
+    assert run_teed(["sh", "-c", "kill -TERM $$"], {}, 30, out, logs) == 128 + signal.SIGTERM
+    began = time.monotonic()
+    assert run_teed(["sleep", "30"], {}, 0.3, out, logs) is None
+    assert time.monotonic() - began < 10  # (killed, not waited for)
