@@ -190,6 +190,7 @@ def test_the_panel_listens_on_127_0_0_1_only(node: NodeProcess) -> None:
                 s.connect((address, panel.port))
 
 
+@pytest.mark.alone  # (the default port is the machine's: another test's node may hold it)
 def test_a_taken_port(cluster: Cluster) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
