@@ -466,13 +466,14 @@ def _row(j: dict[str, Any]) -> tuple[str, ...]:
 
 def _all_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The node's jobs; while it is down, as its store kept them (said on stderr)."""
-    # (Imported here: the store costs an import of trio, which other commands need not pay.)
-    from node.jobs.requester.store import JOBS_FILE, JobStore  # the store alone: test_layers
-
     home = resolve_home(args.home)
     try:
         return list(control.request(home / CONTROL_SOCKET, "jobs")["jobs"])
     except control.NodeNotRunning:
+        # (Imported only now: the store costs an import of trio and the job modules, 0.8-1.2 s
+        # a call here, which a running node's answer does not need.)
+        from node.jobs.requester.store import JOBS_FILE, JobStore  # the store alone: test_layers
+
         if not (home / JOBS_FILE).exists():
             raise CliError(
                 f"no rain-node is running with home {home}, and it has no jobs"
