@@ -33,7 +33,8 @@ from typing import Any
 from node.cli import CliError, duration_arg, size_arg
 from node.cli.jobs import copy_result_file, result_files
 from node.cli.status import ask
-from node.home import MPI_LOGS_DIR, resolve_home
+from node.control import channel as control
+from node.home import CONTROL_SOCKET, MPI_LOGS_DIR, resolve_home
 from node.mpi import agent
 from node.mpi.agent import GROUP_ENV, HOME_ENV, SECRET_ENV
 
@@ -315,10 +316,11 @@ def _tee(source: Any, out: Any, log_path: Path) -> None:
 def _report_lost(args: argparse.Namespace, group: dict[str, Any]) -> None:
     """Which members failed, and why (a lost member's job says so once its end is known)."""
     places = {f"{group['job_id']}_{i}": m["host"] for i, m in enumerate(group["members"])}
+    sock = resolve_home(args.home) / CONTROL_SOCKET
     try:
-        launched = ask(args, "resolve", job_id=group["job_id"])["job_ids"]  # (tasks ID_I)
-    except CliError as exc:  # (none launched, or the node slow to answer: each in turn)
-        if "no job" in str(exc):
+        launched = control.request(sock, "resolve", job_id=group["job_id"])["job_ids"]  # ID_I
+    except control.ControlError as exc:  # (none launched, or the node slow: each in turn)
+        if exc.refusal is control.Refusal.NOT_FOUND:
             return
         launched = list(places)
     hosts = {j: places.get(j, "?") for j in launched}

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,31 @@ MAX_CLIENTS = 32
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+class Refusal(StrEnum):
+    """Why the node refused a request, for a client that acts on it (its message is the
+    user's to read, never to match)."""
+
+    REFUSED = "refused"  # it cannot be done: the message says why
+    NOT_FOUND = "not-found"  # what the request names is not on this node
+
+
 class ControlError(Exception):
-    """The node could not be reached or refused the request (message fit for the user)."""
+    """The node could not be reached or refused the request (message fit for the user).
+    `refusal`: the node's kind of refusal; None when it was not reached or answered wrongly."""
+
+    def __init__(self, message: str, refusal: Refusal | None = None) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 class NodeNotRunning(ControlError):
     """No node answers on that home's socket."""
 
 
-def refusal(message: str) -> dict[str, Any]:
+def refusal(message: str, kind: Refusal = Refusal.REFUSED) -> dict[str, Any]:
     """The answer to a request the node refuses. Marked by `"refused": true` rather than by an
     "error" key alone, since answers may carry fields of that name (a failed job's error)."""
-    return {"refused": True, "error": message}
+    return {"refused": True, "error": message, "kind": kind.value}
 
 
 def request(sock_path: Path, op: str, timeout: float = 10.0, **params: Any) -> dict[str, Any]:
@@ -79,7 +93,11 @@ def request(sock_path: Path, op: str, timeout: float = 10.0, **params: Any) -> d
     if not isinstance(answer, dict):
         raise ControlError("the node's answer is not an object")
     if answer.get("refused"):
-        raise ControlError(str(answer.get("error") or "refused"))
+        try:
+            kind = Refusal(str(answer.get("kind")))
+        except ValueError:  # (a node older than the kinds, or a kind newer than ours)
+            kind = Refusal.REFUSED
+        raise ControlError(str(answer.get("error") or "refused"), kind)
     return answer
 
 

@@ -76,6 +76,15 @@ def input_files(pairs: Any) -> tuple[tuple[FileEntry, Path], ...]:
     return tuple(inputs)
 
 
+class JobNotFound(LookupError):
+    """No job of that id (or array, or start of one) on this node."""
+
+
+def _refused(exc: LookupError) -> dict[str, Any]:
+    kind = control.Refusal.NOT_FOUND if isinstance(exc, JobNotFound) else control.Refusal.REFUSED
+    return control.refusal(str(exc), kind)
+
+
 def _named(requester: Requester, given: object) -> list[JobRecord]:
     """The jobs `given` names: a job's id, an array's (all its tasks, in order), or a unique
     start of either. LookupError saying why if none, or if it is ambiguous."""
@@ -94,7 +103,7 @@ def _named(requester: Requester, given: object) -> list[JobRecord]:
             return [jobs[heads.pop()]]
         if heads:
             raise LookupError(f"{given!r} starts {len(heads)} job ids: give more of it")
-        raise LookupError(f"no job {given!r} on this node (see `rain jobs`)")
+        raise JobNotFound(f"no job {given!r} on this node (see `rain jobs`)")
     return sorted(tasks, key=lambda j: j.array_task or 0)
 
 
@@ -114,7 +123,7 @@ async def resolve(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     try:
         return {"job_ids": [j.job_id for j in _named(requester, req.get("job_id"))]}
     except LookupError as exc:
-        return control.refusal(str(exc))
+        return _refused(exc)
 
 
 async def submit(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +202,7 @@ async def job_status(requester: Requester, req: dict[str, Any]) -> dict[str, Any
     try:
         job = _job(requester, req)
     except LookupError as exc:
-        return control.refusal(str(exc))
+        return _refused(exc)
     wait = req.get("wait")
     if isinstance(wait, int | float) and wait > 0 and not job.finished.is_set():
         nothing_new = req.get("stdout_from", 0) >= len(job.stdout) and req.get(
@@ -270,7 +279,7 @@ async def cancel(requester: Requester, req: dict[str, Any]) -> dict[str, Any]:
     try:
         jobs = _named(requester, req.get("job_id"))
     except LookupError as exc:
-        return control.refusal(str(exc))
+        return _refused(exc)
     live = [j for j in jobs if not j.finished.is_set()]
     for job in live:
         job.cancel.set()
