@@ -222,7 +222,11 @@ async def _status(
     runs, what came live (kept in memory up to MAX_KEPT_OUTPUT); once ended, from its stored
     files, whole. `NAME_size` says how much there is; `NAME_cap` is there when the stream
     reached the job's cap (the worker kept no more)."""
+    # One snapshot: whether it ended is taken with its state, before the awaits below. Taken
+    # after them, a job that ended meanwhile was answered as ended with the state of before
+    # (no "how", no exit code: `rain submit --wait` failed such a job, "rain: job ID: None").
     out = job.as_dict()
+    ended = job.finished.is_set()
     folder = requester.jobs_dir / job.job_id
     for name, buf, start in (
         ("stdout", job.stdout, stdout_from),
@@ -236,7 +240,7 @@ async def _status(
         out[f"{name}_size"] = size
         if size >= job.spec.limits.output_bytes:
             out[f"{name}_cap"] = job.spec.limits.output_bytes
-    out["finished"] = job.finished.is_set()
+    out["finished"] = ended
     out["result_dir"] = str(folder)
     return out
 
