@@ -33,6 +33,7 @@ class MemberState(enum.StrEnum):
     SUSPENDED = "suspended"  # frozen by its own owner
     HELD = "held"  # frozen because another member of its group is suspended
     EXITED = "exited"  # its processes ended with exit code 0 (its claim and result follow)
+    GIVEN_UP = "given-up"  # its owner stayed past the policy's max_suspend: ended, unclaimed
     ENDED = "ended"  # (the requester's word, not a worker's: its part is over)
 
 

@@ -248,7 +248,7 @@ class Requester:
                 why = f"paid {worker[-8:]}, which has not delivered the result ({exc})"
             except AttemptLost as exc:
                 why = f"lost {worker[-8:]}: {exc}"
-                if job.worker_state == MemberState.SUSPENDED.value:
+                if job.worker_state in (MemberState.SUSPENDED.value, MemberState.GIVEN_UP.value):
                     # Its stream ended while its worker's owner held it frozen: given up.
                     why = f"given up by {worker[-8:]}: its owner came back and stayed ({exc})"
             except Exception as exc:

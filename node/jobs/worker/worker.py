@@ -326,13 +326,21 @@ class Worker:
         if guest is not None:
             guest.in_sandbox = False
             self.queue.released()
-        if spec.limits.network is Network.GROUP and result.ok and not stream.ending:
+        group = spec.limits.network is Network.GROUP
+        said: MemberState | None = None
+        if group and result.ok:
             # Its launcher waits for this proxy to end, not for its claim: say so before
             # claiming (the claim, its signature and the result follow as for any job).
+            said = MemberState.EXITED
+        elif group and given_up(result, offer.job_id, cancelled):
+            # Said before the stream ends: a periodic Progress sent while it wound down
+            # ("exiting") would otherwise be the requester's last word of why it was lost.
+            said = MemberState.GIVEN_UP
+        if said is not None and not stream.ending:
             with contextlib.suppress(StreamGone):
                 await stream.send(
                     jobproto.Progress(
-                        state=MemberState.EXITED.value,
+                        state=said.value,
                         cpu_seconds=result.cpu_seconds,
                         wall_seconds=result.wall_seconds,
                     )
@@ -520,9 +528,15 @@ def owed(result: JobResult, job_id: str, cancelled: set[str], cpu_ms: int) -> bo
     until then is owed: a requester must not get work for free by cancelling it after seeing its
     output), and it used some CPU. A job the idle policy gave up is not claimed: the owner, not
     the requester, ended it, and it runs again elsewhere."""
-    if result.reason.value == "cancelled" and job_id not in cancelled:
+    if given_up(result, job_id, cancelled):
         return False
     return cpu_ms > 0 or result.reason.value != "cancelled"
+
+
+def given_up(result: JobResult, job_id: str, cancelled: set[str]) -> bool:
+    """Whether a run was ended by this node's idle policy (its owner stayed past the policy's
+    max_suspend), not by its requester: it was stopped as cancelled, but nobody asked."""
+    return result.reason.value == "cancelled" and job_id not in cancelled
 
 
 def finished_message(result: JobResult, entries: list[jobproto.FileEntry]) -> jobproto.Finished:
