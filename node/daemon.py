@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ from node.snapshot import (
 )
 from rainnet import __version__, identity, jobproto, mpiproto, records, wire
 from rainnet.ledgerproto import LEDGER, LEDGER_MAX_FRAME, LedgerFrame
+from rainnet.neighbourhood import Known
 from rainnet.network import Description, NetworkConfig, PeerNetwork
 from rainnet.streams import FramedStream, StreamGone
 
@@ -116,6 +118,7 @@ class Node:
             home / "jobs",
             JobStore(home / JOBS_FILE),
         )
+        self.requester.look_further = self.network.look_further
         self.groups = Groups(
             self.requester, self._candidates, self.network.open_stream, lambda: self.network.addrs
         )
@@ -320,11 +323,16 @@ class Node:
     # ----- peers ------------------------------------------------------------------------------
 
     def _candidates(self) -> list[scheduler.Candidate]:
-        return [
+        """Workers to place on: our neighbours, then those found in the DHT beyond them (a
+        hello checks such a one directly before work is sent: PeerNetwork.open_stream)."""
+        live = [
             scheduler.Candidate(p.record, p.rtt)
             for p in self.network.membership.live_peers()
             if p.record is not None
         ]
+        discovery = self.network.discovery
+        beyond = discovery.workers_beyond(time.time()) if discovery is not None else []
+        return live + [scheduler.Candidate(r, None) for r in beyond]
 
     def _peer_live(self, peer_id: str) -> bool:
         """Whether the requester of an MPI group job here is still heard from. Stricter than
@@ -382,6 +390,8 @@ class Node:
         decision = self.idle.decision if self.idle else None
         lights = self.lights
         discovery = self.network.discovery
+        neighbourhood = self.network.neighbourhood
+        working = neighbourhood.with_work() if neighbourhood else set()
         me = SelfView(
             peer_id=self.me.peer_id,
             addrs=tuple(self.network.addrs),
@@ -402,11 +412,15 @@ class Node:
             hot=lights.hot,
             load=lights.load,
             unreachable_bootstrap=tuple(discovery.unreachable_bootstrap(now)) if discovery else (),
+            connections=len(neighbourhood.connections()) if neighbourhood else 0,
+            max_connections=self.config.network.max_connections,
+            trimmed=neighbourhood.trimmed if neighbourhood else 0,
+            network_size=self.network.network_size(),
         )
         return NodeSnapshot(
             taken_at=now,
             me=me,
-            peers=tuple(_peer_view(p) for p in self.network.membership.live_peers()),
+            peers=tuple(_peer_view(p, working) for p in self.network.membership.live_peers()),
             jobs=JobsView.count(
                 [j.state.value for j in self.requester.jobs.values()],
                 len(self.worker.running) if self.worker else 0,
@@ -488,7 +502,7 @@ def _runtime_dirs() -> tuple[str, ...]:
     return tuple(sorted(d for d in dirs if not (d == "/usr" or d.startswith("/usr/"))))
 
 
-def _peer_view(p: Any) -> PeerView:
+def _peer_view(p: Any, working: AbstractSet[str] = frozenset()) -> PeerView:
     rec = p.record
     return PeerView(
         peer_id=p.peer_id,
@@ -509,6 +523,7 @@ def _peer_view(p: Any) -> PeerView:
         name=rec.name if rec else "",
         lends=rec.lends if rec else None,
         mpi=rec.mpi if rec else False,
+        known=Known.of(p.source, p.peer_id in working).value,
     )
 
 

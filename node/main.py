@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from node.home import NODE_INFO_FILE, ensure_home, resolve_home
+from rainnet.neighbourhood import DEFAULT_MAX_CONNECTIONS
 
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
 LEND_MODES = ("idle", "always", "never")
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds without an answer before a peer leaves",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="peers to keep connections to at most (default %(default)s; trimmed to 3/4 of it "
+        "past it; at least 4): the neighbourhood heartbeats go to",
     )
     panel = p.add_mutually_exclusive_group()
     panel.add_argument(
@@ -173,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from node.pools import load as load_pool
     from rainnet import host as rhost
     from rainnet import relay as rrelay
+    from rainnet.neighbourhood import Limits
     from rainnet.network import NetworkConfig
 
     try:
@@ -190,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rrelay.relay_info(addr)
         pool = load_pool(home, args.pool) if args.pool else None
         front = FrontPanelSpec.parse(args.front_panel) if args.front_panel else None
+        Limits.of(args.max_connections)  # (ValueError: too few)
         if args.panel is not None and not 0 <= args.panel <= 65535:
             raise ValueError(f"--panel {args.panel}: a port is 0 to 65535")
     except ValueError as exc:  # (a PoolError too)
@@ -210,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mdns=not args.no_mdns,
         heartbeat_interval=args.heartbeat,
         peer_timeout=args.peer_timeout,
+        max_connections=args.max_connections,
         relay=args.relay,
         relay_via=tuple(args.relay_via),
         pool=pool,

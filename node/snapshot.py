@@ -39,6 +39,10 @@ class SelfView:
     load: int = 0
     unreachable_bootstrap: tuple[str, ...] = ()  # --bootstrap addresses we cannot reach
     pool: str | None = None  # the private pool's name; None: the open network
+    connections: int = 0  # held now (rainnet.connections)
+    max_connections: int = 0  # --max-connections
+    trimmed: int = 0  # connections trimmed since the start
+    network_size: int | None = None  # estimated from the DHT's routing table (rainnet.netsize)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class PeerView:
     name: str = ""  # the owner's name for it (its hostname by default)
     lends: bool | None = None  # None: we hold no record of it
     mpi: bool = False  # it takes MPI ranks
+    known: str = ""  # how this node knows it (Known)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from libp2p.peer.id import ID
 from rainnet import protocols, records, wire
 from rainnet import relay as rrelay
 from rainnet.hints import Hint
-from rainnet.membership import Membership
+from rainnet.membership import Membership, Peer
 from rainnet.streams import FramedStream
 
 log = logging.getLogger("rainnet.node")
@@ -42,12 +42,15 @@ class Contact:
         membership: Membership,
         signed_record: Callable[[], records.SignedRecord],
         on_contact: OnContact,
+        due: Callable[[float], list[Peer]] | None = None,
     ) -> None:
         self._host = host
         self.membership = membership
         self._signed_record = signed_record
         self._on_contact = on_contact
-        self._dialing: set[str] = set()
+        # Which candidates to dial now (rainnet.connections: those the neighbourhood needs).
+        self._due = due or membership.due_for_dial
+        self.dialing: dict[str, trio.Event] = {}  # hellos under way, set when each ends
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -63,9 +66,9 @@ class Contact:
 
     def say_hello(self, peer_id: str, addrs: tuple[str, ...]) -> None:
         """Hello `peer_id` soon (unless a hello to it is under way)."""
-        if peer_id in self._dialing or self._nursery is None:
+        if peer_id in self.dialing or self._nursery is None:
             return
-        self._dialing.add(peer_id)
+        self.dialing[peer_id] = trio.Event()
         self._nursery.start_soon(self._contact, peer_id, addrs, trio.CapacityLimiter(1))
 
     def refresh_if_newer(self, peer_id: str, record_seq: int) -> None:
@@ -80,14 +83,14 @@ class Contact:
         assert self._nursery is not None
         while True:
             now = time.time()
-            for peer in self.membership.due_for_dial(now):
-                if peer.peer_id in self._dialing:
+            for peer in self._due(now):
+                if peer.peer_id in self.dialing:
                     continue
                 addrs = self.membership.dial_addrs(peer, now)
                 if not addrs:  # its addresses' dial budgets are spent: later, if ever
                     self.membership.failed(peer.peer_id, now)
                     continue
-                self._dialing.add(peer.peer_id)
+                self.dialing[peer.peer_id] = trio.Event()
                 self._nursery.start_soon(self._contact, peer.peer_id, addrs, limiter)
             await trio.sleep(DIAL_TICK)
 
@@ -97,6 +100,20 @@ class Contact:
             peers = self.membership.sample(1)
             if peers:
                 self.say_hello(peers[0].peer_id, peers[0].addrs)
+
+    async def greet(self, peer_id: str, addrs: tuple[str, ...]) -> bool:
+        """Say hello to `peer_id` now, and wait for its answer: whether it is live. (A requester
+        checks a worker found in the DHT directly, with a fresh record, before it sends work.)"""
+        if self.membership.is_live(peer_id):
+            return True
+        under_way = self.dialing.get(peer_id)
+        if under_way is None:
+            self.dialing[peer_id] = trio.Event()
+            await self._contact(peer_id, addrs, trio.CapacityLimiter(1))
+        else:  # (its outcome)
+            with trio.move_on_after(HELLO_TIMEOUT):
+                await under_way.wait()
+        return self.membership.is_live(peer_id)
 
     async def _contact(
         self, peer_id: str, addrs: tuple[str, ...], limiter: trio.CapacityLimiter
@@ -132,7 +149,9 @@ class Contact:
                 if not ok:
                     self.membership.failed(peer_id, time.time())
         finally:
-            self._dialing.discard(peer_id)
+            ended = self.dialing.pop(peer_id, None)
+            if ended is not None:
+                ended.set()
 
     async def handle(self, stream: Any) -> None:
         """The `/rain/hello` handler."""

@@ -5,7 +5,8 @@ Everything found goes to the membership view (`Membership.learn`), which decides
 - bootstrap addresses are learnt again every few seconds while their peer is not live;
 - the DHT: our signed record under `/rain/node/<peer id>` and, for a node that lends, a provider
   record under WORKERS_KEY, published at the first peer, on change and every minute; workers
-  beyond our hints are found through those provider records, each with its verified record.
+  beyond our hints are found through those provider records, each with its verified record,
+  and kept (`found`, bounded, until the record expires) as the workers beyond our neighbourhood.
 Every DHT operation is bounded in time.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,10 +31,19 @@ log = logging.getLogger("rainnet.node")
 WORKERS_KEY = "/rain/workers/v1"
 BOOTSTRAP_RETRY = 5.0
 BOOTSTRAP_PATIENCE = 10.0  # a bootstrap peer not live this long is reported unreachable
-DHT_DISCOVERY_INTERVAL = 15.0
-DHT_PUBLISH_INTERVAL = 60.0
+# Each DHT operation connects to the peers it queries, whoever they are (transient connections,
+# rainnet.neighbourhood): their rate, not the network's size, is what they cost. Workers are
+# looked up every minute, and at most every DHT_LOOKUP_SPACING while a job finds none; our record
+# is stored every DHT_PUBLISH_INTERVAL, and on change no sooner than DHT_REPUBLISH_SPACING
+# (neighbours learn of a change at the next heartbeat; a requester further away checks a worker
+# directly before it sends work).
+DHT_DISCOVERY_INTERVAL = 60.0
+DHT_LOOKUP_SPACING = 10.0
+DHT_PUBLISH_INTERVAL = 120.0  # (records live 300 s: one store may be missed)
+DHT_REPUBLISH_SPACING = 60.0
 DHT_OP_TIMEOUT = 15.0
 MDNS_QUEUE = 256
+MAX_FOUND = 256  # workers found in the DHT kept beside the neighbourhood
 
 
 class Discovery:
@@ -54,6 +65,8 @@ class Discovery:
         self._published: tuple[int, float] = (-1, 0.0)  # (record seq, when)
         # Bootstrap addresses whose peer is not live, since when (`rain status` shows them).
         self.bootstrap_down: dict[str, float] = {}
+        self.found: dict[str, records.NodeRecord] = {}  # workers found in the DHT, by peer id
+        self.wanted = trio.Event()  # a job found no worker among those known: look now
 
     def learn(self, peer_id: str, addrs: tuple[str, ...], source: Source) -> None:
         self.membership.learn(peer_id, addrs, source, time.time())
@@ -99,7 +112,7 @@ class Discovery:
             now = time.time()
             for addr, info in infos:
                 peer_id = str(info.peer_id)
-                if peer_id == self.me or self.membership.is_live(peer_id):
+                if peer_id == self.me or self.membership.reachable(peer_id):
                     if self.bootstrap_down.pop(addr, None) is not None:
                         log.info("bootstrap peer %s is reachable again", addr)
                     continue
@@ -123,19 +136,46 @@ class Discovery:
         addresses (circuit addresses included) are what we dial."""
         await trio.sleep(2.0)
         while True:
+            self.wanted = trio.Event()
             if self.membership.live_peers():
                 try:
                     found = await self.find_workers()
                 except Exception as exc:
                     log.debug("DHT discovery failed: %r", exc)
                     found = []
+                self.keep_found(found, time.time())
                 for rec in found:
                     if not self.membership.is_live(rec.peer_id):
                         self.learn(rec.peer_id, rec.addrs, Source.DHT)
-            await trio.sleep(DHT_DISCOVERY_INTERVAL)
+            await trio.sleep(DHT_LOOKUP_SPACING)
+            with trio.move_on_after(DHT_DISCOVERY_INTERVAL - DHT_LOOKUP_SPACING):
+                await self.wanted.wait()
+
+    def keep_found(self, found: list[records.NodeRecord], now: float) -> None:
+        """Keep the latest records found (the newest first when over MAX_FOUND), dropping
+        expired ones."""
+        for rec in found:
+            held = self.found.get(rec.peer_id)
+            if held is None or rec.seq >= held.seq:
+                self.found[rec.peer_id] = rec
+        fresh = sorted(
+            (r for r in self.found.values() if r.is_fresh(now)), key=lambda r: -r.issued_at
+        )
+        self.found = {r.peer_id: r for r in fresh[:MAX_FOUND]}
+
+    def workers_beyond(self, now: float) -> list[records.NodeRecord]:
+        """Fresh records of workers found in the DHT that are not in the view."""
+        return [
+            r
+            for r in self.found.values()
+            if r.is_fresh(now) and not self.membership.is_live(r.peer_id)
+        ]
 
     async def publish(self) -> None:
-        """Publish our record and provider entry: at the first peer, on change, each minute."""
+        """Publish our record and provider entry: at the first peer, then every
+        DHT_PUBLISH_INTERVAL, or DHT_REPUBLISH_SPACING after a change (each +-25%: nodes started
+        together do not store at once, each store querying the same twenty peers)."""
+        spacing = 1.0
         while True:
             await trio.sleep(1.0)
             if not self.membership.live_peers():
@@ -144,9 +184,11 @@ class Discovery:
             seq = self._own_seq()
             now = time.time()
             last_seq, last_at = self._published
-            if seq == last_seq and now - last_at < DHT_PUBLISH_INTERVAL:
+            every = DHT_PUBLISH_INTERVAL if seq == last_seq else DHT_REPUBLISH_SPACING
+            if now - last_at < every * spacing:
                 continue
             self._published = (seq, now)
+            spacing = 0.75 + 0.5 * random.random()
             with trio.move_on_after(DHT_OP_TIMEOUT):
                 try:
                     await self._dht.put_value(records.record_key(self.me), signed.to_bytes())

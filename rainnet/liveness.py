@@ -5,7 +5,8 @@ and records each answer (with its round trip) in the membership view; a pong tha
 record of the peer than ours has us fetch it with a hello. A peer silent for the peer timeout
 leaves the view (`expire_loop`) and its connection is closed; it comes back by itself when it
 is heard of again. The handler side answers pings, and says hello to a peer that pings us while
-we have lost it.
+we have lost it, unless we parted from it (trimmed it: rainnet.connections), which the pong
+tells it: it parts from us too, and neither redials the other but when its neighbourhood needs.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class Liveness:
                     pong = await fs.receive_a(protocols.Pong, timeout)
                     if pong.nonce != nonce:
                         raise wire.RemoteProtocolError(f"pong for {pong.nonce}, expected {nonce}")
+                    if pong.parting:
+                        log.debug("%s trimmed its connection to us", peer_id)
+                        self.membership.part(peer_id, time.time())
+                        break
                     self.membership.contacted(peer_id, time.time(), rtt=trio.current_time() - sent)
                     self._refresh(peer_id, pong.record_seq)
                 except Exception as exc:  # (too slow, gone, broken: the next ping tries again)
@@ -103,7 +108,13 @@ class Liveness:
                 ping = await fs.receive_a(protocols.Ping, idle_limit)
             except StreamGone:
                 return
-            await fs.send(protocols.Pong(nonce=ping.nonce, record_seq=self._own_seq()))
+            peer = self.membership.peers.get(remote)
+            parting = peer is not None and peer.parted and not peer.live
+            await fs.send(
+                protocols.Pong(nonce=ping.nonce, record_seq=self._own_seq(), parting=parting)
+            )
+            if parting:
+                return
             now = time.time()
             if self.membership.is_live(remote):
                 self.membership.contacted(remote, now)

@@ -6,7 +6,9 @@ do: which candidates to dial now, which peers to check. A peer is *live* while i
 contact is younger than `peer_timeout`; past that it leaves the view, whatever the transport says,
 so a peer that vanished without a word (power cut, cable pulled) is gone within `peer_timeout` plus
 one check interval. A peer that left stays a candidate for a while, so one that comes back rejoins
-by itself.
+by itself. The view holds this node's neighbours only (rainnet.neighbourhood decides which): a
+peer trimmed from the neighbourhood, or that trimmed us, is *parted*: out of the view, not gone,
+and a candidate again.
 
 Everything is bounded: the number of peers tracked, the number of addresses per peer, the number of
 dial attempts per candidate. Peers named in other peers' hints are taken within the budgets of
@@ -32,6 +34,9 @@ MAX_ADDRS_PER_PEER = 16
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 MAX_ATTEMPTS = 12
+# A peer that parted from us (or we from it) is alive but not wanted as a neighbour: it is not
+# greeted again for this long, whatever discovery says of it, unless it greets us.
+PARTED_BACKOFF = 60.0
 
 
 class Source(StrEnum):
@@ -54,6 +59,7 @@ class Peer:
     attempts: int = 0
     next_attempt: float = 0.0
     rtt: float | None = None
+    parted: bool = False  # out of the view because a side trimmed the connection, not gone
 
     @property
     def state(self) -> str:
@@ -99,14 +105,19 @@ class Membership:
         # not a hint's to add to: a hint names addresses only of peers known from hints alone
         # (whose dials rainnet.hints budgets).
         hint_only = peer.source is Source.HINT and peer.record is None
-        if source is not Source.HINT and peer.source is Source.HINT:
-            peer.source = source  # named by a discovery source of ours: no longer a hint only
+        if source is not Source.HINT and peer.source in (Source.HINT, Source.INBOUND):
+            # Named by a discovery source of ours: no longer a hint only, nor only a peer that
+            # dialed us (how a peer is known ranks it in the neighbourhood).
+            peer.source = source
         if addrs and (source is not Source.HINT or hint_only):
             merged = tuple(dict.fromkeys(addrs + peer.addrs))
             peer.addrs = merged[:MAX_ADDRS_PER_PEER]
         if peer.live:
             return False
-        # A fresh mention from a discovery source is news: try again soon, from a clean slate.
+        # A fresh mention from a discovery source is news: try again soon, from a clean slate
+        # (but for a peer that parted: it is not gone, it has no room for us).
+        if peer.parted:
+            return peer.next_attempt <= now
         if source is not Source.HINT or peer.attempts >= MAX_ATTEMPTS:
             peer.attempts = 0
             peer.next_attempt = now
@@ -136,6 +147,7 @@ class Membership:
             return False
         joined = not peer.live
         peer.live = True
+        peer.parted = False
         peer.last_seen = now
         peer.attempts = 0
         if rtt is not None:
@@ -154,6 +166,24 @@ class Membership:
         peer.attempts += 1
         delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** min(peer.attempts - 1, 16))
         peer.next_attempt = now + delay * (0.75 + 0.5 * self.rng.random())
+
+    def part(self, peer_id: str, now: float) -> bool:
+        """The connection to `peer_id` was trimmed (by us, or by it): out of the view, not gone,
+        and not greeted again for PARTED_BACKOFF. True if it was live."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return False
+        was_live = peer.live
+        peer.live = False
+        peer.parted = True
+        peer.attempts = 0
+        peer.next_attempt = now + PARTED_BACKOFF * (0.75 + 0.5 * self.rng.random())
+        return was_live
+
+    def reachable(self, peer_id: str) -> bool:
+        """Live, or parted (alive, answering, but not a neighbour)."""
+        peer = self.peers.get(peer_id)
+        return bool(peer and (peer.live or peer.parted))
 
     def expire(self, now: float) -> list[str]:
         """Peers whose last contact is older than the timeout leave the view; their ids."""

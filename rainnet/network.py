@@ -2,7 +2,10 @@
 concerns that keep an accurate view of who is alive (rainnet.membership):
 - discovery (rainnet.discovery): mDNS, bootstrap, the DHT;
 - contact (rainnet.contact): hellos, both ways, with signed records and hints;
-- liveness (rainnet.liveness): heartbeats, and expiry of the silent.
+- liveness (rainnet.liveness): heartbeats, and expiry of the silent;
+and the bounded neighbourhood (rainnet.neighbourhood, done by rainnet.connections) that keeps the
+view, the connections and the heartbeats to at most `max_connections` peers, however large the
+network: what grows with it (the workers, their records) is looked up in the DHT.
 Circuit relay (rainnet.relay) makes a node behind NAT reachable through a public peer.
 
 The node above hands in what its record says of it (`describe`) and its own stream handlers,
@@ -22,13 +25,15 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.tools.anyio_service import background_trio_service
 
-from rainnet import __version__, identity, protocols, records
+from rainnet import __version__, identity, netsize, protocols, records
 from rainnet import host as rhost
 from rainnet import relay as rrelay
+from rainnet.connections import Neighbourhood
 from rainnet.contact import HELLO_TIMEOUT, Contact, OnContact
 from rainnet.discovery import Discovery
 from rainnet.liveness import Liveness
 from rainnet.membership import Membership
+from rainnet.neighbourhood import DEFAULT_MAX_CONNECTIONS, Limits
 from rainnet.pool import PoolSecret
 from rainnet.streams import StreamGone, guarded_handler
 
@@ -42,6 +47,7 @@ class NetworkConfig:
     mdns: bool = True
     heartbeat_interval: float = 2.0
     peer_timeout: float = 10.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # rainnet.neighbourhood.Limits.of
     record_ttl: float = 300.0
     relay: bool = False  # offer circuit relay v2 to NATed peers
     relay_via: tuple[str, ...] = ()  # relays to reserve a slot on (we are behind NAT)
@@ -86,6 +92,8 @@ class PeerNetwork:
         self._host: Any = None
         self._dht: Any = None
         self.discovery: Discovery | None = None
+        self.neighbourhood: Neighbourhood | None = None
+        self._contact: Contact | None = None
         self._on_addrs: Callable[[], None] = lambda: None
 
     # ----- our record -------------------------------------------------------------------------
@@ -161,7 +169,22 @@ class PeerNetwork:
                 nursery.start_soon(discovery.add_to_routing_table, peer_id)
             await on_contact(peer_id, joined)
 
-        contact = Contact(self._host, self.membership, self.signed_record, contacted)
+        relay = rrelay.Relay(
+            self._host,
+            serve=self.config.relay,
+            via=self.config.relay_via,
+            on_addrs=self._on_circuits,
+        )
+        neighbourhood = self.neighbourhood = Neighbourhood(
+            self._host,
+            self.membership,
+            Limits.of(self.config.max_connections),
+            protected=lambda: set(relay.via_ids()) | relay.reserved_peers(),
+            dialing=lambda: set(contact.dialing),
+        )
+        contact = self._contact = Contact(
+            self._host, self.membership, self.signed_record, contacted, neighbourhood.due
+        )
         liveness = Liveness(
             self._host,
             self.membership,
@@ -176,12 +199,6 @@ class PeerNetwork:
         for protocol, handler in {**own, **handlers}.items():
             name = protocol.split("/")[2]
             self._host.set_stream_handler(protocol, guarded_handler(name, handler))
-        relay = rrelay.Relay(
-            self._host,
-            serve=self.config.relay,
-            via=self.config.relay_via,
-            on_addrs=self._on_circuits,
-        )
         relay.install()
         async with (
             self._host.run(listen),
@@ -193,6 +210,7 @@ class PeerNetwork:
             await nursery.start(relay.run)  # reservations arrive later, via _on_circuits
             contact.start(nursery)
             liveness.start(nursery)
+            nursery.start_soon(neighbourhood.run)
             nursery.start_soon(discovery.publish)
             nursery.start_soon(discovery.dht_discovery)
             if self.config.bootstrap:
@@ -217,6 +235,11 @@ class PeerNetwork:
         peer = self.membership.peers.get(peer_id)
         with trio.move_on_after(timeout):
             try:
+                if peer is not None and peer.addrs and not peer.live and self._contact:
+                    # Not a neighbour (a worker found in the DHT, one trimmed since): a hello
+                    # first, so each side holds the other's fresh record and watches it while
+                    # their streams carry work.
+                    await self._contact.greet(peer_id, peer.addrs)
                 if peer is not None and peer.addrs:
                     await rrelay.connect(self._host, peer_id, peer.addrs, timeout - 1)
                 return await rhost.open_stream(self._host, ID.from_base58(peer_id), protocol)
@@ -224,10 +247,22 @@ class PeerNetwork:
                 raise StreamGone(f"cannot open {protocol} to {peer_id}: {exc!r}") from None
         raise StreamGone(f"cannot open {protocol} to {peer_id} within {timeout:.0f} s")
 
+    def look_further(self) -> None:
+        """A job found no worker among those known: look workers up in the DHT soon."""
+        if self.discovery is not None:
+            self.discovery.wanted.set()
+
     async def find_workers(self, count: int = 20) -> list[records.NodeRecord]:
         if self.discovery is None:
             return []
         return await self.discovery.find_workers(count)
+
+    def network_size(self) -> int | None:
+        """The network's size as our DHT routing table suggests (rainnet.netsize)."""
+        if self._dht is None:
+            return None
+        peers = [pid.to_bytes() for pid in self._dht.routing_table.get_peer_ids()]
+        return netsize.estimate(ID.from_base58(self.me.peer_id).to_bytes(), peers)
 
     def open_streams(self) -> int:
         """How many streams the host holds open now."""

@@ -57,5 +57,9 @@ class Ping(wire.Message):
 @wire.message("pong")
 @dataclass(frozen=True)
 class Pong(wire.Message):
+    """The answer; `parting`: this node trimmed the connection (its neighbourhood is full), so
+    the pinger stops watching it and keeps it as a candidate, rather than redial at once."""
+
     nonce: int
     record_seq: int
+    parting: bool = False

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from node.cli import CliError
 from node.control import channel as control
 from node.home import CONTROL_SOCKET, resolve_home
-from node.units import format_size
+from node.units import format_size, parse_size
 
 
 def register(sub: Any) -> None:
@@ -19,11 +20,19 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_status)
     p = sub.add_parser(
         "peers",
-        help="the live peers this node sees, like sinfo",
-        description="The live peers: CPUS and MEMORY are what each lends (its guests' share).",
+        help="this node's neighbourhood (the live peers it is connected to), like sinfo",
+        description="The live peers this node keeps connections to, and how it knows each "
+        "(LAN: mDNS; DHT; bootstrap; hint: named by a peer; inbound: it dialed us; job: work in "
+        "progress with it). CPUS and MEMORY are what each lends (its guests' share). With "
+        "--find: the workers found in the DHT, beyond the neighbourhood.",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--full", action="store_true", help="whole peer ids (default: their end)")
+    p.add_argument("--find", action="store_true", help="look workers up in the DHT")
+    p.add_argument("--cpus", type=int, default=0, help="with --find: at least N CPUs")
+    p.add_argument("--gpus", type=int, default=0, help="with --find: at least N GPUs")
+    p.add_argument("--mem", default=None, help="with --find: at least SIZE memory (e.g. 4G)")
+    p.add_argument("--mpi", action="store_true", help="with --find: only those taking MPI ranks")
     p.set_defaults(func=cmd_peers)
 
 
@@ -50,6 +59,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("lend", st["lend"]),
         ("version", st["version"]),
     ]
+    if st.get("max_connections"):
+        rows.append(
+            (
+                "neighbours",
+                f"{st['connections']} connections (at most {st['max_connections']}; "
+                f"{st['trimmed']} trimmed since the start)",
+            )
+        )
+    if st.get("network_size"):
+        rows.append(("network", f"about {st['network_size']} nodes (the DHT's estimate)"))
     rows += [("address", a) for a in st["addrs"]]
     rows += [("bootstrap", f"{a}: unreachable") for a in st.get("unreachable_bootstrap", [])]
     for key, value in rows:
@@ -58,12 +77,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
+    filters = (args.cpus, args.gpus, args.mem, args.mpi) != (0, 0, None, False)
+    if filters and not args.find:
+        raise CliError("--cpus, --gpus, --mem and --mpi choose among workers found: add --find")
+    if args.find:
+        return _find(args)
     peers = ask(args, "peers")["peers"]
     if args.json:
         print(json.dumps(peers, indent=2))
         return 0
     now = time.time()
-    header = ("PEER", "NAME", "STATE", "CPUS", "MEMORY", "GPUS", "SANDBOX", "LAST SEEN")
+    header = ("PEER", "NAME", "KNOWN", "STATE", "CPUS", "MEMORY", "GPUS", "SANDBOX", "LAST SEEN")
     table = [header]
     for p in peers:
         seen = p.get("last_seen")
@@ -72,6 +96,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
             (
                 p["peer_id"] if args.full else f"…{p['peer_id'][-12:]}",
                 (p.get("name") or "-")[:24],
+                p.get("known") or "-",
                 "never lends" if lends is False else p["state"],
                 _or_dash(p.get("cpus")),
                 format_size(p["memory"]) if p.get("memory") else "-",
@@ -80,10 +105,61 @@ def cmd_peers(args: argparse.Namespace) -> int:
                 f"{max(0.0, now - seen):.1f}s ago" if seen else "-",
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    _print_table(table)
+    st = ask(args, "status")
+    size = st.get("network_size")
+    print(
+        f"\n{len(peers)} neighbours, {st.get('connections', 0)} connections "
+        f"(at most {st.get('max_connections', '?')})"
+        + (f"; the network: about {size} nodes (the DHT's estimate)" if size else "")
+    )
+    return 0
+
+
+def _find(args: argparse.Namespace) -> int:
+    """`rain peers --find`: workers looked up in the DHT (provider records, then each one's
+    signed record), those with what was asked for."""
+    try:
+        memory = parse_size(args.mem) if args.mem else 0
+    except ValueError as exc:
+        raise CliError(f"--mem: {exc}") from None
+    found = [
+        w
+        for w in ask(args, "workers")["workers"]
+        if w["cpus"] >= args.cpus
+        and w["gpus"] >= args.gpus
+        and w["memory"] >= memory
+        and (w.get("mpi") or not args.mpi)
+    ]
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print("no worker found in the DHT with that (it may be small, or still filling)")
+        return 0
+    table = [("PEER", "NAME", "STATE", "CPUS", "MEMORY", "GPUS", "MPI", "SANDBOX")]
+    for w in found:
+        table.append(
+            (
+                w["peer_id"] if args.full else f"…{w['peer_id'][-12:]}",
+                (w.get("name") or "-")[:24],
+                w["state"],
+                str(w["cpus"]),
+                format_size(w["memory"]),
+                str(w["gpus"]),
+                "yes" if w.get("mpi") else "no",
+                ",".join(w.get("backends") or []) or "-",
+            )
+        )
+    _print_table(table)
+    print(f"\n{len(found)} workers found in the DHT")
+    return 0
+
+
+def _print_table(table: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
-    return 0
 
 
 def _or_dash(value: object) -> str:

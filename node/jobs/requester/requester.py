@@ -114,6 +114,9 @@ class Requester:
         # Told when an MPI group's job reports a new state (node.mpi.groups holds the rest of
         # its group while one member's owner is back).
         self.on_member_state: Callable[[JobRecord], None] = lambda job: None
+        # Told when a job finds no worker to offer it to among those known: look further (the
+        # network looks workers up in the DHT sooner than its next round).
+        self.look_further: Callable[[], None] = lambda: None
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drive jobs until cancelled; first take back the unfinished ones from the store."""
@@ -349,6 +352,7 @@ class Requester:
                 known, needs, exclude=exclude, committed=self.offers.committed
             )
             if not ranked:
+                self.look_further()
                 records = [c.record for c in known]
                 now = trio.current_time()
                 if (
