@@ -109,9 +109,9 @@ def cmd_peers(args: argparse.Namespace) -> int:
     st = ask(args, "status")
     size = st.get("network_size")
     print(
-        f"\n{len(peers)} neighbours, {st.get('connections', 0)} connections "
+        f"\nneighbours: {len(peers)}; connections: {st.get('connections', 0)} "
         f"(at most {st.get('max_connections', '?')})"
-        + (f"; the network: about {size} nodes (the DHT's estimate)" if size else "")
+        + (f"; network: about {size} nodes (the DHT's estimate)" if size else "")
     )
     return 0
 

@@ -34,8 +34,10 @@ def test_status_and_peers_json_fields(cluster: Cluster) -> None:
 
     wait_until(lambda: a.peers()[0]["name"] == "bee", 20, "a holds b's record")
     table = a.rain("peers").stdout.splitlines()
-    assert table[0].split()[:4] == ["PEER", "NAME", "STATE", "CPUS"]
+    assert table[0].split()[:5] == ["PEER", "NAME", "KNOWN", "STATE", "CPUS"]
     assert table[1].startswith(f"…{b.peer_id[-12:]}") and "bee" in table[1]
+    assert "bootstrap" in table[1] or "inbound" in table[1]  # (a bootstraps from b, or b from a)
+    assert table[-1].startswith("neighbours: 1; connections: 1 (at most 64)")
     assert "never lends" in table[1]
     assert a.rain("peers", "--full").stdout.splitlines()[1].startswith(b.peer_id)
     assert "peer id:" in a.rain("status").stdout
