@@ -19,8 +19,8 @@ import trio
 from libp2p.peer.id import ID
 
 from rainnet import protocols
-from rainnet.membership import Membership, Peer, Source
-from rainnet.neighbourhood import Limits, PeerInfo, Plan, plan
+from rainnet.membership import Membership, Peer
+from rainnet.neighbourhood import Limits, Plan, infos, plan
 
 log = logging.getLogger("rainnet.node")
 
@@ -68,31 +68,17 @@ class Neighbourhood:
             self._since.setdefault(peer_id, now)
         for peer_id in [p for p in self._since if p not in conns]:
             del self._since[peer_id]
-        protected, dialing = self._protected(), self._dialing()
-        for peer_id in conns:
-            if peer_id not in self.membership.peers:
-                # A DHT query's connection to a peer we have not met: a DHT contact, a
-                # candidate neighbour at the addresses it told (identify).
-                self.membership.learn(peer_id, self._told_addrs(peer_id), Source.DHT, now)
-        due = {p.peer_id for p in self.membership.due_for_dial(now)}
-        infos = []
-        for peer in self.membership.peers.values():
-            peer_conns = conns.get(peer.peer_id)
-            infos.append(
-                PeerInfo(
-                    peer.peer_id,
-                    connected=peer_conns is not None or peer.peer_id in dialing,
-                    source=peer.source,
-                    neighbour=peer.live or peer.peer_id in dialing,
-                    connected_since=self._since.get(peer.peer_id, now),
-                    jobs=any(map(_carries_work, peer_conns or ())),
-                    protected=peer.peer_id in protected,
-                    dialable=peer.peer_id in due,
-                )
-            )
-        for peer_id in conns.keys() - self.membership.peers.keys():  # (the view is full)
-            infos.append(PeerInfo(peer_id, True, Source.DHT, False, self._since[peer_id]))
-        return plan(infos, self.limits, now)
+        working = {p for p, c in conns.items() if any(map(_carries_work, c))}
+        peers = infos(
+            self.membership,
+            self._since,
+            now,
+            working=working,
+            protected=self._protected(),
+            dialing=self._dialing(),
+            told_addrs=self._told_addrs,
+        )
+        return plan(peers, self.limits, now)
 
     def _told_addrs(self, peer_id: str) -> tuple[str, ...]:
         try:

@@ -42,11 +42,11 @@ Plain synchronous code: every decision is a function of its arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
-from rainnet.membership import Source
+from rainnet.membership import Membership, Source
 
 DEFAULT_MAX_CONNECTIONS = 64
 MIN_CONNECTIONS = 4  # fewer: a node cannot keep a LAN peer, a DHT contact and a job at once
@@ -204,3 +204,39 @@ def plan(peers: Iterable[PeerInfo], limits: Limits, now: float) -> Plan:
 def _source_rank(p: PeerInfo) -> Rank:
     """A candidate's rank by how it is known (whether or not a transient connection is open)."""
     return _kind(PeerInfo(p.peer_id, connected=False, source=p.source))
+
+
+def infos(
+    membership: Membership,
+    connected: Mapping[str, float],
+    now: float,
+    working: Set[str] = frozenset(),
+    protected: Set[str] = frozenset(),
+    dialing: Set[str] = frozenset(),
+    told_addrs: Callable[[str], tuple[str, ...]] = lambda peer_id: (),
+) -> list[PeerInfo]:
+    """What `plan` is handed: every peer of the membership view and every connection
+    (`connected`: peer id -> since when), with how each is known. A connection to a peer we
+    have not met (a DHT query's) makes it a DHT candidate, at the addresses it told."""
+    for peer_id in connected:
+        if peer_id not in membership.peers:
+            membership.learn(peer_id, told_addrs(peer_id), Source.DHT, now)
+    due = {p.peer_id for p in membership.due_for_dial(now)}
+    out = []
+    for peer in membership.peers.values():
+        since = connected.get(peer.peer_id)
+        out.append(
+            PeerInfo(
+                peer.peer_id,
+                connected=since is not None or peer.peer_id in dialing,
+                source=peer.source,
+                neighbour=peer.live or peer.peer_id in dialing,
+                connected_since=now if since is None else since,
+                jobs=peer.peer_id in working,
+                protected=peer.peer_id in protected,
+                dialable=peer.peer_id in due,
+            )
+        )
+    for peer_id in connected.keys() - membership.peers.keys():  # (the view is full)
+        out.append(PeerInfo(peer_id, True, Source.DHT, False, connected[peer_id]))
+    return out

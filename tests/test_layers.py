@@ -4,6 +4,7 @@ import which. Every import in the source tree counts, at module level or inside 
     sandbox          imports nothing of ours: it runs a stranger's job, and knows no network
     rainnet          the network: imports only rainnet
     ledger           credit: imports only ledger and rainnet.identity (peer ids and signatures)
+    sim              the simulator: the network's and the jobs' sans-io cores, nothing else
     node             above all three; within it:
       node.jobs.core       the job protocol's rules, sans-io: no trio, no libp2p, no I/O
                            (ledger and rainnet messages, sandbox specs, node.faults only)
@@ -28,12 +29,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("rainnet", "ledger", "sandbox", "node")
+PACKAGES = ("rainnet", "ledger", "sandbox", "node", "sim")
 
 # (importer prefix, allowed prefixes or None, forbidden prefixes): first match wins.
 RULES: list[tuple[str, tuple[str, ...] | None, tuple[str, ...]]] = [
     ("sandbox", ("sandbox",), ()),
     ("rainnet", ("rainnet",), ()),
+    ("sim", ("sim", "rainnet", "node.jobs.core"), ()),
     ("ledger", ("ledger", "rainnet.identity"), ()),
     (
         "node.jobs.core",
